@@ -1,0 +1,11 @@
+// Bindings for nbdist::monitor: type conversion and GIL release only.
+
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace nbdist::bindings {
+
+void bind_monitor(py::module_& m) {}
+
+}  // namespace nbdist::bindings

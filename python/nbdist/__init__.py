@@ -1,0 +1,34 @@
+"""nbdist: start multi-GPU PyTorch work from a notebook cell, in the foreground or the background.
+
+The public API is re-exported here; the C++ core lives in the private ``nbdist._core`` (no torch)
+and ``nbdist._ddp`` (LibTorch) extensions.
+"""
+
+from ._errors import (
+    ArcError,
+    ArcValueError,
+    DDPError,
+    DDPValueError,
+    LaunchError,
+    LaunchValueError,
+    MonitorError,
+    NbdistError,
+    NbdistTimeoutError,
+    NbdistValueError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArcError",
+    "ArcValueError",
+    "DDPError",
+    "DDPValueError",
+    "LaunchError",
+    "LaunchValueError",
+    "MonitorError",
+    "NbdistError",
+    "NbdistTimeoutError",
+    "NbdistValueError",
+    "__version__",
+]
