@@ -15,18 +15,16 @@ void bind_monitor(py::module_& m) {
   using release = py::call_guard<py::gil_scoped_release>;
 
   m.def("now_ns", &now_ns);
-  m.def(
-      "probe",
-      [] {
-        Availability a = Nvml::probe();
-        py::dict d;
-        d["available"] = a.available;
-        d["reason"] = a.reason;
-        d["library"] = a.library;
-        d["driver_version"] = a.driver_version;
-        d["device_count"] = a.device_count;
-        return d;
-      });
+  m.def("probe", [] {
+    Availability a = Nvml::probe();
+    py::dict d;
+    d["available"] = a.available;
+    d["reason"] = a.reason;
+    d["library"] = a.library;
+    d["driver_version"] = a.driver_version;
+    d["device_count"] = a.device_count;
+    return d;
+  });
 
   auto device_dict = [](const DeviceInfo& info) {
     py::dict support;

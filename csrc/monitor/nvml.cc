@@ -79,7 +79,8 @@ const Nvml::Api* load(const std::string& path, std::string& reason) {
   void* lib = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!lib) {
     const char* err = dlerror();
-    reason = path + " not found (no NVIDIA driver on this machine?): " + (err ? err : "dlopen failed");
+    reason =
+        path + " not found (no NVIDIA driver on this machine?): " + (err ? err : "dlopen failed");
     return nullptr;
   }
   auto api = std::make_unique<Nvml::Api>();
@@ -165,9 +166,10 @@ int Nvml::device_count() const { return static_cast<int>(handles_.size()); }
 
 void* Nvml::handle(int index) const {
   if (index < 0 || index >= device_count())
-    throw MonitorError(ErrorKind::kInvalidInput,
-                       "NVML device index " + std::to_string(index) + " does not exist (NVML sees " +
-                           std::to_string(device_count()) + " device(s))");
+    throw MonitorError(ErrorKind::kInvalidInput, "NVML device index " + std::to_string(index) +
+                                                     " does not exist (NVML sees " +
+                                                     std::to_string(device_count()) +
+                                                     " device(s))");
   if (!handles_[index])
     throw MonitorError("NVML device " + std::to_string(index) +
                        " could not be opened (nvmlDeviceGetHandleByIndex failed)");
@@ -211,13 +213,17 @@ Nvml::Reading Nvml::read(int index, const Support& support) const {
   nvmlReturn_t rc;
   if (support.power) {
     unsigned int mw = 0;
-    if ((rc = api_->power(dev, &mw)) == kSuccess) r.power_w = mw / 1000.0;
-    else failed("power", rc);
+    if ((rc = api_->power(dev, &mw)) == kSuccess)
+      r.power_w = mw / 1000.0;
+    else
+      failed("power", rc);
   }
   if (support.energy) {
     unsigned long long mj = 0;
-    if ((rc = api_->energy(dev, &mj)) == kSuccess) r.energy_j = static_cast<double>(mj) / 1000.0;
-    else failed("energy", rc);
+    if ((rc = api_->energy(dev, &mj)) == kSuccess)
+      r.energy_j = static_cast<double>(mj) / 1000.0;
+    else
+      failed("energy", rc);
   }
   if (support.utilization) {
     nvmlUtilization_t util{};
@@ -230,13 +236,17 @@ Nvml::Reading Nvml::read(int index, const Support& support) const {
   }
   if (support.memory) {
     nvmlMemory_t mem{};
-    if ((rc = api_->memory(dev, &mem)) == kSuccess) r.mem_used = static_cast<double>(mem.used);
-    else failed("memory", rc);
+    if ((rc = api_->memory(dev, &mem)) == kSuccess)
+      r.mem_used = static_cast<double>(mem.used);
+    else
+      failed("memory", rc);
   }
   if (support.temperature) {
     unsigned int t = 0;
-    if ((rc = api_->temperature(dev, kTemperatureGpu, &t)) == kSuccess) r.temp_c = t;
-    else failed("temperature", rc);
+    if ((rc = api_->temperature(dev, kTemperatureGpu, &t)) == kSuccess)
+      r.temp_c = t;
+    else
+      failed("temperature", rc);
   }
   return r;
 }

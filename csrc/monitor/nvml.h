@@ -29,9 +29,9 @@ struct Support {
 };
 
 struct DeviceInfo {
-  int index = -1;          // NVML index (PCI bus order; independent of CUDA_VISIBLE_DEVICES)
-  std::string uuid;        // "GPU-xxxxxxxx-..." as CUDA_VISIBLE_DEVICES may name it
-  std::string name;        // marketing name, e.g. "NVIDIA H100 80GB HBM3"
+  int index = -1;             // NVML index (PCI bus order; independent of CUDA_VISIBLE_DEVICES)
+  std::string uuid;           // "GPU-xxxxxxxx-..." as CUDA_VISIBLE_DEVICES may name it
+  std::string name;           // marketing name, e.g. "NVIDIA H100 80GB HBM3"
   uint64_t memory_total = 0;  // bytes; 0 when the memory query is unsupported
   Support support;
 };

@@ -22,7 +22,7 @@ double cpu_clock_s(clockid_t clock) {
 
 // Linear interpolation of a cumulative quantity at time t, skipping NaN entries and clamping to
 // the first/last valid sample. Returns NaN when no sample holds a value.
-double cumulative_at(const std::vector<Sample>& s, double Sample::*field, int64_t t) {
+double cumulative_at(const std::vector<Sample>& s, double Sample::* field, int64_t t) {
   const Sample* prev = nullptr;
   for (const Sample& x : s) {
     if (std::isnan(x.*field)) continue;
@@ -93,8 +93,8 @@ bool Sampler::running() const {
 
 void Sampler::run() {
   using clock = std::chrono::steady_clock;
-  const auto period = std::chrono::duration_cast<clock::duration>(
-      std::chrono::duration<double>(1.0 / options_.hz));
+  const auto period =
+      std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(1.0 / options_.hz));
   auto next = clock::now() + period;
   for (;;) {
     {
@@ -125,8 +125,8 @@ void Sampler::tick() {
     int64_t t0 = now_ns();
     Nvml::Reading r = nvml_->read(devices_[i].index, devices_[i].support);
     int64_t t1 = now_ns();
-    row[i] = Sample{t0 + (t1 - t0) / 2, r.power_w, r.energy_j, kNaN, r.util_gpu, r.util_mem,
-                    r.mem_used, r.temp_c};
+    row[i] = Sample{t0 + (t1 - t0) / 2, r.power_w,  r.energy_j, kNaN,
+                    r.util_gpu,         r.util_mem, r.mem_used, r.temp_c};
     if (!r.error.empty())
       errors.push_back("GPU " + std::to_string(devices_[i].index) + " " + r.error);
   }
@@ -219,11 +219,13 @@ WindowStats Sampler::stats(size_t slot, int64_t t0, int64_t t1) const {
   size_t n_ug = 0, n_um = 0;
   for (auto it = first; it != last; ++it) {
     if (!std::isnan(it->power_w))
-      w.peak_power_w = std::isnan(w.peak_power_w) ? it->power_w : std::max(w.peak_power_w, it->power_w);
+      w.peak_power_w =
+          std::isnan(w.peak_power_w) ? it->power_w : std::max(w.peak_power_w, it->power_w);
     if (!std::isnan(it->util_gpu)) sum_ug += it->util_gpu, ++n_ug;
     if (!std::isnan(it->util_mem)) sum_um += it->util_mem, ++n_um;
     if (!std::isnan(it->mem_used))
-      w.peak_mem_used = std::isnan(w.peak_mem_used) ? it->mem_used : std::max(w.peak_mem_used, it->mem_used);
+      w.peak_mem_used =
+          std::isnan(w.peak_mem_used) ? it->mem_used : std::max(w.peak_mem_used, it->mem_used);
     if (!std::isnan(it->temp_c))
       w.peak_temp_c = std::isnan(w.peak_temp_c) ? it->temp_c : std::max(w.peak_temp_c, it->temp_c);
   }

@@ -19,7 +19,8 @@
 
 namespace nbdist::monitor {
 
-// CLOCK_MONOTONIC in nanoseconds: the sample clock (Python's time.monotonic_ns() reads the same one).
+// CLOCK_MONOTONIC in nanoseconds: the sample clock (Python's time.monotonic_ns() reads the same
+// one).
 int64_t now_ns();
 
 struct SamplerOptions {
@@ -50,14 +51,14 @@ struct Series {
 struct WindowStats {
   int64_t t0_ns = 0, t1_ns = 0;  // the window actually covered by samples
   size_t samples = 0;
-  std::string method;         // "counter", "integrated" or "none"
-  double energy_j;            // by `method`; NaN for "none"
-  double counter_j;           // counter delta; NaN without a counter
-  double integrated_j;        // power integral; NaN without power (kept to cross-check the counter)
-  double mean_power_w;        // time-weighted (integral / duration)
+  std::string method;   // "counter", "integrated" or "none"
+  double energy_j;      // by `method`; NaN for "none"
+  double counter_j;     // counter delta; NaN without a counter
+  double integrated_j;  // power integral; NaN without power (kept to cross-check the counter)
+  double mean_power_w;  // time-weighted (integral / duration)
   double peak_power_w;
   double mean_util_gpu, mean_util_mem;
-  double peak_mem_used;       // bytes
+  double peak_mem_used;  // bytes
   double peak_temp_c;
 };
 
@@ -86,11 +87,11 @@ class Sampler {
   WindowStats stats(size_t slot, int64_t t0_ns, int64_t t1_ns) const;
   size_t sample_count() const;
 
-  uint64_t ticks() const;           // ticks taken (each reads every device)
-  uint64_t late_ticks() const;      // ticks that started more than one period late (skipped ahead)
-  uint64_t read_errors() const;     // failed field reads (GPU lost, driver reset...)
-  std::string last_error() const;   // the NVML message of the latest failed read
-  double thread_cpu_s() const;      // CPU time used by the sampler thread so far
+  uint64_t ticks() const;          // ticks taken (each reads every device)
+  uint64_t late_ticks() const;     // ticks that started more than one period late (skipped ahead)
+  uint64_t read_errors() const;    // failed field reads (GPU lost, driver reset...)
+  std::string last_error() const;  // the NVML message of the latest failed read
+  double thread_cpu_s() const;     // CPU time used by the sampler thread so far
 
  private:
   void run();

@@ -85,7 +85,7 @@ class NvmlStatus:
 
 @dataclass
 class GpuEnergy:
-    """One GPU's statistics over a monitor window. ``None`` where the GPU does not report a field."""
+    """One GPU's statistics over a monitor window; ``None`` where the GPU lacks the field."""
 
     gpu: int  # CUDA index as this process sees it
     nvml_index: int
@@ -318,7 +318,8 @@ class Monitor:
     def start(self) -> Monitor:
         """Starts sampling (the first sample is taken before this returns). Returns self."""
         if self._start_ns is not None:
-            raise MonitorError("this Monitor was already started; create a new one to measure again")
+            raise MonitorError(
+                "this Monitor was already started; create a new one to measure again")
         self._start_ns = _native().now_ns() if self._status else 0
         if self._sampler is not None:
             self._sampler.start()
@@ -466,7 +467,7 @@ class Monitor:
             axes[0].text(0.5, 0.5, f"no GPU monitor: {self.reason}", ha="center", va="center",
                          transform=axes[0].transAxes, wrap=True)
         cols = self.samples()
-        for slot, g in enumerate(self._gpus):
+        for g in self._gpus:
             idx = [i for i, x in enumerate(cols["gpu"]) if x == g]
             t = [cols["t_s"][i] for i in idx]
             label = f"GPU {g}"
@@ -476,7 +477,7 @@ class Monitor:
         for ax, ylabel in zip(axes, ("power (W)", "GPU utilization (%)", "memory used (GiB)")):
             ax.set_ylabel(ylabel)
             ax.grid(True, alpha=0.3)
-            for label, t in self.marks:
+            for _, t in self.marks:
                 ax.axvline(t, color="grey", linestyle="--", linewidth=0.8)
         for label, t in self.marks:
             axes[0].annotate(label, (t, 1), xycoords=("data", "axes fraction"), fontsize=8,
