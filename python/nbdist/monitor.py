@@ -35,10 +35,15 @@ order. The mapping, in order of preference:
 
 from __future__ import annotations
 
+import atexit
 import math
+import numbers
+import operator
 import os
 import sys
 import tempfile
+import weakref
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -51,6 +56,19 @@ __all__ = ["GpuEnergy", "Monitor", "MonitorSummary", "NvmlStatus"]
 _CSV_COLUMNS = ("gpu", "t_s", "power_w", "energy_j", "util_gpu", "util_mem", "mem_used_mib",
                 "temp_c")
 _MAX_HZ = 1000.0
+
+# Running monitors, stopped at interpreter exit so that no sampler thread is inside the driver
+# while the process tears down its libraries.
+_RUNNING: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_monitors() -> None:
+    for m in list(_RUNNING):
+        try:
+            m.stop()
+        except Exception:
+            pass
 
 
 def _native():
@@ -157,6 +175,26 @@ class MonitorSummary:
     __repr__ = __str__
 
 
+def _as_index_list(gpus: Any) -> list[int]:
+    """gpus as a list of ints: an int, or any iterable of ints (numpy integers included)."""
+
+    def index(x: Any) -> int:
+        if isinstance(x, bool):
+            raise TypeError
+        return operator.index(x)
+
+    try:
+        if not isinstance(gpus, (str, bytes)) and not hasattr(gpus, "__iter__"):
+            return [index(gpus)]
+        if isinstance(gpus, (str, bytes)):
+            raise TypeError
+        return [index(g) for g in gpus]
+    except TypeError:
+        raise MonitorValueError(
+            f"Monitor(gpus={gpus!r}): gpus must be None, an int or a list of ints "
+            "(CUDA device indices)") from None
+
+
 def _status() -> NvmlStatus:
     try:
         native = _native()
@@ -220,21 +258,15 @@ class Monitor:
     raises :class:`nbdist.MonitorValueError` naming it.
     """
 
-    def __init__(self, gpus: int | list[int] | tuple[int, ...] | None = None, hz: float = 10.0):
-        if isinstance(hz, bool) or not isinstance(hz, (int, float)) or not (0 < hz <= _MAX_HZ):
+    def __init__(self, gpus: int | Iterable[int] | None = None, hz: float = 10.0):
+        if isinstance(hz, bool) or not isinstance(hz, numbers.Real) or not (0 < hz <= _MAX_HZ):
             raise MonitorValueError(f"Monitor(hz={hz!r}): hz must be a number in (0, {_MAX_HZ:g}]")
         if gpus is not None:
-            if isinstance(gpus, int) and not isinstance(gpus, bool):
-                gpus = [gpus]
-            if not isinstance(gpus, (list, tuple)) or not all(
-                    isinstance(g, int) and not isinstance(g, bool) for g in gpus):
-                raise MonitorValueError(
-                    f"Monitor(gpus={gpus!r}): gpus must be None, an int or a list of ints "
-                    "(CUDA device indices)")
+            gpus = _as_index_list(gpus)
             if len(set(gpus)) != len(gpus):
-                raise MonitorValueError(f"Monitor(gpus={list(gpus)!r}): a GPU is listed twice")
+                raise MonitorValueError(f"Monitor(gpus={gpus!r}): a GPU is listed twice")
             if any(g < 0 for g in gpus):
-                raise MonitorValueError(f"Monitor(gpus={list(gpus)!r}): GPU indices are >= 0")
+                raise MonitorValueError(f"Monitor(gpus={gpus!r}): GPU indices are >= 0")
         self._hz = float(hz)
         self._requested = None if gpus is None else list(gpus)
         self._sampler = None
@@ -323,6 +355,7 @@ class Monitor:
         self._start_ns = _native().now_ns() if self._status else 0
         if self._sampler is not None:
             self._sampler.start()
+            _RUNNING.add(self)
             self._start_ns = self._sampler.series(0)["t_ns"][0]
         return self
 
@@ -333,6 +366,7 @@ class Monitor:
         if self._stop_ns is None:
             if self._sampler is not None:
                 self._sampler.stop()
+                _RUNNING.discard(self)
             self._stop_ns = _native().now_ns() if self._status else 0
         return self
 

@@ -8,6 +8,7 @@ P_i(t) = 100 + 50 i + 10 t watts, with an energy counter that is its exact integ
 """
 
 import csv
+import os
 import math
 import statistics
 import time
@@ -258,3 +259,25 @@ def test_lifecycle_errors(fake_nvml):
     m.stop()
     m.stop()  # idempotent
     assert "stopped" in repr(m)
+
+
+def test_gpus_accepts_any_iterable_of_integers(fake_nvml):
+    numpy = pytest.importorskip("numpy")
+    assert Monitor(gpus=range(2)).gpus == [0, 1]
+    assert Monitor(gpus=numpy.int64(1), hz=numpy.float32(5)).gpus == [1]
+    assert Monitor(gpus=(1, 0)).gpus == [1, 0]
+
+
+def test_a_running_monitor_does_not_block_interpreter_exit(fake_nvml_path, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import nbdist, time\n"
+            "m = nbdist.Monitor(hz=100).start()\n"
+            "time.sleep(0.2)\n"
+            "print(m.summary().gpus[0].method)\n")
+    env = dict(os.environ, NBDIST_NVML_LIBRARY=str(fake_nvml_path))
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "counter"
