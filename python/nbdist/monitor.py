@@ -18,6 +18,10 @@ the driver -- a Monitor still works as a context manager but records nothing, an
 Energy: the delta of the GPU's total-energy counter where NVML has one (method ``"counter"``,
 Volta and newer), otherwise the trapezoidal integral of the sampled power (method
 ``"integrated"``); a GPU with neither reports ``None`` joules and method ``"none"``, never 0 J.
+Both figures are in every summary (``counter_j``, ``integrated_j``) to cross-check each other. Note
+that on Ampere (except A100) and newer GPUs, H100/H200 included, NVML's power reading is itself an
+average over the last second, so a window's integrated energy is smeared by about half a second at
+each end; the counter has no such lag, which is why it is preferred.
 
 GPU numbering: ``gpus=[0, 1]`` means CUDA device 0 and 1 *as this process sees them*, i.e. after
 ``CUDA_VISIBLE_DEVICES``, whereas NVML always enumerates every device of the machine in PCI bus
@@ -42,6 +46,7 @@ import operator
 import os
 import sys
 import tempfile
+import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -195,6 +200,11 @@ def _as_index_list(gpus: Any) -> list[int]:
             "(CUDA device indices)") from None
 
 
+def _now_ns() -> int:
+    # CLOCK_MONOTONIC, the clock of the samples; Python's monotonic clock is the same one on Linux.
+    return time.monotonic_ns()
+
+
 def _status() -> NvmlStatus:
     try:
         native = _native()
@@ -275,12 +285,18 @@ class Monitor:
         self._marks: list[tuple[str, int]] = []
         self._start_ns: int | None = None
         self._stop_ns: int | None = None
-        self._status = _status()
-        self._reason = self._status.reason
-        if not self._status:
+        self._reason = ""
+        # One NVML initialisation here and one in the sampler: nvmlInit can take a good fraction
+        # of a second on a machine without persistence mode, so no separate availability probe.
+        try:
+            native = _native()
+            devices = native.list_devices()
+        except ImportError as e:
+            self._reason = f"nbdist._core could not be imported: {e}"
             return
-        native = _native()
-        devices = native.list_devices()
+        except MonitorError as e:
+            self._reason = str(e)
+            return
         env = os.environ.get("CUDA_VISIBLE_DEVICES")
         visible = _visible_nvml_indices(devices, env)
         where = (f"CUDA_VISIBLE_DEVICES={env!r}" if env is not None else
@@ -352,7 +368,7 @@ class Monitor:
         if self._start_ns is not None:
             raise MonitorError(
                 "this Monitor was already started; create a new one to measure again")
-        self._start_ns = _native().now_ns() if self._status else 0
+        self._start_ns = _now_ns()
         if self._sampler is not None:
             self._sampler.start()
             _RUNNING.add(self)
@@ -367,7 +383,7 @@ class Monitor:
             if self._sampler is not None:
                 self._sampler.stop()
                 _RUNNING.discard(self)
-            self._stop_ns = _native().now_ns() if self._status else 0
+            self._stop_ns = _now_ns()
         return self
 
     def __enter__(self) -> Monitor:
@@ -384,7 +400,7 @@ class Monitor:
             raise MonitorValueError(f"Monitor.mark({label!r}): this label is already used")
         if not self.running:
             raise MonitorError(f"Monitor.mark({label!r}): the monitor is not running")
-        self._marks.append((label, _native().now_ns() if self._status else 0))
+        self._marks.append((label, _now_ns()))
 
     @property
     def marks(self) -> list[tuple[str, float]]:
@@ -408,7 +424,7 @@ class Monitor:
             return MonitorSummary(False, self.reason, 0.0, self._hz, [], None, (start, end))
         if self._start_ns is None:
             raise MonitorError("Monitor.summary(): the monitor was never started")
-        now = _native().now_ns()
+        now = _now_ns()
         t0 = self._mark_ns("start", start, self._start_ns)
         t1 = self._mark_ns("end", end, self._stop_ns if self._stop_ns is not None else now)
         if t1 < t0:

@@ -91,3 +91,15 @@ def test_the_rest_of_nbdist_works_without_nvml(missing_library):
 
     with pytest.raises(nbdist.LaunchValueError):
         _core._raise_for_test("launch", "invalid", "still mapped")
+
+
+def test_sample_clock_is_pythons_monotonic_clock():
+    # Marks are taken with time.monotonic_ns() and compared with the C++ sample timestamps.
+    import time
+
+    from nbdist import _core
+
+    a = time.monotonic_ns()
+    b = _core.monitor.now_ns()
+    c = time.monotonic_ns()
+    assert a <= b <= c
