@@ -27,8 +27,9 @@ GPU numbering: ``gpus=[0, 1]`` means CUDA device 0 and 1 *as this process sees t
 ``CUDA_VISIBLE_DEVICES``, whereas NVML always enumerates every device of the machine in PCI bus
 order. The mapping, in order of preference:
 
-1. If torch has already initialised CUDA in this process, the UUID of each torch device is looked
-   up in NVML (exact; nbdist never initialises CUDA itself, which would break fork-started ranks).
+1. If torch has already initialised CUDA in this process and NVML knows every torch device's UUID,
+   that UUID decides (exact; nbdist never initialises CUDA itself, which would break fork-started
+   ranks).
 2. Otherwise ``CUDA_VISIBLE_DEVICES`` is parsed as CUDA does: comma-separated entries, each a
    device index or a ``GPU-<uuid>`` (a unique prefix is enough); the list ends at the first entry
    that is invalid, repeated or names no device (so ``-1`` hides every GPU). An index is taken to be
@@ -234,8 +235,10 @@ def _visible_nvml_indices(devices: list[dict], env: str | None) -> list[int]:
     """NVML indices of CUDA devices 0, 1, ... of this process (see the module docstring)."""
     uuids = _torch_uuids()
     by_uuid = {d["uuid"].lower(): d["index"] for d in devices}
-    if uuids is not None:
-        return [by_uuid[u.lower()] for u in uuids if u.lower() in by_uuid]
+    # Only when NVML knows every torch device (MIG instances and other drivers' devices do not
+    # show up in NVML's device list); otherwise the environment is the better guide.
+    if uuids and all(u.lower() in by_uuid for u in uuids):
+        return [by_uuid[u.lower()] for u in uuids]
     if env is None:
         return [d["index"] for d in devices]
     out: list[int] = []
