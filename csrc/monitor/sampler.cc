@@ -70,10 +70,15 @@ void Sampler::start() {
     started_ = true;
   }
   tick();
+  // Assigned under the lock: thread_cpu_s() may read thread_ from another Python thread.
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stop_requested_) return;  // stopped from another thread meanwhile: nobody would join it
   thread_ = std::thread([this] { run(); });
 }
 
 void Sampler::stop() {
+  // Serialises concurrent stop() calls (the atexit hook and a user's thread) around the join.
+  std::lock_guard<std::mutex> stopping(stop_mu_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!started_ || stopped_) return;

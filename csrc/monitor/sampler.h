@@ -102,6 +102,7 @@ class Sampler {
   std::shared_ptr<Nvml> nvml_;
   std::vector<DeviceInfo> devices_;
 
+  std::mutex stop_mu_;     // held for the whole of stop()
   mutable std::mutex mu_;  // guards everything below
   std::condition_variable wake_;
   std::vector<std::vector<Sample>> samples_;  // per slot
