@@ -481,9 +481,13 @@ class Monitor:
         cols = self.samples()
         rows = zip(*(cols[c] for c in _CSV_COLUMNS))
 
-        def cell(x) -> str:
+        # Fixed decimals per column: %g would round the time of a long run to whole seconds.
+        formats = {"t_s": "{:.4f}", "power_w": "{:.3f}", "energy_j": "{:.3f}",
+                   "mem_used_mib": "{:.1f}"}
+
+        def cell(column: str, x) -> str:
             if isinstance(x, float):
-                return "" if math.isnan(x) else f"{x:.6g}" if abs(x) < 1e6 else f"{x:.1f}"
+                return "" if math.isnan(x) else formats.get(column, "{:g}").format(x)
             return str(x)
 
         directory = os.path.dirname(os.path.abspath(path))
@@ -492,7 +496,7 @@ class Monitor:
             with os.fdopen(fd, "w", newline="") as f:
                 f.write(",".join(_CSV_COLUMNS) + "\n")
                 for row in rows:
-                    f.write(",".join(cell(x) for x in row) + "\n")
+                    f.write(",".join(cell(c, x) for c, x in zip(_CSV_COLUMNS, row)) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
