@@ -16,6 +16,7 @@ from ._errors import (
     NbdistTimeoutError,
     NbdistValueError,
 )
+from .monitor import Monitor, MonitorValueError
 
 __version__ = "0.1.0"
 
@@ -26,7 +27,9 @@ __all__ = [
     "DDPValueError",
     "LaunchError",
     "LaunchValueError",
+    "Monitor",
     "MonitorError",
+    "MonitorValueError",
     "NbdistError",
     "NbdistTimeoutError",
     "NbdistValueError",
