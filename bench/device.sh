@@ -32,7 +32,7 @@ fi
 if has tests; then
   step gpu tests
   # Run from outside the tree so the installed package (with its extensions) is what gets imported.
-  (cd /tmp && timeout 300 "$py" -m pytest "$root/tests" -m gpu -q -p no:cacheprovider \
+  (cd /tmp && NBDIST_MONITOR_LOAD_S=30 timeout 300 "$py" -m pytest "$root/tests" -m gpu -q -p no:cacheprovider \
     -o addopts="" --rootdir="$root" -c "$root/pyproject.toml" 2>&1 | tee "$OUT/gpu_tests.log" | tail -25)
 fi
 if has launch && [ -f bench/launch_latency.py ]; then
@@ -41,7 +41,7 @@ if has launch && [ -f bench/launch_latency.py ]; then
 fi
 if has monitor && [ -f bench/monitor_overhead.py ]; then
   step monitor overhead
-  timeout 120 "$py" bench/monitor_overhead.py --out "$OUT/monitor_overhead_gpu.json"
+  timeout 120 "$py" bench/monitor_overhead.py --seconds 15 --hz 10 --out "$OUT/monitor_overhead_gpu.json"
 fi
 if has ddp && [ -f bench/ddp_throughput.py ]; then
   step ddp throughput
