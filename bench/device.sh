@@ -41,6 +41,7 @@ if has launch && [ -f bench/launch_latency.py ]; then
 fi
 if has monitor && [ -f bench/monitor_overhead.py ]; then
   step monitor overhead
+  "$py" bench/nvml_call_cost.py --out "$OUT/nvml_call_cost.json"
   timeout 120 "$py" bench/monitor_overhead.py --seconds 15 --hz 10 --out "$OUT/monitor_overhead_gpu.json"
 fi
 if has ddp && [ -f bench/ddp_throughput.py ]; then
