@@ -142,11 +142,11 @@ size_t Sampler::tick(bool force_counter) {
   std::lock_guard<std::mutex> ticking(tick_mu_);
   // Due on the tick nearest the due time (half a period of slack), so that energy_hz = hz / k
   // reads the counter on exactly every k-th tick instead of alternating k and k+1.
-  const int64_t tick_ns = int64_t(1e9 / options_.hz);
+  // In double: a tiny rate's period in ns would overflow int64.
   const int64_t now = now_ns();
   bool counter = force_counter;
   if (!counter && options_.energy_hz > 0)
-    counter = now >= last_counter_ns_ + int64_t(1e9 / options_.energy_hz) - tick_ns / 2;
+    counter = double(now - last_counter_ns_) >= 1e9 / options_.energy_hz - 0.5e9 / options_.hz;
   if (counter) last_counter_ns_ = now;
   // The NVML reads happen outside mu_, so readers of the series never wait on the driver.
   std::vector<Sample> row(devices_.size());
