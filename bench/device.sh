@@ -42,7 +42,7 @@ fi
 if has monitor && [ -f bench/monitor_overhead.py ]; then
   step monitor overhead
   "$py" bench/nvml_call_cost.py --out "$OUT/nvml_call_cost.json"
-  timeout 120 "$py" bench/monitor_overhead.py --seconds 15 --hz 10 --out "$OUT/monitor_overhead_gpu.json"
+  timeout 150 "$py" bench/monitor_overhead.py --seconds 12 --hz 10 --energy-hz 1 --out "$OUT/monitor_overhead_gpu.json"
 fi
 if has ddp && [ -f bench/ddp_throughput.py ]; then
   step ddp throughput
