@@ -10,12 +10,16 @@ from ._errors import (
     DDPError,
     DDPValueError,
     LaunchError,
+    LaunchTimeoutError,
     LaunchValueError,
     MonitorError,
     NbdistError,
     NbdistTimeoutError,
     NbdistValueError,
+    WorkerError,
 )
+from .job import Job
+from .launch import launch
 
 __version__ = "0.1.0"
 
@@ -24,11 +28,15 @@ __all__ = [
     "ArcValueError",
     "DDPError",
     "DDPValueError",
+    "Job",
     "LaunchError",
+    "LaunchTimeoutError",
     "LaunchValueError",
     "MonitorError",
     "NbdistError",
     "NbdistTimeoutError",
     "NbdistValueError",
+    "WorkerError",
     "__version__",
+    "launch",
 ]
