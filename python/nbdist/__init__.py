@@ -18,6 +18,7 @@ from ._errors import (
     NbdistValueError,
     WorkerError,
 )
+from .accelerate_compat import notebook_launcher
 from .job import Job
 from .launch import launch
 
@@ -39,4 +40,5 @@ __all__ = [
     "WorkerError",
     "__version__",
     "launch",
+    "notebook_launcher",
 ]

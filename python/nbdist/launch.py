@@ -435,7 +435,7 @@ class _Plan:
             parts.append(f"Remote traceback of rank {grank(root.rank)}:\n"
                          + info["traceback"].rstrip())
         tail = sup.tail(root.rank).decode("utf-8", "replace").splitlines()[-TAIL_LINES_IN_ERROR:]
-        if tail:
+        if tail and not (info and info["traceback"]):
             parts.append(f"Last output of rank {grank(root.rank)}:\n" + "\n".join(tail))
         summary = []
         for d in failure_dicts:
