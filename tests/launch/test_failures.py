@@ -89,7 +89,7 @@ def test_taken_port_is_retried_once_on_a_free_port(capfd):
         port = busy.getsockname()[1]
         out = nbdist.launch(port_user, nprocs=2, master_port=port)
     assert all(p != str(port) for p in out)
-    assert f"port {port} was taken" in capfd.readouterr().err
+    assert f"port {port} was taken" in capfd.readouterr().out
 
 
 def port_user():
