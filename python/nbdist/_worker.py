@@ -60,13 +60,13 @@ def _send(fd: int, kind: bytes, payload: bytes) -> None:
         view = view[n:]
 
 
-def _exception_payload(exc: BaseException) -> bytes:
+def _exception_payload(exc: BaseException, formatted: str) -> bytes:
     import cloudpickle
 
     info = {
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "traceback": formatted,
         "exception": None,
     }
     try:
@@ -81,6 +81,7 @@ def run_rank(fn, args, kwargs, result_fd: int) -> int:
     import cloudpickle
 
     code = 0
+    formatted = ""
     try:
         value = fn(*args, **(kwargs or {}))
         try:
@@ -95,21 +96,29 @@ def run_rank(fn, args, kwargs, result_fd: int) -> int:
         if exc.code in (None, 0):
             kind, payload = RESULT, cloudpickle.dumps(None)
         else:
-            kind, payload = EXCEPTION, _exception_payload(exc)
+            formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            kind, payload = EXCEPTION, _exception_payload(exc, formatted)
             code = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # KeyboardInterrupt in a rank is a failure like any other
-        traceback.print_exc()
-        kind, payload = EXCEPTION, _exception_payload(exc)
+        formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        kind, payload = EXCEPTION, _exception_payload(exc, formatted)
         code = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
+    # The outcome goes first: the supervisor starts tearing the other ranks down on an exception
+    # as soon as it arrives. The traceback then goes to stderr for the logs.
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
     try:
         _send(result_fd, kind, payload)
     except OSError:
         code = code or 1
+    try:
+        if formatted:
+            sys.stderr.write(formatted)
+        sys.stderr.flush()
+    except Exception:
+        pass
     return code
 
 

@@ -671,10 +671,12 @@ def run_foreground(job: Job, prefix: str) -> list:
     try:
         while not job.done():
             sup = job._sup
-            if sup is not None:
+            if sup is not None and not sup.done():
                 sup.wait_activity(0.1)
             else:
-                job._done.wait(0.01)
+                # Between attempts, or while the driver thread reads the outcome: sleep on the
+                # job's event rather than spin (a spinning thread starves the driver of the GIL).
+                job._done.wait(0.05)
             show(job._take_lines())
         show(job._take_lines())
     except KeyboardInterrupt:
