@@ -29,6 +29,7 @@ def setup_rank(fresh_streams: bool) -> None:
     """Signals and streams of a rank. ``fresh_streams``: replace sys.stdout/stderr (a forked
     child of a Jupyter kernel would otherwise write into the kernel's ZMQ streams)."""
     if fresh_streams:
+        old_out, old_err = sys.stdout, sys.stderr
         sys.stdout = io.TextIOWrapper(
             io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
             line_buffering=True,
@@ -38,6 +39,7 @@ def setup_rank(fresh_streams: bool) -> None:
             line_buffering=True,
         )
         sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
+        _redirect_logging({id(old_out): sys.stdout, id(old_err): sys.stderr})
     else:
         # Pipes make Python block-buffer stdout: lines would reach the cell only at exit.
         for stream in (sys.stdout, sys.stderr):
@@ -50,6 +52,21 @@ def setup_rank(fresh_streams: bool) -> None:
     # A crash prints the Python stack; SIGUSR2 (sent on timeout) prints every thread's stack.
     faulthandler.enable(file=sys.stderr, all_threads=True)
     faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
+
+
+def _redirect_logging(replacements: dict) -> None:
+    """Logging handlers the parent pointed at its old streams write to the rank's pipes."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for h in lg.handlers:
+            stream = getattr(h, "stream", None)
+            if isinstance(h, logging.StreamHandler) and id(stream) in replacements:
+                h.stream = replacements[id(stream)]
 
 
 def _send(fd: int, kind: bytes, payload: bytes) -> None:

@@ -225,6 +225,9 @@ class _Plan:
             "GROUP_RANK": str(self.node_rank),
             "NODE_RANK": str(self.node_rank),
             "GROUP_WORLD_SIZE": str(self.nnodes),
+            "ROLE_RANK": str(rank),
+            "ROLE_WORLD_SIZE": str(self.nnodes * self.nprocs),
+            "ROLE_NAME": "default",
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(self.master_port),
             "NBDIST_JOB_ID": self.job_id,
@@ -604,6 +607,12 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
         raise LaunchValueError(f"log_dir must be a path, got {log_dir!r}")
     job_dir = os.path.join(os.fspath(base), job_id)
     try:
+        os.makedirs(os.fspath(base), mode=0o700, exist_ok=True)
+        if log_dir is None and os.stat(base).st_uid != os.getuid():
+            # The payload file in there is code the ranks will run: never use a shared /tmp
+            # directory someone else created under our name.
+            raise LaunchValueError(f"the default log_dir {base!r} belongs to another user; "
+                                   f"pass log_dir=")
         os.makedirs(job_dir, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise LaunchValueError(f"log_dir {os.fspath(base)!r} cannot be used: {exc}") from exc
