@@ -10,12 +10,17 @@ from ._errors import (
     DDPError,
     DDPValueError,
     LaunchError,
+    LaunchTimeoutError,
     LaunchValueError,
     MonitorError,
     NbdistError,
     NbdistTimeoutError,
     NbdistValueError,
+    WorkerError,
 )
+from .accelerate_compat import notebook_launcher
+from .job import Job
+from .launch import launch
 from .monitor import Monitor, MonitorValueError
 
 __version__ = "0.1.0"
@@ -25,7 +30,9 @@ __all__ = [
     "ArcValueError",
     "DDPError",
     "DDPValueError",
+    "Job",
     "LaunchError",
+    "LaunchTimeoutError",
     "LaunchValueError",
     "Monitor",
     "MonitorError",
@@ -33,5 +40,8 @@ __all__ = [
     "NbdistError",
     "NbdistTimeoutError",
     "NbdistValueError",
+    "WorkerError",
     "__version__",
+    "launch",
+    "notebook_launcher",
 ]

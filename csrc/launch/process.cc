@@ -1,0 +1,342 @@
+#include "launch/process.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+
+#include "launch/fd.h"
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+namespace nbdist::launch {
+
+namespace {
+
+// What a child reports on the error pipe before _exit(127).
+struct ChildFailure {
+  int stage;
+  int err;
+};
+
+enum Stage { kSetpgid = 1, kPdeathsig, kParentDied, kDup2, kChdir, kExec };
+
+const char* stage_name(int stage) {
+  switch (stage) {
+    case kSetpgid: return "setpgid";
+    case kPdeathsig: return "prctl(PR_SET_PDEATHSIG)";
+    case kParentDied: return "parent exited during start";
+    case kDup2: return "dup2";
+    case kChdir: return "chdir";
+    case kExec: return "execve";
+  }
+  return "unknown stage";
+}
+
+// Async-signal-safe: only raw system calls from here until exec or _exit.
+[[noreturn]] void child_fail(int err_fd, int stage, int err) {
+  ChildFailure f{stage, err};
+  ssize_t ignored = ::write(err_fd, &f, sizeof f);
+  (void)ignored;
+  ::_exit(127);
+}
+
+void reset_signals() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = SIG_DFL;
+  for (int s = 1; s < NSIG; ++s) ::sigaction(s, &sa, nullptr);  // SIGKILL/SIGSTOP just fail
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+}
+
+std::string find_in_path(const std::string& prog, const std::vector<std::string>& env) {
+  if (prog.find('/') != std::string::npos) return prog;
+  std::string path = "/usr/local/bin:/usr/bin:/bin";
+  for (const auto& kv : env)
+    if (kv.rfind("PATH=", 0) == 0) path = kv.substr(5);
+  size_t start = 0;
+  while (start <= path.size()) {
+    size_t end = path.find(':', start);
+    if (end == std::string::npos) end = path.size();
+    std::string dir = path.substr(start, end - start);
+    std::string candidate = (dir.empty() ? "." : dir) + "/" + prog;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    start = end + 1;
+  }
+  throw LaunchError(ErrorKind::kInvalidInput,
+                    "cannot start '" + prog + "': not found in PATH (" + path + ")");
+}
+
+pid_t do_spawn(const SpawnSpec& spec) {
+  if (spec.argv.empty()) throw LaunchError(ErrorKind::kInvalidInput, "spawn: empty argv");
+  // Everything the child touches is prepared before fork: after fork only async-signal-safe calls.
+  std::string exe = find_in_path(spec.argv[0], spec.env);
+  std::vector<char*> argv, envp;
+  for (const auto& a : spec.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  for (const auto& e : spec.env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  const char* cwd = spec.cwd.empty() ? nullptr : spec.cwd.c_str();
+  // Sources of dup2 may collide with targets (a source numbered 1 moved to 2 before 1 is read);
+  // first move every source above the highest target.
+  int max_target = 2;
+  for (auto& p : spec.fds) max_target = std::max(max_target, p.second);
+  Pipe err = make_pipe(false);
+  int err_w = err.write.get();
+  pid_t parent = ::getpid();
+  int death_signal = spec.death_signal;
+  bool new_group = spec.new_process_group;
+  std::vector<std::pair<int, int>> fds = spec.fds;
+  std::vector<int> moved(fds.size(), -1);
+
+  pid_t pid = ::fork();
+  if (pid < 0) throw LaunchSystemError("fork", errno);
+  if (pid == 0) {
+    if (new_group && ::setpgid(0, 0) != 0) child_fail(err_w, kSetpgid, errno);
+    if (death_signal != 0) {
+      if (::prctl(PR_SET_PDEATHSIG, death_signal) != 0) child_fail(err_w, kPdeathsig, errno);
+      // The parent may have died between fork and prctl: then nobody would ever kill us.
+      if (::getppid() != parent) child_fail(err_w, kParentDied, 0);
+    }
+    reset_signals();
+    for (size_t i = 0; i < fds.size(); ++i) {
+      moved[i] = ::fcntl(fds[i].first, F_DUPFD_CLOEXEC, max_target + 1);
+      if (moved[i] < 0) child_fail(err_w, kDup2, errno);
+    }
+    for (size_t i = 0; i < fds.size(); ++i)
+      if (::dup2(moved[i], fds[i].second) < 0) child_fail(err_w, kDup2, errno);
+    // Descriptors the parent created without O_CLOEXEC must not leak into the program either.
+    ::syscall(SYS_close_range, max_target + 1, ~0U, CLOSE_RANGE_CLOEXEC);
+    if (cwd && ::chdir(cwd) != 0) child_fail(err_w, kChdir, errno);
+    ::execve(exe.c_str(), argv.data(), envp.data());
+    child_fail(err_w, kExec, errno);
+  }
+  if (new_group) ::setpgid(pid, pid);  // both sides, so the group exists when fork returns
+  err.write.reset();
+  ChildFailure f{};
+  ssize_t n;
+  do {
+    n = ::read(err.read.get(), &f, sizeof f);
+  } while (n < 0 && errno == EINTR);
+  if (n == 0) return pid;  // EOF: the pipe closed at exec
+  int status;
+  ::waitpid(pid, &status, 0);
+  std::string what = "cannot start '" + spec.argv[0] + "': " + stage_name(f.stage) + " failed";
+  if (f.stage == kParentDied) throw LaunchError(what);
+  if (f.stage == kChdir) what += " (directory '" + spec.cwd + "')";
+  throw LaunchSystemError(what, f.err);
+}
+
+[[noreturn]] void reaper_main(int control, pid_t parent) {
+  // Own group: a Ctrl-C sent to the launcher's group must not take the reaper down first.
+  ::setpgid(0, 0);
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGUSR1);
+  ::sigprocmask(SIG_BLOCK, &set, nullptr);
+  if (::prctl(PR_SET_PDEATHSIG, SIGUSR1) != 0 || ::getppid() != parent) {
+    ::_exit(0);  // the parent is already gone: its ranks die by their own PDEATHSIG
+  }
+  // Keep nothing of the parent's open (listening sockets, other jobs' pipes) but the control pipe.
+  if (::dup2(control, 0) < 0) ::_exit(1);
+  if (::syscall(SYS_close_range, 1, ~0U, 0) != 0)
+    for (int fd = 1; fd < 4096; ++fd) ::close(fd);
+  int sfd = ::signalfd(-1, &set, SFD_CLOEXEC);
+  constexpr int kMaxGroups = 4096;
+  static pid_t groups[kMaxGroups];
+  int ngroups = 0;
+  struct pollfd pfd[2] = {{0, POLLIN, 0}, {sfd, POLLIN, 0}};
+  int npfd = 2;
+  for (;;) {
+    int r = ::poll(pfd, npfd, -1);
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) ::_exit(1);
+    if (pfd[1].revents & POLLIN) {
+      for (int i = 0; i < ngroups; ++i)
+        if (groups[i] > 0) ::kill(-groups[i], SIGKILL);
+      ::_exit(0);
+    }
+    if (pfd[0].revents) {
+      int32_t v;
+      ssize_t n = ::read(0, &v, sizeof v);
+      if (n == 0) ::_exit(0);  // the launcher closed the pipe on purpose
+      if (n != sizeof v) continue;
+      if (v > 0 && ngroups < kMaxGroups) {
+        groups[ngroups++] = v;
+      } else if (v < 0) {
+        for (int i = 0; i < ngroups; ++i)
+          if (groups[i] == -v) groups[i] = 0;
+      }
+    }
+  }
+}
+
+pid_t do_spawn_reaper(int control) {
+  pid_t parent = ::getpid();
+  pid_t pid = ::fork();
+  if (pid < 0) throw LaunchSystemError("fork (reaper)", errno);
+  if (pid == 0) reaper_main(control, parent);
+  return pid;
+}
+
+// The one thread that forks. It lives as long as the process (never joined: a static destructor
+// joining it at exit could deadlock with a fork in progress).
+class Spawner {
+ public:
+  static Spawner& instance() {
+    static Spawner* s = new Spawner();
+    return *s;
+  }
+
+  template <class F>
+  auto run(F&& f) -> decltype(f()) {
+    using R = decltype(f());
+    std::packaged_task<R()> task(std::forward<F>(f));
+    auto fut = task.get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.emplace_back([&task] { task(); });
+    }
+    cv_.notify_one();
+    return fut.get();
+  }
+
+ private:
+  Spawner() {
+    std::thread([this] { loop(); }).detach();
+  }
+
+  void loop() {
+    // Signals belong to the interpreter's main thread, never to the spawner.
+    sigset_t all;
+    sigfillset(&all);
+    ::pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return !queue_.empty(); });
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      job();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> queue_;
+};
+
+}  // namespace
+
+pid_t spawn(const SpawnSpec& spec) {
+  return Spawner::instance().run([&spec] { return do_spawn(spec); });
+}
+
+namespace {
+
+class Reaper {
+ public:
+  static Reaper& instance() {
+    static Reaper* r = new Reaper();
+    return *r;
+  }
+
+  void track(pid_t pgid) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ensure_running();
+    groups_.push_back(pgid);
+    send(pgid);
+  }
+
+  void untrack(pid_t pgid) {
+    std::lock_guard<std::mutex> lock(mu_);
+    groups_.erase(std::remove(groups_.begin(), groups_.end(), pgid), groups_.end());
+    if (write_.valid()) send(-pgid);
+  }
+
+ private:
+  void ensure_running() {
+    int st;
+    if (pid_ > 0 && ::waitpid(pid_, &st, WNOHANG) == 0) return;
+    // First use, or someone killed the reaper: start one and tell it about every live group.
+    Pipe control = make_pipe(false);
+    int read_fd = control.read.get();
+    pid_ = Spawner::instance().run([read_fd] { return do_spawn_reaper(read_fd); });
+    write_ = std::move(control.write);
+    for (pid_t g : groups_) send(g);
+  }
+
+  void send(int32_t v) {
+    ssize_t ignored = ::write(write_.get(), &v, sizeof v);
+    (void)ignored;
+  }
+
+  std::mutex mu_;
+  pid_t pid_ = 0;
+  UniqueFd write_;
+  std::vector<pid_t> groups_;
+};
+
+}  // namespace
+
+void reaper_track(pid_t pgid) { Reaper::instance().track(pgid); }
+void reaper_untrack(pid_t pgid) { Reaper::instance().untrack(pgid); }
+
+std::string signal_name(int sig) {
+  static const std::pair<int, const char*> kNames[] = {
+      {SIGHUP, "SIGHUP"},   {SIGINT, "SIGINT"},     {SIGQUIT, "SIGQUIT"}, {SIGILL, "SIGILL"},
+      {SIGTRAP, "SIGTRAP"}, {SIGABRT, "SIGABRT"},   {SIGBUS, "SIGBUS"},   {SIGFPE, "SIGFPE"},
+      {SIGKILL, "SIGKILL"}, {SIGUSR1, "SIGUSR1"},   {SIGSEGV, "SIGSEGV"}, {SIGUSR2, "SIGUSR2"},
+      {SIGPIPE, "SIGPIPE"}, {SIGALRM, "SIGALRM"},   {SIGTERM, "SIGTERM"}, {SIGCHLD, "SIGCHLD"},
+      {SIGCONT, "SIGCONT"}, {SIGSTOP, "SIGSTOP"},   {SIGTSTP, "SIGTSTP"}, {SIGXCPU, "SIGXCPU"},
+      {SIGXFSZ, "SIGXFSZ"}, {SIGSYS, "SIGSYS"},
+  };
+  for (const auto& [n, name] : kNames)
+    if (n == sig) return name;
+  return "signal " + std::to_string(sig);
+}
+
+std::string describe_wait_status(int status) {
+  if (WIFEXITED(status)) return "exit code " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return "signal " + signal_name(WTERMSIG(status));
+  return "wait status " + std::to_string(status);
+}
+
+void kill_group(pid_t pgid, int sig) {
+  if (pgid <= 0) return;
+  // ESRCH: the process has not made its group yet (or never does); signal it directly.
+  if (::kill(-pgid, sig) != 0 && errno == ESRCH) ::kill(pgid, sig);
+}
+
+int open_pidfd(pid_t pid) {
+#ifdef SYS_pidfd_open
+  int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+  if (fd >= 0) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+  return fd;
+#else
+  return -1;
+#endif
+}
+
+}  // namespace nbdist::launch

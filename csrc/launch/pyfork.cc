@@ -1,0 +1,58 @@
+#include "launch/pyfork.h"
+
+#include <Python.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "common/error.h"
+#include "launch/fd.h"
+#include "launch/process.h"
+
+namespace nbdist::launch {
+
+pid_t fork_interpreter(const std::vector<std::pair<int, int>>& fds, const std::vector<int>& keep,
+                       const std::vector<int>& close_fds, int death_signal) {
+  // Taken before fork: another thread could hold the registry lock at the moment of fork.
+  std::vector<int> to_close = parent_fds_snapshot();
+  to_close.insert(to_close.end(), close_fds.begin(), close_fds.end());
+  int max_target = 2;
+  for (auto& p : fds) max_target = std::max(max_target, p.second);
+  pid_t parent = ::getpid();
+
+  PyOS_BeforeFork();
+  pid_t pid = ::fork();
+  int saved = errno;
+  if (pid != 0) {
+    PyOS_AfterFork_Parent();
+    if (pid < 0) throw LaunchSystemError("fork", saved);
+    // The child's own setpgid may not have run yet when a teardown signals its group: setting
+    // it from both sides (as shells do) closes that window.
+    ::setpgid(pid, pid);
+    return pid;
+  }
+  PyOS_AfterFork_Child();
+  ::setpgid(0, 0);
+  if (death_signal != 0) {
+    ::prctl(PR_SET_PDEATHSIG, death_signal);
+    if (::getppid() != parent) ::_exit(1);  // orphaned before the death signal was armed
+  }
+  std::vector<int> moved;
+  for (auto& p : fds) moved.push_back(::fcntl(p.first, F_DUPFD_CLOEXEC, max_target + 1));
+  for (size_t i = 0; i < fds.size(); ++i)
+    if (moved[i] >= 0) ::dup2(moved[i], fds[i].second);
+  for (int fd : moved)
+    if (fd >= 0) ::close(fd);
+  for (int fd : to_close) {
+    bool is_target = false;
+    for (auto& p : fds) is_target |= p.second == fd;
+    if (!is_target && std::find(keep.begin(), keep.end(), fd) == keep.end()) ::close(fd);
+  }
+  return 0;
+}
+
+}  // namespace nbdist::launch

@@ -1,0 +1,188 @@
+"""What runs inside every rank: set up the rank, call ``fn(*args, **kwargs)``, send the outcome.
+
+The outcome travels on its own pipe (never on stdout): one byte (``R`` result, ``E`` exception),
+the rank's CLOCK_MONOTONIC time as a little-endian double (the supervisor uses it to find the rank
+that failed first), then a cloudpickle payload.
+
+``python -m nbdist._worker PAYLOAD`` is the ``spawn`` start method: it reads the cloudpickled
+payload file written by the launcher. The ``fork`` and ``zygote`` methods call :func:`run_rank`
+in a forked child instead.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import io
+import os
+import signal
+import struct
+import sys
+import time
+import traceback
+
+RESULT = b"R"
+EXCEPTION = b"E"
+HEADER = struct.Struct("<cd")
+
+
+def setup_rank(fresh_streams: bool) -> None:
+    """Signals and streams of a rank. ``fresh_streams``: replace sys.stdout/stderr (a forked
+    child of a Jupyter kernel would otherwise write into the kernel's ZMQ streams)."""
+    if fresh_streams:
+        old_out, old_err = sys.stdout, sys.stderr
+        sys.stdout = io.TextIOWrapper(
+            io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+            line_buffering=True,
+        )
+        sys.stderr = io.TextIOWrapper(
+            io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+            line_buffering=True,
+        )
+        sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
+        _redirect_logging({id(old_out): sys.stdout, id(old_err): sys.stderr})
+    else:
+        # Pipes make Python block-buffer stdout: lines would reach the cell only at exit.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.reconfigure(line_buffering=True)
+            except (AttributeError, ValueError):
+                pass
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # A crash prints the Python stack; SIGUSR2 (sent on timeout) prints every thread's stack.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
+
+
+def _redirect_logging(replacements: dict) -> None:
+    """Logging handlers the parent pointed at its old streams write to the rank's pipes."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for h in lg.handlers:
+            stream = getattr(h, "stream", None)
+            if isinstance(h, logging.StreamHandler) and id(stream) in replacements:
+                h.stream = replacements[id(stream)]
+
+
+def _send(fd: int, kind: bytes, payload: bytes) -> None:
+    data = HEADER.pack(kind, time.monotonic()) + payload
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _exception_payload(exc: BaseException, formatted: str) -> bytes:
+    import cloudpickle
+
+    info = {
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
+        "message": str(exc),
+        "traceback": formatted,
+        "exception": None,
+    }
+    try:
+        info["exception"] = cloudpickle.dumps(exc)
+    except Exception:  # an unpicklable exception still reports its type, message and traceback
+        pass
+    return cloudpickle.dumps(info)
+
+
+def run_rank(fn, args, kwargs, result_fd: int) -> int:
+    """Calls fn and sends its outcome; returns the exit code for the rank."""
+    import cloudpickle
+
+    code = 0
+    formatted = ""
+    try:
+        value = fn(*args, **(kwargs or {}))
+        try:
+            payload = cloudpickle.dumps(value)
+        except Exception as exc:
+            raise TypeError(
+                f"the return value of {getattr(fn, '__name__', fn)!r} "
+                f"({type(value).__name__}) cannot be pickled: {exc}"
+            ) from exc
+        kind = RESULT
+    except SystemExit as exc:
+        if exc.code in (None, 0):
+            kind, payload = RESULT, cloudpickle.dumps(None)
+        else:
+            formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            kind, payload = EXCEPTION, _exception_payload(exc, formatted)
+            code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException as exc:  # KeyboardInterrupt in a rank is a failure like any other
+        formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        kind, payload = EXCEPTION, _exception_payload(exc, formatted)
+        code = 1
+    # The outcome goes first: the supervisor starts tearing the other ranks down on an exception
+    # as soon as it arrives. The traceback then goes to stderr for the logs.
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
+    try:
+        _send(result_fd, kind, payload)
+    except OSError:
+        code = code or 1
+    try:
+        if formatted:
+            sys.stderr.write(formatted)
+        sys.stderr.flush()
+    except Exception:
+        pass
+    return code
+
+
+def decode_outcome(data: bytes):
+    """(kind, monotonic time, payload object) of a rank's result pipe; None when it is empty or
+    cut short (the rank died while sending)."""
+    import cloudpickle
+
+    if len(data) < HEADER.size:
+        return None
+    kind, when = HEADER.unpack_from(data)
+    try:
+        return kind, when, cloudpickle.loads(data[HEADER.size:])
+    except Exception as exc:
+        if kind == EXCEPTION:
+            return kind, when, {"type": "unknown", "message": f"(undecodable: {exc})",
+                                "traceback": "", "exception": None}
+        raise
+
+
+def run_payload(path: str, result_fd: int) -> int:
+    import cloudpickle
+
+    with open(path, "rb") as f:
+        payload = cloudpickle.loads(f.read())
+    return run_rank(payload["fn"], payload["args"], payload["kwargs"], result_fd)
+
+
+def load_sys_path(path: str) -> None:
+    """Puts the launcher's sys.path in front so that its modules import here too."""
+    import pickle
+
+    with open(path + ".path", "rb") as f:
+        entries = pickle.load(f)
+    sys.path[:0] = [p for p in entries if p not in sys.path]
+
+
+def main() -> None:
+    setup_rank(fresh_streams=False)
+    path = sys.argv[1]
+    load_sys_path(path)
+    result_fd = int(os.environ.get("NBDIST_RESULT_FD", "3"))
+    code = run_payload(path, result_fd)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

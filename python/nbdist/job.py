@@ -1,0 +1,210 @@
+"""nbdist.Job: a handle on a launch running in the background (and, underneath, every launch).
+
+A foreground :func:`nbdist.launch` is a Job plus a loop that prints the ranks' lines and waits.
+A small driver thread runs the job's attempts (restarts, one retry on a fresh port when the
+rendezvous port was taken) so that a background job makes progress while the cell is free.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+import weakref
+from collections import deque
+
+from ._errors import LaunchError, NbdistTimeoutError
+
+STATES = ("starting", "running", "succeeded", "failed", "killed", "timed_out")
+
+_live_jobs: weakref.WeakSet = weakref.WeakSet()
+
+
+class Job:
+    """A launch in progress or finished.
+
+    Attributes: ``id``, ``status`` (one of ``starting``, ``running``, ``succeeded``, ``failed``,
+    ``killed``, ``timed_out``), ``pids`` (the current attempt's rank pids), ``gpus``, ``log_dir``
+    (this job's directory of ``rank_<r>.log`` files), ``started`` / ``ended`` (``time.time()``
+    values, ``ended`` None while running), ``elapsed`` (seconds), ``restarts`` (attempts redone).
+    """
+
+    def __init__(self, plan) -> None:
+        self._plan = plan
+        self.id: str = plan.job_id
+        self.log_dir: str = plan.job_dir
+        self.gpus = plan.gpus
+        self.nprocs: int = plan.nprocs
+        self.started: float = time.time()
+        self.ended: float | None = None
+        self.restarts = 0
+        self._status = "starting"
+        self._sup = None
+        self._pids: list[int] = []
+        self._results: list | None = None
+        self._error: BaseException | None = None
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._pending: deque = deque()
+        self._kill_grace: float | None = None
+        self._thread = threading.Thread(target=self._drive, name=f"nbdist-job-{self.id}",
+                                         daemon=True)
+        _live_jobs.add(self)
+
+    def _start(self) -> None:
+        self._thread.start()
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @property
+    def pids(self) -> list[int]:
+        return list(self._pids)
+
+    @property
+    def elapsed(self) -> float:
+        return (self.ended if self.ended is not None else time.time()) - self.started
+
+    def poll(self) -> str:
+        """The current status, without waiting."""
+        return self._status
+
+    def done(self) -> bool:
+        """True once every rank of the final attempt has exited and been reaped."""
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> list:
+        """Waits for the job; returns the ranks' results (index = local rank) or raises the
+        launcher's error (:class:`nbdist.WorkerError`, its timeout subclass, or
+        :class:`nbdist.LaunchError`). Raises ``TimeoutError`` if ``timeout`` seconds pass first."""
+        if not self._done.wait(timeout):
+            raise NbdistTimeoutError(
+                f"job {self.id} is still {self._status} after waiting {timeout} s"
+            )
+        if self._error is not None:
+            raise self._error
+        return list(self._results or [])
+
+    def result(self, timeout: float | None = None) -> list:
+        """Same as :meth:`wait`."""
+        return self.wait(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """Waits like :meth:`wait`; returns the job's error, or None when it succeeded."""
+        if not self._done.wait(timeout):
+            raise NbdistTimeoutError(
+                f"job {self.id} is still {self._status} after waiting {timeout} s"
+            )
+        return self._error
+
+    def kill(self, grace: float = 5.0) -> None:
+        """Tears every rank down (SIGTERM to each rank's process group, ``grace`` seconds, then
+        SIGKILL) and waits until they are gone. No restart follows."""
+        with self._lock:
+            self._kill_grace = grace
+            sup = self._sup
+        if sup is not None:
+            sup.kill(grace)
+        self._done.wait(grace + 10.0)
+
+    def logs(self, rank: int | None = None, tail: int | None = None) -> str:
+        """The ranks' output from the log files (stdout and stderr interleaved). ``rank`` None:
+        every rank, each line prefixed ``[rank r]``; ``tail``: only the last ``tail`` lines."""
+        ranks = range(self.nprocs) if rank is None else [rank]
+        if rank is not None and not 0 <= rank < self.nprocs:
+            raise LaunchError(f"Job.logs: rank {rank} is not in 0..{self.nprocs - 1}")
+        out: list[str] = []
+        for r in ranks:
+            path = os.path.join(self.log_dir, f"rank_{r}.log")
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    lines = f.read().splitlines()
+            except FileNotFoundError:
+                lines = []
+            if tail is not None:
+                lines = lines[-tail:] if tail > 0 else []
+            out.extend(lines if rank is not None else [f"[rank {r}] {ln}" for ln in lines])
+        return "\n".join(out) + ("\n" if out else "")
+
+    def __repr__(self) -> str:
+        return (f"<nbdist.Job {self.id} {self._status} nprocs={self.nprocs} "
+                f"elapsed={self.elapsed:.1f}s>")
+
+    # -- driver ------------------------------------------------------------------------------
+
+    def _take_lines(self, max_lines: int = 10000) -> list:
+        with self._lock:
+            lines = list(self._pending)
+            self._pending.clear()
+            sup = self._sup
+        if sup is not None:
+            lines.extend(sup.take_lines(max_lines))
+        return lines
+
+    def _drive(self) -> None:
+        plan = self._plan
+        port_retried = False
+        restart = 0
+        try:
+            while True:
+                with self._lock:
+                    if self._kill_grace is not None:
+                        self._finish("killed", None, LaunchError(f"job {self.id} was killed"))
+                        return
+                sup, pids, start_error = plan.start_attempt(restart, self)
+                self._pids = pids
+                if self._status == "starting":
+                    self._status = "running"
+                sup.wait(-1.0)
+                with self._lock:
+                    self._pending.extend(sup.take_lines(1 << 30))
+                outcome = plan.collect(sup, start_error)
+                state, results, error = outcome
+                if state == "succeeded":
+                    self._finish(state, results, None)
+                    return
+                if state in ("killed", "timed_out") or self._kill_grace is not None:
+                    self._finish(state, None, error)
+                    return
+                if not port_retried and plan.port_taken(error):
+                    port_retried = True
+                    old = plan.master_port
+                    plan.new_port()
+                    plan.notice(f"port {old} was taken; retrying on port {plan.master_port}")
+                    continue
+                if restart < plan.max_restarts:
+                    restart += 1
+                    self.restarts = restart
+                    plan.notice(f"attempt {restart} of {plan.max_restarts} restarts after: "
+                                f"{str(error).splitlines()[0]}")
+                    continue
+                self._finish("failed", None, error)
+                return
+        except BaseException as exc:  # a launcher bug or a start failure must still end the job
+            self._finish("failed", None, exc)
+
+    def _finish(self, state: str, results, error) -> None:
+        self._results = results
+        self._error = error
+        self.ended = time.time()
+        self._status = state
+        self._done.set()
+
+
+_OWNER_PID = os.getpid()
+
+
+@atexit.register
+def _kill_live_jobs() -> None:
+    if os.getpid() != _OWNER_PID:
+        return  # a forked child exiting: the jobs belong to its parent
+    for job in list(_live_jobs):
+        if not job.done():
+            try:
+                job.kill(grace=1.0)
+            except Exception:
+                pass

@@ -1,0 +1,785 @@
+"""nbdist.launch: run a function in N ranks from a notebook cell, supervised by the C++ core.
+
+Everything here is ergonomics: argument checks, defaults, the ranks' environment, the choice of
+start method and the one preflight line that states those choices. Processes, pipes, the output
+pump and the teardown live in C++ (``nbdist._core.launch``).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import secrets
+import signal
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from typing import Any, Callable
+
+from ._errors import LaunchError, LaunchTimeoutError, LaunchValueError, WorkerError
+from .job import Job
+
+START_METHODS = ("auto", "fork", "spawn", "zygote")
+DEFAULT_GRACE = 5.0
+TAIL_LINES_IN_ERROR = 20
+
+# (job id, pid) of every rank started by this process, newest last: for debugging and for the
+# tests' check that no process of a job outlives it.
+started_ranks: deque = deque(maxlen=4096)
+
+
+def _core():
+    from . import _core as core
+
+    return core.launch
+
+
+# -- GPUs, without initializing CUDA in this process ----------------------------------------------
+
+_NO_NVML: list = []  # remembers that the driver library is absent (checked once per process)
+
+
+def _nvml():
+    import ctypes
+
+    if _NO_NVML:
+        return None
+    try:
+        lib = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        _NO_NVML.append(True)
+        return None
+    if lib.nvmlInit_v2() != 0:
+        return None
+    return lib
+
+
+def _nvml_devices(lib) -> list:
+    import ctypes
+
+    count = ctypes.c_uint(0)
+    if lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+        return []
+    handles = []
+    for i in range(count.value):
+        h = ctypes.c_void_p()
+        if lib.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(h)) == 0:
+            handles.append(h)
+    return handles
+
+
+def visible_gpu_count() -> int:
+    """GPUs the ranks will see, found without creating a CUDA context here (so fork stays safe):
+    CUDA_VISIBLE_DEVICES, else NVML, else ``nvidia-smi -L``."""
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        entries = [e for e in cvd.split(",") if e.strip()]
+        if not entries or entries[0].strip().startswith("-"):
+            return 0
+        return len(entries)
+    lib = _nvml()
+    if lib is not None:
+        n = len(_nvml_devices(lib))
+        lib.nvmlShutdown()
+        return n
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+            return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            return 0
+    return 0
+
+
+def gpus_lack_peer_access(indices: list[int] | None) -> bool:
+    """True when some pair of the GPUs cannot reach each other peer-to-peer (e.g. Kaggle 2xT4),
+    where NCCL's P2P transport hangs or fails; asked of NVML, never of CUDA."""
+    import ctypes
+
+    lib = _nvml()
+    if lib is None:
+        return False
+    try:
+        handles = _nvml_devices(lib)
+        if indices is not None:
+            handles = [handles[i] for i in indices if 0 <= i < len(handles)]
+        for i in range(len(handles)):
+            for j in range(i + 1, len(handles)):
+                status = ctypes.c_int(0)
+                # NVML_P2P_CAPS_INDEX_READ = 0; NVML_P2P_STATUS_OK = 0
+                rc = lib.nvmlDeviceGetP2PStatus(handles[i], handles[j], 0, ctypes.byref(status))
+                if rc == 0 and status.value != 0:
+                    return True
+        return False
+    finally:
+        lib.nvmlShutdown()
+
+
+def cuda_initialized() -> bool:
+    """Whether this process created a CUDA context (then forking it is unsafe)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    try:
+        return bool(torch.cuda.is_initialized())
+    except Exception:
+        return False
+
+
+def free_port(addr: str = "127.0.0.1") -> int:
+    """A TCP port free on ``addr`` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((addr, 0))
+        except OSError:
+            s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def default_log_dir() -> str:
+    return os.path.join(tempfile.gettempdir(), f"nbdist-{os.getuid()}")
+
+
+def new_job_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+# -- the fork thread ------------------------------------------------------------------------------
+
+class _ForkThread:
+    """The one long-lived Python thread that forks this interpreter (PR_SET_PDEATHSIG is tied to
+    the forking thread, and CPython's fork hooks must run in it)."""
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="nbdist-fork", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            batch, reply = self._requests.get()
+            pids: list = []
+            try:
+                for fds, keep, child in batch:
+                    pid = _core().fork_interpreter(fds, keep, [], signal.SIGKILL)
+                    if pid == 0:
+                        code = 1
+                        try:
+                            code = child()
+                        finally:
+                            os._exit(code)
+                    pids.append(pid)
+                reply.put(("ok", pids))
+            except BaseException as exc:
+                reply.put(("error", (exc, pids)))
+
+    def fork_all(self, batch: list) -> list[int]:
+        reply: queue.SimpleQueue = queue.SimpleQueue()
+        self._requests.put((batch, reply))
+        kind, value = reply.get()
+        if kind == "error":
+            raise value[0]
+        return value
+
+
+_fork_thread: _ForkThread | None = None
+_fork_thread_lock = threading.Lock()
+
+
+def _get_fork_thread() -> _ForkThread:
+    global _fork_thread
+    with _fork_thread_lock:
+        if _fork_thread is None:
+            _fork_thread = _ForkThread()
+        return _fork_thread
+
+
+# -- the plan of a launch -------------------------------------------------------------------------
+
+class _Plan:
+    """Everything decided before the first rank starts; starts attempts and reads their outcome."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+
+    def notice(self, text: str) -> None:
+        if self.stream:
+            print(f"nbdist: {text}", flush=True)
+
+    def new_port(self) -> None:
+        self.master_port = free_port(self.master_addr)
+
+    def port_taken(self, error) -> bool:
+        if self.nnodes != 1 or not isinstance(error, WorkerError):
+            return False
+        text = str(error).lower()
+        return "eaddrinuse" in text or "address already in use" in text
+
+    def rank_env(self, local_rank: int, restart: int) -> dict[str, str]:
+        rank = self.node_rank * self.nprocs + local_rank
+        env = {
+            "RANK": str(rank),
+            "LOCAL_RANK": str(local_rank),
+            "WORLD_SIZE": str(self.nnodes * self.nprocs),
+            "LOCAL_WORLD_SIZE": str(self.nprocs),
+            "GROUP_RANK": str(self.node_rank),
+            "NODE_RANK": str(self.node_rank),
+            "GROUP_WORLD_SIZE": str(self.nnodes),
+            "ROLE_RANK": str(rank),
+            "ROLE_WORLD_SIZE": str(self.nnodes * self.nprocs),
+            "ROLE_NAME": "default",
+            "MASTER_ADDR": self.master_addr,
+            "MASTER_PORT": str(self.master_port),
+            "NBDIST_JOB_ID": self.job_id,
+            "NBDIST_RESTART_COUNT": str(restart),
+            "TORCHELASTIC_RESTART_COUNT": str(restart),
+        }
+        env.update(self.extra_env)
+        return env
+
+    def start_attempt(self, restart: int, job: Job):
+        core = _core()
+        sup = core.Supervisor(
+            job_id=self.job_id, log_dir=self.job_dir, nranks=self.nprocs, tail_bytes=64 * 1024,
+            line_queue_bytes=16 << 20, stream=self.stream, grace_s=self.grace,
+            timeout_s=float(self.timeout or 0.0), dump_wait_s=1.0,
+        )
+        with job._lock:
+            job._sup = sup
+            if job._kill_grace is not None:
+                sup.kill(job._kill_grace)
+        if restart:
+            for r in range(self.nprocs):
+                with open(sup.log_path(r), "a") as f:
+                    f.write(f"--- nbdist: restart {restart} ---\n")
+        pids: list[int] = []
+        start_error = None
+        try:
+            method = self.start_method
+            if method == "fork":
+                pids = self._start_fork(sup, restart)
+            elif method == "zygote":
+                pids = self._start_zygote(sup, restart)
+            else:
+                pids = self._start_spawn(sup, restart)
+        except BaseException as exc:
+            start_error = exc
+            sup.kill(0.0)
+        finally:
+            sup.seal()
+        for pid in pids:
+            started_ranks.append((self.job_id, pid))
+        return sup, pids, start_error
+
+    def _start_spawn(self, sup, restart: int) -> list[int]:
+        base = dict(os.environ)
+        pids = []
+        for r in range(self.nprocs):
+            env = dict(base)
+            env.update(self.rank_env(r, restart))
+            if self.argv is None:
+                argv = [sys.executable, "-m", "nbdist._worker", self.payload_path]
+                env["NBDIST_RESULT_FD"] = "3"
+            else:
+                argv = list(self.argv)
+                env.setdefault("PYTHONUNBUFFERED", "1")
+            sup.open_rank(r, False)
+            pids.append(sup.spawn_rank(r, argv, [f"{k}={v}" for k, v in env.items()],
+                                       self.cwd, 3))
+        return pids
+
+    def _start_fork(self, sup, restart: int) -> list[int]:
+        from . import _worker
+
+        fn, args, kwargs = self.fn, self.args, self.kwargs
+        batch = []
+        for r in range(self.nprocs):
+            fds = sup.open_rank(r, False)
+            env = self.rank_env(r, restart)
+            result_w = fds.result_w
+
+            def child(env=env, result_w=result_w):
+                os.environ.update(env)
+                _worker.setup_rank(fresh_streams=True)
+                code = _worker.run_rank(fn, args, kwargs, result_w)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                return code
+
+            batch.append(([(fds.stdout_w, 1), (fds.stderr_w, 2)], [result_w], child))
+        pids = _get_fork_thread().fork_all(batch)
+        for r, pid in enumerate(pids):
+            sup.attach_rank(r, pid)
+        return pids
+
+    def _start_zygote(self, sup, restart: int) -> list[int]:
+        from ._zygote import get_zygote
+
+        zygote = get_zygote()
+        base = dict(os.environ)
+        pids = []
+        for r in range(self.nprocs):
+            fds = sup.open_rank(r, True)
+            env = dict(base)
+            env.update(self.rank_env(r, restart))
+            pid = zygote.fork_rank(self.payload_path, env, self.cwd,
+                                   [fds.stdout_w, fds.stderr_w, fds.result_w, fds.status_w])
+            sup.attach_rank(r, pid)
+            pids.append(pid)
+        return pids
+
+    # -- outcome ----------------------------------------------------------------------------
+
+    def collect(self, sup, start_error):
+        """(state, results, error) of a finished attempt."""
+        from . import _worker
+
+        core = _core()
+        state = sup.state().name
+        ranks = sup.ranks()
+        outcomes = {}
+        for rs in ranks:
+            try:
+                outcomes[rs.rank] = _worker.decode_outcome(sup.result(rs.rank))
+            except Exception as exc:  # a result that does not unpickle in the parent
+                outcomes[rs.rank] = (_worker.EXCEPTION, rs.exit_time, {
+                    "type": type(exc).__name__,
+                    "message": f"the rank's return value cannot be unpickled here: {exc}",
+                    "traceback": "", "exception": None})
+        if start_error is not None:
+            if isinstance(start_error, (LaunchError, KeyboardInterrupt)):
+                return "failed", None, start_error
+            err = LaunchError(f"job {self.job_id}: could not start the ranks "
+                              f"({self.start_method}): {type(start_error).__name__}: "
+                              f"{start_error}")
+            err.__cause__ = start_error
+            return "failed", None, err
+        if state == "succeeded":
+            results = []
+            for rs in ranks:
+                out = outcomes.get(rs.rank)
+                results.append(out[2] if out is not None and out[0] == _worker.RESULT else None)
+            return state, results, None
+        return state, None, self._error(sup, state, ranks, outcomes, core)
+
+    def _error(self, sup, state, ranks, outcomes, core) -> BaseException:
+        from . import _worker
+
+        def failed(rs) -> bool:
+            if not rs.exited:
+                return False
+            if rs.lost:
+                return True
+            out = outcomes.get(rs.rank)
+            if out is not None and out[0] == _worker.EXCEPTION:
+                return True
+            return os.WIFSIGNALED(rs.wait_status) or os.WEXITSTATUS(rs.wait_status) != 0
+
+        def fail_time(rs) -> float:
+            out = outcomes.get(rs.rank)
+            t = rs.exit_time
+            if out is not None and out[0] == _worker.EXCEPTION:
+                t = min(t, out[1])
+            return t
+
+        def how(rs) -> str:
+            if rs.lost:
+                return "lost (its zygote died; exit status unknown)"
+            return core.describe_wait_status(rs.wait_status)
+
+        def grank(local: int) -> int:
+            return self.node_rank * self.nprocs + local
+
+        failures = [rs for rs in ranks if failed(rs)]
+        causes = [rs for rs in failures if not rs.after_teardown] or failures
+        root = min(causes, key=fail_time) if causes else None
+        failure_dicts = []
+        for rs in failures:
+            out = outcomes.get(rs.rank)
+            info = out[2] if out is not None and out[0] == _worker.EXCEPTION else None
+            failure_dicts.append({
+                "rank": grank(rs.rank), "pid": rs.pid,
+                "exit_code": os.WEXITSTATUS(rs.wait_status)
+                if not rs.lost and os.WIFEXITED(rs.wait_status) else None,
+                "signal": core.signal_name(os.WTERMSIG(rs.wait_status))
+                if not rs.lost and os.WIFSIGNALED(rs.wait_status) else None,
+                "exc_type": info["type"] if info else None,
+                "exc_message": info["message"] if info else None,
+                "collateral": rs.after_teardown and rs is not root,
+                "how": how(rs),
+            })
+
+        world = self.nnodes * self.nprocs
+        if state == "timed_out":
+            dumps = {grank(rs.rank): sup.dump(rs.rank).decode("utf-8", "replace")
+                     for rs in ranks}
+            parts = [f"job {self.job_id} timed out after {self.timeout} s ({world} ranks); "
+                     f"Python stacks of every rank at the timeout:"]
+            for r, text in dumps.items():
+                parts.append(f"--- rank {r} ---\n{text.rstrip() or '(no stack dump received)'}")
+            parts.append(f"logs: {self.job_dir}")
+            return LaunchTimeoutError("\n".join(parts), job_id=self.job_id,
+                                      log_dir=self.job_dir, failures=failure_dicts, dumps=dumps)
+        if state == "killed":
+            return LaunchError(f"job {self.job_id} was killed")
+        if root is None:
+            return WorkerError(f"job {self.job_id} failed without a failed rank (no rank ran)",
+                               job_id=self.job_id, log_dir=self.job_dir)
+        root_dict = next(d for d in failure_dicts if d["rank"] == grank(root.rank))
+        out = outcomes.get(root.rank)
+        info = out[2] if out is not None and out[0] == _worker.EXCEPTION else None
+        head = f"rank {grank(root.rank)} (of {world}) failed"
+        if info:
+            head += f" with {info['type']}: {info['message']} ({how(root)})"
+        else:
+            head += f": {how(root)}"
+        parts = [f"{head}; job {self.job_id}"]
+        if info and info["traceback"]:
+            parts.append(f"Remote traceback of rank {grank(root.rank)}:\n"
+                         + info["traceback"].rstrip())
+        tail = sup.tail(root.rank).decode("utf-8", "replace").splitlines()[-TAIL_LINES_IN_ERROR:]
+        if tail and not (info and info["traceback"]):
+            parts.append(f"Last output of rank {grank(root.rank)}:\n" + "\n".join(tail))
+        summary = []
+        for d in failure_dicts:
+            what = d["how"]
+            if d["exc_type"]:
+                what = f"{d['exc_type']}: {d['exc_message']} ({what})"
+            if d["collateral"]:
+                what += f" - stopped by nbdist after rank {grank(root.rank)} failed"
+            summary.append(f"  rank {d['rank']}: {what}")
+        parts.append("Failed ranks:\n" + "\n".join(summary))
+        parts.append(f"Logs: {self.job_dir}/rank_<r>.log")
+        remote = None
+        if info and info.get("exception"):
+            try:
+                import cloudpickle
+
+                remote = cloudpickle.loads(info["exception"])
+            except Exception:
+                remote = None
+        return WorkerError(
+            "\n".join(parts), rank=grank(root.rank), exit_code=root_dict["exit_code"],
+            signal=root_dict["signal"], exc_type=info["type"] if info else None,
+            exc_message=info["message"] if info else None,
+            remote_traceback=info["traceback"] if info else None, remote_exception=remote,
+            failures=failure_dicts, job_id=self.job_id, log_dir=self.job_dir,
+        )
+
+
+# -- argument checks ------------------------------------------------------------------------------
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise LaunchValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise LaunchValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_gpus(gpus) -> list[int] | None:
+    if gpus is None:
+        return None
+    if isinstance(gpus, str):
+        try:
+            gpus = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError:
+            raise LaunchValueError(f"gpus must be GPU indices like [0, 1] or '0,1', got {gpus!r}")
+    if isinstance(gpus, int) and not isinstance(gpus, bool):
+        gpus = [gpus]
+    try:
+        gpus = list(gpus)
+    except TypeError:
+        raise LaunchValueError(f"gpus must be a list of GPU indices, got {gpus!r}") from None
+    for g in gpus:
+        if isinstance(g, bool) or not isinstance(g, int) or g < 0:
+            raise LaunchValueError(f"gpus must hold non-negative ints, got {g!r} in {gpus!r}")
+    if len(set(gpus)) != len(gpus):
+        raise LaunchValueError(f"gpus lists a GPU twice: {gpus!r}")
+    return gpus
+
+
+def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max_restarts,
+          log_dir, master_addr, master_port, nnodes, node_rank, stream, grace, argv=None,
+          cwd=None, caller="launch") -> _Plan:
+    if argv is None and not callable(target):
+        raise LaunchValueError(f"{caller}: fn must be callable, got {type(target).__name__}")
+    if not isinstance(args, (tuple, list)):
+        raise LaunchValueError(f"args must be a tuple or list, got {type(args).__name__}")
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise LaunchValueError(f"kwargs must be a dict or None, got {type(kwargs).__name__}")
+    if start_method not in START_METHODS:
+        raise LaunchValueError(f"start_method must be one of {START_METHODS}, "
+                               f"got {start_method!r}")
+    gpus = _check_gpus(gpus)
+    if env is not None:
+        if not isinstance(env, dict):
+            raise LaunchValueError(f"env must be a dict of str to str, got {type(env).__name__}")
+        for k, v in env.items():
+            if not isinstance(k, str) or not k or "=" in k or "\0" in k:
+                raise LaunchValueError(f"env: bad variable name {k!r}")
+            if not isinstance(v, (str, int, float)) or isinstance(v, bool):
+                raise LaunchValueError(f"env[{k!r}] must be a str, got {type(v).__name__}")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise LaunchValueError(f"timeout must be a positive number of seconds or None, "
+                                   f"got {timeout!r}")
+    _check_int("max_restarts", max_restarts, 0)
+    _check_int("nnodes", nnodes, 1)
+    _check_int("node_rank", node_rank, 0)
+    if node_rank >= nnodes:
+        raise LaunchValueError(f"node_rank must be < nnodes ({nnodes}), got {node_rank}")
+    if not isinstance(master_addr, str) or not master_addr:
+        raise LaunchValueError(f"master_addr must be a host name or address, got {master_addr!r}")
+    if master_port is not None:
+        _check_int("master_port", master_port, 1)
+        if master_port > 65535:
+            raise LaunchValueError(f"master_port must be <= 65535, got {master_port}")
+    elif nnodes > 1:
+        raise LaunchValueError("master_port must be given when nnodes > 1 (every node's launcher "
+                               "must rendezvous on the same port)")
+    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
+        raise LaunchValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
+    if not isinstance(stream, bool):
+        raise LaunchValueError(f"stream must be True or False, got {stream!r}")
+
+    decisions = []
+    if nprocs is None:
+        if gpus is not None:
+            nprocs = len(gpus)
+        else:
+            nprocs = visible_gpu_count()
+            if nprocs == 0:
+                raise LaunchValueError("nprocs must be given: no GPU is visible "
+                                       "(CUDA_VISIBLE_DEVICES, NVML and nvidia-smi found none)")
+        decisions.append(f"{nprocs} ranks (one per visible GPU)")
+    else:
+        _check_int("nprocs", nprocs, 1)
+        decisions.append(f"{nprocs} ranks")
+    if nnodes > 1:
+        decisions[-1] += f" on node {node_rank} of {nnodes}"
+
+    cuda_on = cuda_initialized()
+    if argv is not None:
+        if start_method not in ("auto", "spawn"):
+            raise LaunchValueError(f"start_method must be 'spawn' for a script, "
+                                   f"got {start_method!r}")
+        method, why = "spawn", "a script"
+    elif start_method == "auto":
+        method, why = ("zygote", "CUDA is initialized here") if cuda_on else (
+            "fork", "CUDA not initialized here")
+    else:
+        method, why = start_method, "asked"
+        if method == "fork" and cuda_on:
+            raise LaunchValueError("start_method='fork' is unsafe: CUDA is already initialized "
+                                   "in this process; use 'zygote' (or 'auto') instead")
+    decisions.append(f"start method {method} ({why})")
+
+    extra_env: dict[str, str] = {}
+    if gpus is not None:
+        extra_env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
+        decisions.append(f"CUDA_VISIBLE_DEVICES={extra_env['CUDA_VISIBLE_DEVICES']}")
+    user_env = {k: str(v) for k, v in (env or {}).items()}
+    if "OMP_NUM_THREADS" not in os.environ and "OMP_NUM_THREADS" not in user_env:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        extra_env["OMP_NUM_THREADS"] = str(max(1, cores // nprocs))
+        decisions.append(f"OMP_NUM_THREADS={extra_env['OMP_NUM_THREADS']}")
+    if nprocs > 1 and "NCCL_P2P_DISABLE" not in os.environ and "NCCL_P2P_DISABLE" not in user_env:
+        try:
+            lacks_p2p = gpus_lack_peer_access(gpus)
+        except Exception:
+            lacks_p2p = False
+        if lacks_p2p:
+            extra_env["NCCL_P2P_DISABLE"] = "1"
+            decisions.append("NCCL_P2P_DISABLE=1 (GPUs lack peer access)")
+    extra_env.update(user_env)
+
+    if master_port is None:
+        master_port = free_port(master_addr)
+        decisions.append(f"master {master_addr}:{master_port} (free port)")
+    else:
+        decisions.append(f"master {master_addr}:{master_port}")
+
+    job_id = new_job_id()
+    base = log_dir if log_dir is not None else default_log_dir()
+    if not isinstance(base, (str, os.PathLike)):
+        raise LaunchValueError(f"log_dir must be a path, got {log_dir!r}")
+    job_dir = os.path.join(os.fspath(base), job_id)
+    try:
+        os.makedirs(os.fspath(base), mode=0o700, exist_ok=True)
+        if log_dir is None and os.stat(base).st_uid != os.getuid():
+            # The payload file in there is code the ranks will run: never use a shared /tmp
+            # directory someone else created under our name.
+            raise LaunchValueError(f"the default log_dir {base!r} belongs to another user; "
+                                   f"pass log_dir=")
+        os.makedirs(job_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise LaunchValueError(f"log_dir {os.fspath(base)!r} cannot be used: {exc}") from exc
+    decisions.append(f"logs {job_dir}")
+
+    plan = _Plan(
+        fn=target, args=tuple(args), kwargs=dict(kwargs or {}), nprocs=nprocs,
+        start_method=method, gpus=gpus, extra_env=extra_env, timeout=timeout,
+        max_restarts=max_restarts, job_id=job_id, job_dir=job_dir, master_addr=master_addr,
+        master_port=master_port, nnodes=nnodes, node_rank=node_rank, stream=stream,
+        grace=float(grace), argv=argv, cwd=cwd or os.getcwd(), payload_path=None,
+        decisions=decisions,
+    )
+    if argv is None and method in ("spawn", "zygote"):
+        plan.payload_path = _write_payload(job_dir, target, args, kwargs)
+    return plan
+
+
+def _write_payload(job_dir: str, fn, args, kwargs) -> str:
+    import pickle
+
+    import cloudpickle
+
+    try:
+        data = cloudpickle.dumps({"fn": fn, "args": tuple(args), "kwargs": dict(kwargs or {})})
+    except Exception as exc:
+        raise LaunchValueError(
+            f"fn, args and kwargs must be picklable for the spawn and zygote start methods "
+            f"(cloudpickle failed: {type(exc).__name__}: {exc})") from exc
+    path = os.path.join(job_dir, "payload.pkl")
+    for p, blob in ((path, data), (path + ".path", pickle.dumps(list(sys.path)))):
+        tmp = p + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, p)
+    return path
+
+
+# -- foreground -----------------------------------------------------------------------------------
+
+def _print_lines(lines, prefix: str) -> None:
+    out, err = [], []
+    for rank, stream, text in lines:
+        head = "nbdist: " if rank < 0 else prefix.format(rank=rank)
+        line = head + text.decode("utf-8", "replace") + "\n"
+        (err if stream == 2 else out).append(line)
+    if out:
+        sys.stdout.write("".join(out))
+        sys.stdout.flush()
+    if err:
+        sys.stderr.write("".join(err))
+        sys.stderr.flush()
+
+
+def run_foreground(job: Job, prefix: str) -> list:
+    """Prints the ranks' lines into the cell while waiting; Ctrl-C tears the ranks down and
+    re-raises KeyboardInterrupt."""
+    offset = job._plan.node_rank * job._plan.nprocs
+
+    def show(lines):
+        if offset:
+            lines = [(r + offset if r >= 0 else r, s, t) for r, s, t in lines]
+        _print_lines(lines, prefix)
+
+    try:
+        while not job.done():
+            sup = job._sup
+            if sup is not None and not sup.done():
+                sup.wait_activity(0.1)
+            else:
+                # Between attempts, or while the driver thread reads the outcome: sleep on the
+                # job's event rather than spin (a spinning thread starves the driver of the GIL).
+                job._done.wait(0.05)
+            show(job._take_lines())
+        show(job._take_lines())
+    except KeyboardInterrupt:
+        try:
+            job.kill(grace=job._plan.grace)
+        except KeyboardInterrupt:
+            job.kill(grace=0.0)  # a second Ctrl-C: no more grace
+        show(job._take_lines())
+        raise
+    return job.wait()
+
+
+def launch(
+    fn: Callable,
+    args: tuple = (),
+    kwargs: dict | None = None,
+    nprocs: int | None = None,
+    *,
+    start_method: str = "auto",
+    gpus=None,
+    env: dict | None = None,
+    timeout: float | None = None,
+    max_restarts: int = 0,
+    log_dir: str | None = None,
+    master_addr: str = "127.0.0.1",
+    master_port: int | None = None,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    stream: bool = True,
+    background: bool = False,
+    grace: float = DEFAULT_GRACE,
+    prefix: str = "[rank {rank}] ",
+):
+    """Runs ``fn(*args, **kwargs)`` in ``nprocs`` ranks and returns their results.
+
+    Args:
+        fn: the function each rank calls. Functions and lambdas defined in a notebook cell work
+            with every start method (cloudpickle sends them by value).
+        args, kwargs: its arguments (pickled for ``spawn``/``zygote``).
+        nprocs: ranks on this node; default: the number of visible GPUs (required without GPUs).
+        start_method: ``"fork"`` (fastest; refused once CUDA is initialized here), ``"spawn"``
+            (a fresh interpreter per rank), ``"zygote"`` (ranks forked from a warm, clean
+            interpreter with torch imported; works after the kernel used CUDA) or ``"auto"``
+            (fork while CUDA is not initialized here, zygote after).
+        gpus: GPU indices for the ranks (``[0, 1]`` or ``"0,1"``): sets CUDA_VISIBLE_DEVICES.
+        env: extra environment variables for every rank (this process's stays unchanged).
+        timeout: seconds; when they pass, every rank dumps its Python stacks (faulthandler on
+            SIGUSR2), the ranks are torn down and :class:`nbdist.LaunchTimeoutError` is raised.
+        max_restarts: times the whole group is restarted after a failure (NBDIST_RESTART_COUNT
+            tells the ranks which attempt they are).
+        log_dir: where ``<job-id>/rank_<r>.log`` go; default ``$TMPDIR/nbdist-<uid>``.
+        master_addr, master_port: the rendezvous (a free port by default; a launch that fails
+            because the port was taken is retried once on a free port, single node only).
+        nnodes, node_rank: static multi-node rendezvous: global RANK = node_rank*nprocs + local.
+        stream: print the ranks' output live into the cell as ``[rank r] ...`` lines.
+        background: return a :class:`nbdist.Job` at once instead of waiting.
+        grace: seconds between SIGTERM and SIGKILL when the ranks are torn down.
+        prefix: format of the live line prefix (``{rank}`` is the global rank).
+
+    Returns:
+        The ranks' return values, index = local rank (a :class:`nbdist.Job` if ``background``).
+
+    Raises:
+        nbdist.WorkerError: a rank failed; names the root-cause rank, its exit code or signal,
+            the remote exception and traceback, and every failed rank.
+        nbdist.LaunchTimeoutError: ``timeout`` passed (a WorkerError and a TimeoutError).
+        nbdist.LaunchValueError: a bad argument (named in the message).
+        KeyboardInterrupt: after tearing the ranks down, when the cell was interrupted.
+    """
+    if not isinstance(background, bool):
+        raise LaunchValueError(f"background must be True or False, got {background!r}")
+    if not isinstance(prefix, str) or "{rank}" not in prefix:
+        raise LaunchValueError(f"prefix must be a str containing '{{rank}}', got {prefix!r}")
+    plan = _plan(fn, args, kwargs, nprocs, start_method=start_method, gpus=gpus, env=env,
+                 timeout=timeout, max_restarts=max_restarts, log_dir=log_dir,
+                 master_addr=master_addr, master_port=master_port, nnodes=nnodes,
+                 node_rank=node_rank, stream=stream and not background, grace=grace)
+    return start_plan(plan, background, prefix)
+
+
+def start_plan(plan: _Plan, background: bool, prefix: str = "[rank {rank}] "):
+    if plan.stream:
+        print("nbdist: " + ", ".join(plan.decisions), flush=True)
+    job = Job(plan)
+    job._start()
+    if background:
+        return job
+    try:
+        return run_foreground(job, prefix)
+    except WorkerError as exc:
+        raise exc.with_traceback(None) from None
