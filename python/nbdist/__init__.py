@@ -21,6 +21,7 @@ from ._errors import (
 from .accelerate_compat import notebook_launcher
 from .job import Job
 from .launch import launch
+from .monitor import Monitor, MonitorValueError
 
 __version__ = "0.1.0"
 
@@ -33,7 +34,9 @@ __all__ = [
     "LaunchError",
     "LaunchTimeoutError",
     "LaunchValueError",
+    "Monitor",
     "MonitorError",
+    "MonitorValueError",
     "NbdistError",
     "NbdistTimeoutError",
     "NbdistValueError",
