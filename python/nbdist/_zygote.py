@@ -12,6 +12,7 @@ with the kernel (PR_SET_PDEATHSIG), and its ranks die with it.
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import selectors
@@ -176,6 +177,12 @@ class Zygote:
 
 _zygote: Zygote | None = None
 _zygote_lock = threading.Lock()
+
+
+@atexit.register
+def _close_zygote() -> None:
+    if _zygote is not None:
+        _zygote.close()
 
 
 def get_zygote() -> Zygote:

@@ -204,7 +204,7 @@ class _Plan:
 
     def notice(self, text: str) -> None:
         if self.stream:
-            print(f"nbdist: {text}", file=sys.stderr, flush=True)
+            print(f"nbdist: {text}", flush=True)
 
     def new_port(self) -> None:
         self.master_port = free_port(self.master_addr)
@@ -768,7 +768,7 @@ def launch(
 
 def start_plan(plan: _Plan, background: bool, prefix: str = "[rank {rank}] ", setup=None):
     if plan.stream:
-        print("nbdist: " + ", ".join(plan.decisions), file=sys.stderr, flush=True)
+        print("nbdist: " + ", ".join(plan.decisions), flush=True)
     job = Job(plan)
     if setup is not None:
         setup(job)

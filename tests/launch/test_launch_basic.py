@@ -1,0 +1,92 @@
+"""Ranks run, talk over Gloo and return their values, with every start method."""
+
+import os
+
+import pytest
+import torch  # noqa: F401  (the launcher's process has torch imported, like a notebook)
+
+import nbdist
+
+from . import helpers
+
+
+@pytest.mark.parametrize("nprocs", [2, 4])
+def test_gloo_allreduce_returns_every_rank_value(nprocs):
+    results = nbdist.launch(helpers.allreduce_rank, (2.0,), nprocs=nprocs, start_method="fork")
+    total = 2.0 * nprocs * (nprocs + 1) / 2
+    assert results == [(r, nprocs, total, str(r)) for r in range(nprocs)]
+
+
+@pytest.mark.parametrize("method", ["spawn", "zygote"])
+def test_fresh_interpreter_methods_run_gloo_and_lambdas(method):
+    assert nbdist.launch(helpers.allreduce_rank, nprocs=2, start_method=method) == [
+        (0, 2, 3.0, "0"), (1, 2, 3.0, "1")]
+    offset = 40
+    assert nbdist.launch(lambda x: int(os.environ["RANK"]) + x + offset, (2,), nprocs=2,
+                         start_method=method) == [42, 43]
+
+
+def test_rank_environment_is_torchrun_compatible(monkeypatch):
+    names = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK",
+             "MASTER_ADDR", "MASTER_PORT", "NBDIST_JOB_ID", "OMP_NUM_THREADS",
+             "CUDA_VISIBLE_DEVICES", "EXTRA", "NBDIST_RESTART_COUNT"]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = dict(os.environ)
+    envs = nbdist.launch(helpers.env_of_rank, (names,), nprocs=2, gpus=[3, 1],
+                         env={"EXTRA": "yes"}, master_port=29999)
+    assert dict(os.environ) == before  # the launcher's environment is never changed
+    cores = len(os.sched_getaffinity(0))
+    for r, e in enumerate(envs):
+        assert e["RANK"] == e["LOCAL_RANK"] == str(r)
+        assert e["WORLD_SIZE"] == e["LOCAL_WORLD_SIZE"] == "2"
+        assert e["GROUP_RANK"] == e["NODE_RANK"] == "0"
+        assert (e["MASTER_ADDR"], e["MASTER_PORT"]) == ("127.0.0.1", "29999")
+        assert e["CUDA_VISIBLE_DEVICES"] == "3,1"
+        assert e["EXTRA"] == "yes"
+        assert e["OMP_NUM_THREADS"] == str(max(1, cores // 2))
+        assert e["NBDIST_RESTART_COUNT"] == "0"
+    assert envs[0]["NBDIST_JOB_ID"] == envs[1]["NBDIST_JOB_ID"]
+
+
+def test_live_lines_are_rank_prefixed_and_logged(capfd):
+    def talk():
+        print(f"hello from {os.environ['RANK']}")
+        return 0
+
+    nbdist.launch(talk, nprocs=2, start_method="fork", prefix="<{rank}> ")
+    out = capfd.readouterr().out
+    assert "<0> hello from 0" in out and "<1> hello from 1" in out
+
+
+def test_multi_node_two_launchers_form_one_job():
+    from nbdist.launch import free_port
+
+    port = free_port()
+    jobs = [nbdist.launch(helpers.allreduce_rank, nprocs=2, nnodes=2, node_rank=n,
+                          master_port=port, background=True) for n in (0, 1)]
+    node0, node1 = (j.wait(timeout=120) for j in jobs)
+    assert node0 == [(0, 4, 10.0, "0"), (1, 4, 10.0, "1")]
+    assert node1 == [(2, 4, 10.0, "0"), (3, 4, 10.0, "1")]
+
+
+def test_background_job_handle():
+    job = nbdist.launch(helpers.allreduce_rank, nprocs=2, background=True)
+    assert isinstance(job, nbdist.Job)
+    assert job.wait(timeout=120) == [(0, 2, 3.0, "0"), (1, 2, 3.0, "1")]
+    assert job.status == "succeeded" and job.done() and job.exception() is None
+    assert job.ended >= job.started and job.elapsed > 0
+    assert len(job.pids) == 2
+
+    job = nbdist.launch(helpers.sleep_forever, nprocs=2, background=True)
+    import time
+
+    deadline = time.monotonic() + 60
+    while "ready" not in job.logs(rank=1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.status == "running" and not job.done()
+    assert "[rank 0] rank 0 ready" in job.logs()
+    assert job.logs(rank=1, tail=1) == "rank 1 ready\n"
+    job.kill(grace=1)
+    assert job.status == "killed"
+    with pytest.raises(nbdist.LaunchError, match="killed"):
+        job.wait()
