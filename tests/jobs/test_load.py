@@ -173,3 +173,18 @@ def test_background_load_must_be_a_load(log_dir):
     with pytest.raises(nbdist.LaunchValueError, match="background_load must be an nbdist.Load"):
         nbdist.launch(helpers.rank_times, (1,), nprocs=1, log_dir=log_dir,
                       background_load="sleep 1")
+
+
+def test_kill_during_warmup_stops_the_load_and_never_starts_the_foreground(log_dir):
+    load = nbdist.Load("sleep 600", warmup=600, grace=0.5)
+    job = nbdist.launch(helpers.rank_times, (1,), nprocs=1, background=True, log_dir=log_dir,
+                        background_load=load)
+    deadline = time.monotonic() + 60
+    while not load.runs:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    job.kill(grace=0.5)
+    assert job.done() and job.status == "killed"
+    assert job.pids == []  # the foreground never started
+    assert not load.running
+    assert job.record["background_load"]["runs"][0]["stopped_by_nbdist"] is True
