@@ -180,10 +180,35 @@ class JobExtensions:
         return self._ext.get("load")
 
 
-def jobs() -> list:
-    """Every :class:`nbdist.Job` started in this kernel (process), oldest first."""
+# Finished jobs kept listed by nbdist.jobs(); older finished ones are dropped (each finished Job
+# still holds its supervisor's descriptors, so an unbounded list would leak them). Running jobs
+# are always listed.
+MAX_FINISHED_JOBS = 64
+
+
+def register(job) -> None:
     from .job import _registry
 
+    _registry.append(job)
+    _prune()
+
+
+def _prune() -> None:
+    from .job import _registry
+
+    finished = [j for j in _registry if j.done()]
+    excess = len(finished) - MAX_FINISHED_JOBS
+    if excess > 0:
+        drop = {id(j) for j in finished[:excess]}
+        _registry[:] = [j for j in _registry if id(j) not in drop]
+
+
+def jobs() -> list:
+    """The :class:`nbdist.Job` objects started in this kernel (process), oldest first: every
+    running one and the last 64 finished ones."""
+    from .job import _registry
+
+    _prune()
     return list(_registry)
 
 

@@ -15,12 +15,12 @@ import weakref
 from collections import deque
 
 from ._errors import LaunchError, NbdistTimeoutError
-from ._job_ext import JobExtensions
+from ._job_ext import JobExtensions, register
 
 STATES = ("starting", "running", "succeeded", "failed", "killed", "timed_out")
 
 _live_jobs: weakref.WeakSet = weakref.WeakSet()
-# Every Job of this process (kernel), oldest first: nbdist.jobs().
+# This process's (kernel's) Jobs, oldest first: nbdist.jobs() (see _job_ext.register).
 _registry: list = []
 
 
@@ -60,7 +60,7 @@ class Job(JobExtensions):
         self._on_finish: list = []
         self._ext: dict = {}
         self._stream_offsets: dict = {}
-        _registry.append(self)
+        register(self)
 
     def _start(self) -> None:
         self._thread.start()

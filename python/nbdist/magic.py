@@ -157,7 +157,7 @@ class NbdistMagics(Magics):
                              f" to the ranks (cloudpickle: {type(exc).__name__}: {exc})") from None
         nprocs = args.nprocs or (len(args.gpus) if args.gpus else 1)
         filename = f"<nbdist cell {args.proc}>" if args.proc else "<nbdist cell>"
-        before = len(_registry)
+        before = _registry[-1] if _registry else None
         try:
             out = launch(run_cell, (cell, blob, filename), nprocs=nprocs,
                                  gpus=args.gpus, log_dir=args.log_dir,
@@ -166,7 +166,7 @@ class NbdistMagics(Magics):
         except NbdistValueError as exc:
             raise UsageError(f"%%nbdist: {exc}") from None
         finally:
-            job = _registry[-1] if len(_registry) > before else None
+            job = _registry[-1] if _registry and _registry[-1] is not before else None
             if job is not None and args.proc:
                 ns[args.proc] = job
                 self._names[job.id] = args.proc

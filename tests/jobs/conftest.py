@@ -55,9 +55,9 @@ def wait_gone(job_ids: set[str], pids: set[int], within: float) -> list:
 
 @pytest.fixture(autouse=True)
 def no_leftover_processes(request):
-    before = len(job_mod._registry)
+    before = {id(j) for j in job_mod._registry}
     yield
-    jobs = job_mod._registry[before:]
+    jobs = [j for j in job_mod._registry if id(j) not in before]
     for j in jobs:  # a failed assertion must not leave a job running
         if not j.done():
             j.kill(grace=0.5)

@@ -201,3 +201,23 @@ def test_two_concurrent_two_rank_gloo_jobs(log_dir):
     assert port_a == ra[1][3] and port_b == rb[1][3] and port_a != port_b
     assert ra[0][4] == "0,1" and rb[0][4] == "2,3"  # each job its own GPUs' environment
     assert a.gpus == [0, 1] and b.gpus == [2, 3]
+
+
+def test_jobs_lists_running_jobs_and_the_last_finished_ones(log_dir, tmp_path, monkeypatch):
+    from nbdist import _job_ext
+
+    monkeypatch.setattr(_job_ext, "MAX_FINISHED_JOBS", 2)
+    gate = str(tmp_path / "go")
+    running = nbdist.launch(helpers.wait_for_file, (gate,), nprocs=1, background=True,
+                            log_dir=log_dir)
+    finished = []
+    for i in range(4):
+        j = nbdist.launch(helpers.rank_times, (i,), nprocs=1, background=True, log_dir=log_dir)
+        j.wait(timeout=60)
+        finished.append(j)
+    listed = nbdist.jobs()
+    assert running in listed  # never dropped while it runs
+    assert finished[0] not in listed and finished[1] not in listed
+    assert finished[3] in listed
+    open(gate, "w").close()
+    running.wait(timeout=60)
