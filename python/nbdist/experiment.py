@@ -2,9 +2,9 @@
 
 Each experiment runs a foreground program (the work being measured: a training script) alone
 (``mode: "default"``) or beside a restarting background load (``mode: "parallel"``, the load
-started first, stopped as soon as the foreground ends; see :class:`nbdist.Load`), ``runs_per_config``
-times, with hyperparameters optionally drawn at random per run (``mutate``, seeded). Every run
-writes ``<output_dir>/<experiment>/run_<k>.json`` (atomically) and one row of
+started first, stopped as soon as the foreground ends; see :class:`nbdist.Load`),
+``runs_per_config`` times, with hyperparameters optionally drawn at random per run (``mutate``,
+seeded). Every run writes ``<output_dir>/<experiment>/run_<k>.json`` (atomically) and one row of
 ``<output_dir>/summary.csv``; a run that fails is recorded as failed and the next one starts.
 
 Config format (JSON; only ``experiments`` and each one's ``foreground`` are required)::
@@ -44,8 +44,9 @@ Config format (JSON; only ``experiments`` and each one's ``foreground`` are requ
       ]
     }
 
-Both foreground and background see ``NBDIST_HPARAMS`` (their hyperparameters as JSON) besides the
-command-line flags. The foreground gets the usual rank environment (RANK, WORLD_SIZE, MASTER_PORT...).
+Both foreground and background see ``NBDIST_HPARAMS`` (their hyperparameters as JSON) besides
+the command-line flags. The foreground gets the usual rank environment (RANK, WORLD_SIZE,
+MASTER_PORT...).
 Exit status of the command: 0 when every run succeeded, 1 when some run failed, 2 for a bad config.
 """
 
@@ -262,8 +263,8 @@ def validate(config: Any, source: str = "config", base_dir: str | None = None) -
                 ck.fail(mw, "low must be < high")
             dist = spec.get("distribution", "uniform")
             if dist not in DISTRIBUTIONS:
-                ck.fail(f"{mw}.distribution", f"must be one of "
-                                              f"{', '.join(map(repr, DISTRIBUTIONS))}, got {dist!r}")
+                choices = ", ".join(map(repr, DISTRIBUTIONS))
+                ck.fail(f"{mw}.distribution", f"must be one of {choices}, got {dist!r}")
             if dist == "log-uniform" and low <= 0:
                 ck.fail(mw, "low must be > 0 for a log-uniform distribution")
             integer = spec.get("integer", False)

@@ -33,7 +33,6 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 
-
 def run_cell(source: str, pushed: bytes, filename: str):
     """What each rank runs: the cell source in a fresh namespace holding the pushed variables;
     returns the value of the final expression (None when the cell ends with a statement)."""
@@ -129,9 +128,9 @@ class NbdistMagics(Magics):
         [--nprocs N] [--log-dir D] [--push x,y] [--start-method M] [--timeout S]``."""
         import cloudpickle
 
-        from .launch import launch
         from ._errors import NbdistValueError
         from .job import _registry
+        from .launch import launch
 
         args = parse_line(line)
         try:

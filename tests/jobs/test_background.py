@@ -10,9 +10,8 @@ import signal
 import threading
 import time
 
-import pytest
-
 import nbdist
+import pytest
 
 from . import helpers
 from .conftest import alive

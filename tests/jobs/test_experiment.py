@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from nbdist.experiment import ExperimentConfigError, draw, validate
 
 FG = """

@@ -7,9 +7,8 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
-
 import nbdist
+import pytest
 from nbdist.launch import visible_gpu_count
 
 pytestmark = pytest.mark.gpu

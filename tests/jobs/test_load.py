@@ -8,9 +8,8 @@ import os
 import sys
 import time
 
-import pytest
-
 import nbdist
+import pytest
 
 from . import helpers
 
