@@ -130,6 +130,7 @@ pid_t do_spawn(const SpawnSpec& spec) {
     ::execve(exe.c_str(), argv.data(), envp.data());
     child_fail(err_w, kExec, errno);
   }
+  if (new_group) ::setpgid(pid, pid);  // both sides, so the group exists when fork returns
   err.write.reset();
   ChildFailure f{};
   ssize_t n;
@@ -323,7 +324,9 @@ std::string describe_wait_status(int status) {
 }
 
 void kill_group(pid_t pgid, int sig) {
-  if (pgid > 0) ::kill(-pgid, sig);
+  if (pgid <= 0) return;
+  // ESRCH: the process has not made its group yet (or never does); signal it directly.
+  if (::kill(-pgid, sig) != 0 && errno == ESRCH) ::kill(pgid, sig);
 }
 
 int open_pidfd(pid_t pid) {

@@ -30,6 +30,9 @@ pid_t fork_interpreter(const std::vector<std::pair<int, int>>& fds, const std::v
   if (pid != 0) {
     PyOS_AfterFork_Parent();
     if (pid < 0) throw LaunchSystemError("fork", saved);
+    // The child's own setpgid may not have run yet when a teardown signals its group: setting
+    // it from both sides (as shells do) closes that window.
+    ::setpgid(pid, pid);
     return pid;
   }
   PyOS_AfterFork_Child();

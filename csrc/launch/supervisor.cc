@@ -56,10 +56,22 @@ Supervisor::Supervisor(SupervisorOptions options) : opt_(std::move(options)) {
   add_epoll(wake_fd_.get(), kWakeTag);
   started_ = monotonic_now();
   if (opt_.timeout_s > 0) timeout_at_ = started_ + opt_.timeout_s;
-  thread_ = std::thread([this] { loop(); });
+  owner_pid_ = ::getpid();
+  thread_ = std::make_unique<std::thread>([this] { loop(); });
 }
 
 Supervisor::~Supervisor() {
+  if (::getpid() != owner_pid_) {
+    // Destroyed in a forked child (its garbage collector found the parent's object): the thread
+    // does not exist here and the ranks are not ours. Leak everything; touch nothing.
+    (void)thread_.release();
+    for (auto* fd : {&epoll_, &wake_fd_}) (void)fd->release();
+    for (auto& r : ranks_)
+      for (auto* fd : {&r.out_r, &r.err_r, &r.res_r, &r.status_r, &r.pidfd, &r.out_w, &r.err_w,
+                       &r.res_w, &r.status_w, &r.log})
+        (void)fd->release();
+    return;
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!done_) {
@@ -71,7 +83,7 @@ Supervisor::~Supervisor() {
     stop_ = true;
   }
   wake();
-  if (thread_.joinable()) thread_.join();
+  if (thread_ && thread_->joinable()) thread_->join();
 }
 
 void Supervisor::add_epoll(int fd, uint64_t tag) {
@@ -281,6 +293,12 @@ void Supervisor::read_result(Rank& r) {
     ssize_t n = ::read(r.res_r.get(), buf, sizeof buf);
     if (n > 0) {
       r.result.append(buf, static_cast<size_t>(n));
+      // An exception result ('E' first) means the rank is failing: start the teardown of the
+      // others now instead of after its exit, which costs milliseconds for a large process.
+      if (!r.reported_failure && r.result[0] == 'E') {
+        r.reported_failure = true;
+        if (!teardown_) begin_teardown(JobState::kFailed, opt_.grace_s);
+      }
       continue;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
@@ -320,7 +338,7 @@ void Supervisor::on_exit(Rank& r, int wait_status, bool lost) {
   r.status.wait_status = wait_status;
   r.status.lost = lost;
   r.status.exit_time = monotonic_now();
-  r.status.after_teardown = teardown_;
+  r.status.after_teardown = teardown_ && !r.reported_failure;
   // Everything the rank wrote is in the pipes now; read it all before closing them.
   for (int i = 0; i < 1024; ++i) {
     size_t before = r.tail.size() + r.result.size();
@@ -355,8 +373,10 @@ void Supervisor::begin_teardown(JobState state, double grace_s) {
   final_state_ = state;
   dump_until_ = 0;
   int sig = grace_s > 0 ? SIGTERM : SIGKILL;
+  // A rank that reported its exception is exiting by itself: a SIGTERM now would replace its
+  // exit code with a signal (the SIGKILL after the grace still covers a hang on its way out).
   for (auto& r : ranks_)
-    if (r.status.attached && !r.status.exited) kill_group(r.status.pid, sig);
+    if (r.status.attached && !r.status.exited && !r.reported_failure) kill_group(r.status.pid, sig);
   kill_deadline_ = monotonic_now() + grace_s;
   killed_hard_ = grace_s <= 0;
 }

@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -109,6 +110,7 @@ class Supervisor {
     UniqueFd out_w, err_w, res_w, status_w;  // child ends until attach
     UniqueFd log;
     bool external = false;
+    bool reported_failure = false;  // sent an exception result: it exits by itself
     std::string partial[3];
     std::string tail, result, dump;
   };
@@ -149,7 +151,8 @@ class Supervisor {
   double timeout_at_ = 0;      // 0 = no timeout
   double dump_until_ = 0;      // end of the stack-dump window; 0 = not dumping
   bool killed_hard_ = false;
-  std::thread thread_;
+  pid_t owner_pid_ = 0;  // the process that created it; a forked copy must not touch the ranks
+  std::unique_ptr<std::thread> thread_;
 };
 
 double monotonic_now();

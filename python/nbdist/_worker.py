@@ -29,6 +29,7 @@ def setup_rank(fresh_streams: bool) -> None:
     """Signals and streams of a rank. ``fresh_streams``: replace sys.stdout/stderr (a forked
     child of a Jupyter kernel would otherwise write into the kernel's ZMQ streams)."""
     if fresh_streams:
+        old_out, old_err = sys.stdout, sys.stderr
         sys.stdout = io.TextIOWrapper(
             io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
             line_buffering=True,
@@ -38,6 +39,7 @@ def setup_rank(fresh_streams: bool) -> None:
             line_buffering=True,
         )
         sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
+        _redirect_logging({id(old_out): sys.stdout, id(old_err): sys.stderr})
     else:
         # Pipes make Python block-buffer stdout: lines would reach the cell only at exit.
         for stream in (sys.stdout, sys.stderr):
@@ -52,6 +54,21 @@ def setup_rank(fresh_streams: bool) -> None:
     faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
 
 
+def _redirect_logging(replacements: dict) -> None:
+    """Logging handlers the parent pointed at its old streams write to the rank's pipes."""
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
+    for lg in loggers:
+        for h in lg.handlers:
+            stream = getattr(h, "stream", None)
+            if isinstance(h, logging.StreamHandler) and id(stream) in replacements:
+                h.stream = replacements[id(stream)]
+
+
 def _send(fd: int, kind: bytes, payload: bytes) -> None:
     data = HEADER.pack(kind, time.monotonic()) + payload
     view = memoryview(data)
@@ -60,13 +77,13 @@ def _send(fd: int, kind: bytes, payload: bytes) -> None:
         view = view[n:]
 
 
-def _exception_payload(exc: BaseException) -> bytes:
+def _exception_payload(exc: BaseException, formatted: str) -> bytes:
     import cloudpickle
 
     info = {
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
         "message": str(exc),
-        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        "traceback": formatted,
         "exception": None,
     }
     try:
@@ -81,6 +98,7 @@ def run_rank(fn, args, kwargs, result_fd: int) -> int:
     import cloudpickle
 
     code = 0
+    formatted = ""
     try:
         value = fn(*args, **(kwargs or {}))
         try:
@@ -95,21 +113,29 @@ def run_rank(fn, args, kwargs, result_fd: int) -> int:
         if exc.code in (None, 0):
             kind, payload = RESULT, cloudpickle.dumps(None)
         else:
-            kind, payload = EXCEPTION, _exception_payload(exc)
+            formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            kind, payload = EXCEPTION, _exception_payload(exc, formatted)
             code = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # KeyboardInterrupt in a rank is a failure like any other
-        traceback.print_exc()
-        kind, payload = EXCEPTION, _exception_payload(exc)
+        formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        kind, payload = EXCEPTION, _exception_payload(exc, formatted)
         code = 1
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:
-            pass
+    # The outcome goes first: the supervisor starts tearing the other ranks down on an exception
+    # as soon as it arrives. The traceback then goes to stderr for the logs.
+    try:
+        sys.stdout.flush()
+    except Exception:
+        pass
     try:
         _send(result_fd, kind, payload)
     except OSError:
         code = code or 1
+    try:
+        if formatted:
+            sys.stderr.write(formatted)
+        sys.stderr.flush()
+    except Exception:
+        pass
     return code
 
 

@@ -135,6 +135,7 @@ class Zygote:
         self._sock = parent
         _core.launch.register_parent_fd(parent.fileno())
         self._lock = threading.Lock()
+        self._owner = os.getpid()
         reply = self._recv()
         if not reply.get("ready"):
             raise RuntimeError(f"the zygote did not start: {reply}")
@@ -165,6 +166,9 @@ class Zygote:
 
     def close(self) -> None:
         from nbdist import _core
+
+        if os.getpid() != self._owner:
+            return  # a forked child: the zygote belongs to the parent
 
         _core.launch.unregister_parent_fd(self._sock.fileno())
         self._sock.close()

@@ -212,8 +212,13 @@ class Job(JobExtensions):
         self._done.set()
 
 
+_OWNER_PID = os.getpid()
+
+
 @atexit.register
 def _kill_live_jobs() -> None:
+    if os.getpid() != _OWNER_PID:
+        return  # a forked child exiting: the jobs belong to its parent
     for job in list(_live_jobs):
         if not job.done():
             try:

@@ -225,6 +225,9 @@ class _Plan:
             "GROUP_RANK": str(self.node_rank),
             "NODE_RANK": str(self.node_rank),
             "GROUP_WORLD_SIZE": str(self.nnodes),
+            "ROLE_RANK": str(rank),
+            "ROLE_WORLD_SIZE": str(self.nnodes * self.nprocs),
+            "ROLE_NAME": "default",
             "MASTER_ADDR": self.master_addr,
             "MASTER_PORT": str(self.master_port),
             "NBDIST_JOB_ID": self.job_id,
@@ -604,6 +607,12 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
         raise LaunchValueError(f"log_dir must be a path, got {log_dir!r}")
     job_dir = os.path.join(os.fspath(base), job_id)
     try:
+        os.makedirs(os.fspath(base), mode=0o700, exist_ok=True)
+        if log_dir is None and os.stat(base).st_uid != os.getuid():
+            # The payload file in there is code the ranks will run: never use a shared /tmp
+            # directory someone else created under our name.
+            raise LaunchValueError(f"the default log_dir {base!r} belongs to another user; "
+                                   f"pass log_dir=")
         os.makedirs(job_dir, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise LaunchValueError(f"log_dir {os.fspath(base)!r} cannot be used: {exc}") from exc
@@ -671,10 +680,12 @@ def run_foreground(job: Job, prefix: str) -> list:
     try:
         while not job.done():
             sup = job._sup
-            if sup is not None:
+            if sup is not None and not sup.done():
                 sup.wait_activity(0.1)
             else:
-                job._done.wait(0.01)
+                # Between attempts, or while the driver thread reads the outcome: sleep on the
+                # job's event rather than spin (a spinning thread starves the driver of the GIL).
+                job._done.wait(0.05)
             show(job._take_lines())
         show(job._take_lines())
     except KeyboardInterrupt:

@@ -113,3 +113,11 @@ def test_notebook_launcher_has_accelerates_signature_and_returns_results():
 
     assert nbdist.notebook_launcher(train, (10,), num_processes=2, mixed_precision="bf16") == [
         ("bf16", 0), ("bf16", 10)]
+
+
+def test_cli_runs_a_module(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "nbdist", "run", "--nprocs", "2", "--log-dir",
+                          str(tmp_path), "-m", "platform"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("[rank 0] Linux") == 1 and res.stdout.count("[rank 1] Linux") == 1

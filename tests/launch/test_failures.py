@@ -1,5 +1,6 @@
 """A failing rank: the error names the root cause, and no rank survives it."""
 
+import os
 import signal
 import time
 
@@ -116,3 +117,22 @@ def os_size(path):
     import os
 
     return os.path.getsize(path)
+
+
+def fail_at_once_on_rank1():
+    if os.environ["RANK"] == "1":
+        raise RuntimeError("fails before the others even started")
+    time.sleep(600)
+
+
+@pytest.mark.parametrize("method", ["fork", "zygote"])
+def test_ranks_failing_during_start_tear_down_without_waiting_for_the_grace(method):
+    # A rank that fails while the others are still being forked: the teardown must reach ranks
+    # that had not made their process group yet (they were once left to the SIGKILL deadline).
+    for _ in range(3):
+        t0 = time.monotonic()
+        with pytest.raises(nbdist.WorkerError) as info:
+            nbdist.launch(fail_at_once_on_rank1, nprocs=4, start_method=method, grace=120,
+                          stream=False)
+        assert info.value.rank == 1
+        assert time.monotonic() - t0 < 60  # far below the 120 s grace

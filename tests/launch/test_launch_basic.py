@@ -90,3 +90,33 @@ def test_background_job_handle():
     assert job.status == "killed"
     with pytest.raises(nbdist.LaunchError, match="killed"):
         job.wait()
+
+
+def test_forked_copy_of_the_launcher_leaves_the_job_alone():
+    """A child forked by user code (torch.multiprocessing, DataLoader) inherits the launcher's
+    objects; collecting them or running its exit hooks must neither crash nor kill the job."""
+    import gc
+    import time
+
+    import nbdist.job as job_mod
+
+    job = nbdist.launch(helpers.sleep_forever, nprocs=2, background=True)
+    deadline = time.monotonic() + 60
+    while "ready" not in job.logs(rank=1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            job._sup = None  # drop the child's reference to the C++ supervisor
+            gc.collect()
+            job_mod._kill_live_jobs()  # what atexit would run in the child
+        except BaseException:
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    time.sleep(0.2)
+    assert job.status == "running"
+    job.kill(grace=1)
+    assert job.status == "killed"
