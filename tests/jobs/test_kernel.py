@@ -48,7 +48,7 @@ def html_of(cell) -> str:
 
 
 MAGIC_CELLS = [
-    "%load_ext nbdist",
+    "%load_ext nbdist\nimport nbdist",
     "x = 20",
     "%%nbdist --bg --proc p0 --nprocs 2 --push x\n"
     "import os\n"
@@ -65,6 +65,7 @@ MAGIC_CELLS = [
     "#raises\n%%nbdist --gpus zero\n1",
     "#raises\n%%nbdist --nprocs 1\nraise KeyError('from the cell')",
     "print(sleeper.status, p0.logs(rank=1).strip())",
+    "awaited = await nbdist.jobs()[0]\nprint('awaited', awaited)",
 ]
 
 
@@ -88,6 +89,7 @@ def test_magic_in_a_real_kernel():
     assert "WorkerError" in outputs(c[12]) and "KeyError" in outputs(c[12])
     assert "<nbdist cell>" in outputs(c[12])  # the traceback names the cell
     assert outputs(c[13]).strip() == "killed hello from rank 1"
+    assert "awaited [20, 21]" in outputs(c[14])  # top-level await in the kernel's event loop
 
 
 LEAVE_RUNNING = [
