@@ -187,3 +187,18 @@ def test_kill_during_warmup_stops_the_load_and_never_starts_the_foreground(log_d
     assert job.pids == []  # the foreground never started
     assert not load.running
     assert job.record["background_load"]["runs"][0]["stopped_by_nbdist"] is True
+
+
+def test_standalone_load_with_max_runs(tmp_path):
+    load = nbdist.Load(["sh", "-c", "echo run $NBDIST_LOAD_RUN"], restart_delay=0.0, max_runs=3)
+    load.start(str(tmp_path), "standalone")
+    deadline = time.monotonic() + 60
+    while load.running:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert [r["exit_code"] for r in load.runs] == [0, 0, 0] and load.restarts == 2
+    assert sorted(os.listdir(tmp_path / "bg")) == ["run_0.log", "run_1.log", "run_2.log"]
+    assert (tmp_path / "bg" / "run_1.log").read_text() == "run 1\n"
+    with pytest.raises(nbdist.LaunchError, match="already started"):
+        load.start(str(tmp_path))
+    load.stop()  # stopping a finished load is harmless
