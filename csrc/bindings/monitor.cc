@@ -55,13 +55,38 @@ void bind_monitor(py::module_& m) {
     return out;
   });
 
+  auto stats_dict = [](const WindowStats& w) {
+    py::dict d;
+    d["t0_ns"] = w.t0_ns;
+    d["t1_ns"] = w.t1_ns;
+    d["samples"] = w.samples;
+    d["method"] = w.method;
+    d["energy_j"] = w.energy_j;
+    d["counter_j"] = w.counter_j;
+    d["integrated_j"] = w.integrated_j;
+    d["mean_power_w"] = w.mean_power_w;
+    d["peak_power_w"] = w.peak_power_w;
+    d["mean_util_gpu"] = w.mean_util_gpu;
+    d["mean_util_mem"] = w.mean_util_mem;
+    d["peak_mem_used"] = w.peak_mem_used;
+    d["peak_temp_c"] = w.peak_temp_c;
+    return d;
+  };
+
   py::class_<Sampler>(m, "Sampler")
-      .def(py::init([](std::vector<int> devices, double hz, size_t reserve) {
-             return std::make_unique<Sampler>(SamplerOptions{std::move(devices), hz, reserve});
+      .def(py::init([](std::vector<int> devices, double hz, double energy_hz, size_t reserve) {
+             SamplerOptions options;
+             options.devices = std::move(devices);
+             options.hz = hz;
+             options.energy_hz = energy_hz;
+             options.reserve = reserve;
+             return std::make_unique<Sampler>(std::move(options));
            }),
-           py::arg("devices"), py::arg("hz"), py::arg("reserve"), release())
+           py::arg("devices"), py::arg("hz"), py::arg("energy_hz"), py::arg("reserve"),
+           release())
       .def("start", &Sampler::start, release())
       .def("stop", &Sampler::stop, release())
+      .def("mark", &Sampler::mark, release())
       .def_property_readonly("running", &Sampler::running)
       .def_property_readonly("devices",
                              [device_dict](const Sampler& s) {
@@ -84,24 +109,15 @@ void bind_monitor(py::module_& m) {
              return d;
            })
       .def("stats",
-           [](const Sampler& s, size_t slot, int64_t t0, int64_t t1) {
-             WindowStats w = s.stats(slot, t0, t1);
-             py::dict d;
-             d["t0_ns"] = w.t0_ns;
-             d["t1_ns"] = w.t1_ns;
-             d["samples"] = w.samples;
-             d["method"] = w.method;
-             d["energy_j"] = w.energy_j;
-             d["counter_j"] = w.counter_j;
-             d["integrated_j"] = w.integrated_j;
-             d["mean_power_w"] = w.mean_power_w;
-             d["peak_power_w"] = w.peak_power_w;
-             d["mean_util_gpu"] = w.mean_util_gpu;
-             d["mean_util_mem"] = w.mean_util_mem;
-             d["peak_mem_used"] = w.peak_mem_used;
-             d["peak_temp_c"] = w.peak_temp_c;
-             return d;
+           [stats_dict](const Sampler& s, size_t slot, int64_t t0, int64_t t1) {
+             return stats_dict(s.stats(slot, t0, t1));
            })
+      .def("stats_rows",
+           [stats_dict](const Sampler& s, size_t slot, size_t row0, size_t row1) {
+             return stats_dict(s.stats_rows(slot, row0, row1));
+           })
+      .def("row_t_ns", &Sampler::row_t_ns)
+      .def_property_readonly("counter_reads", &Sampler::counter_reads)
       .def_property_readonly("sample_count", &Sampler::sample_count)
       .def_property_readonly("ticks", &Sampler::ticks)
       .def_property_readonly("late_ticks", &Sampler::late_ticks)

@@ -48,6 +48,10 @@ Sampler::Sampler(SamplerOptions options) : options_(std::move(options)) {
   if (!(options_.hz > 0) || !std::isfinite(options_.hz))
     throw MonitorError(ErrorKind::kInvalidInput,
                        "sampling rate hz=" + std::to_string(options_.hz) + " must be > 0");
+  if (!(options_.energy_hz >= 0) || options_.energy_hz > options_.hz)
+    throw MonitorError(ErrorKind::kInvalidInput,
+                       "energy-counter rate energy_hz=" + std::to_string(options_.energy_hz) +
+                           " must be in [0, hz=" + std::to_string(options_.hz) + "]");
   nvml_ = Nvml::open();
   for (int index : options_.devices) devices_.push_back(nvml_->device(index));
   samples_.resize(devices_.size());
@@ -69,11 +73,16 @@ void Sampler::start() {
     NBDIST_CHECK(!started_, "a Sampler is started once");
     started_ = true;
   }
-  tick();
+  tick(true);
+  // Assigned under the lock: thread_cpu_s() may read thread_ from another Python thread.
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stop_requested_) return;  // stopped from another thread meanwhile: nobody would join it
   thread_ = std::thread([this] { run(); });
 }
 
 void Sampler::stop() {
+  // Serialises concurrent stop() calls (the atexit hook and a user's thread) around the join.
+  std::lock_guard<std::mutex> stopping(stop_mu_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!started_ || stopped_) return;
@@ -81,9 +90,21 @@ void Sampler::stop() {
   }
   wake_.notify_all();
   if (thread_.joinable()) thread_.join();
-  tick();
+  tick(true);
   std::lock_guard<std::mutex> lock(mu_);
   stopped_ = true;
+}
+
+size_t Sampler::mark() {
+  // stop_mu_ orders a mark against stop(): a mark never lands after the final sample.
+  std::lock_guard<std::mutex> stopping(stop_mu_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!started_ || stop_requested_)
+      throw MonitorError("mark(): the sampler is not running (start() it first; after stop() "
+                         "the window ends at the final sample)");
+  }
+  return tick(true);
 }
 
 bool Sampler::running() const {
@@ -102,7 +123,7 @@ void Sampler::run() {
       // A condition variable, not a sleep: stop() wakes us at once instead of after a period.
       if (wake_.wait_until(lock, next, [this] { return stop_requested_; })) break;
     }
-    tick();
+    tick(false);
     next += period;
     auto now = clock::now();
     if (now > next) {
@@ -117,13 +138,24 @@ void Sampler::run() {
   final_thread_cpu_s_ = cpu_clock_s(CLOCK_THREAD_CPUTIME_ID);
 }
 
-void Sampler::tick() {
-  // The NVML reads happen outside the lock, so readers of the series never wait on the driver.
+size_t Sampler::tick(bool force_counter) {
+  std::lock_guard<std::mutex> ticking(tick_mu_);
+  // Due on the tick nearest the due time (half a period of slack), so that energy_hz = hz / k
+  // reads the counter on exactly every k-th tick instead of alternating k and k+1.
+  // In double: a tiny rate's period in ns would overflow int64.
+  const int64_t now = now_ns();
+  bool counter = force_counter;
+  if (!counter && options_.energy_hz > 0)
+    counter = double(now - last_counter_ns_) >= 1e9 / options_.energy_hz - 0.5e9 / options_.hz;
+  if (counter) last_counter_ns_ = now;
+  // The NVML reads happen outside mu_, so readers of the series never wait on the driver.
   std::vector<Sample> row(devices_.size());
   std::vector<std::string> errors;
   for (size_t i = 0; i < devices_.size(); ++i) {
+    Support fields = devices_[i].support;
+    fields.energy = fields.energy && counter;
     int64_t t0 = now_ns();
-    Nvml::Reading r = nvml_->read(devices_[i].index, devices_[i].support);
+    Nvml::Reading r = nvml_->read(devices_[i].index, fields);
     int64_t t1 = now_ns();
     row[i] = Sample{t0 + (t1 - t0) / 2, r.power_w,  r.energy_j, kNaN,
                     r.util_gpu,         r.util_mem, r.mem_used, r.temp_c};
@@ -146,8 +178,10 @@ void Sampler::tick() {
     series.push_back(s);
   }
   ++ticks_;
+  counter_reads_ += counter;
   read_errors_ += errors.size();
   if (!errors.empty()) last_error_ = errors.back();
+  return samples_.empty() ? 0 : samples_.front().size() - 1;
 }
 
 void Sampler::check_slot(size_t slot) const {
@@ -239,6 +273,26 @@ WindowStats Sampler::stats(size_t slot, int64_t t0, int64_t t1) const {
     w.mean_power_w = w.peak_power_w;
   }
   return w;
+}
+
+WindowStats Sampler::stats_rows(size_t slot, size_t row0, size_t row1) const {
+  return stats(slot, row_t_ns(slot, row0), row_t_ns(slot, row1));
+}
+
+int64_t Sampler::row_t_ns(size_t slot, size_t row) const {
+  check_slot(slot);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (row >= samples_[slot].size())
+    throw MonitorError(ErrorKind::kInvalidInput, "sample row " + std::to_string(row) +
+                                                     " does not exist (" +
+                                                     std::to_string(samples_[slot].size()) +
+                                                     " samples so far)");
+  return samples_[slot][row].t_ns;
+}
+
+uint64_t Sampler::counter_reads() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return counter_reads_;
 }
 
 size_t Sampler::sample_count() const {

@@ -50,3 +50,15 @@ def fake_nvml(fake_nvml_path, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     return t0
 
+
+
+@pytest.fixture
+def fake_nvml_calls(fake_nvml, fake_nvml_path):
+    """Returns a function giving (power queries, energy-counter queries) answered so far by the fake
+    driver: the same loaded library nbdist uses (dlopen of one path yields one copy)."""
+    import ctypes
+
+    lib = ctypes.CDLL(str(fake_nvml_path))
+    power = ctypes.c_ulonglong.in_dll(lib, "fake_nvml_power_calls")
+    energy = ctypes.c_ulonglong.in_dll(lib, "fake_nvml_energy_calls")
+    return lambda: (power.value, energy.value)

@@ -7,7 +7,10 @@
  * and its energy counter is 1000 J + the exact integral of P_i from 0 to t (reported in mJ).
  * FAKE_NVML_NO_ENERGY / FAKE_NVML_NO_POWER: comma-separated device indices that answer
  * NVML_ERROR_NOT_SUPPORTED for the energy counter / power. FAKE_NVML_INIT_ERROR: an NVML code
- * nvmlInit_v2 returns instead of success. Configuration is read at every nvmlInit_v2. */
+ * nvmlInit_v2 returns instead of success. Configuration is read at every nvmlInit_v2.
+ *
+ * fake_nvml_power_calls / fake_nvml_energy_calls count the successful power and energy-counter
+ * queries (all devices), so that tests can check through ctypes how often nbdist reads each. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +22,9 @@
 
 typedef struct { unsigned int gpu, memory; } utilization_t;
 typedef struct { unsigned long long total, free, used; } memory_t;
+
+unsigned long long fake_nvml_power_calls = 0;
+unsigned long long fake_nvml_energy_calls = 0;
 
 static int g_devices = 2;
 static long long g_t0_ns = 0;
@@ -97,6 +103,7 @@ int nvmlDeviceGetPowerUsage(void *dev, unsigned int *mw) {
   if (listed(g_no_power, i)) return ERROR_NOT_SUPPORTED;
   double t = seconds();
   *mw = (unsigned int)((100.0 + 50.0 * i + 10.0 * t) * 1000.0 + 0.5);
+  __atomic_fetch_add(&fake_nvml_power_calls, 1, __ATOMIC_SEQ_CST);
   return SUCCESS;
 }
 
@@ -105,6 +112,7 @@ int nvmlDeviceGetTotalEnergyConsumption(void *dev, unsigned long long *mj) {
   if (listed(g_no_energy, i)) return ERROR_NOT_SUPPORTED;
   double t = seconds();
   *mj = (unsigned long long)((1000.0 + (100.0 + 50.0 * i) * t + 5.0 * t * t) * 1000.0 + 0.5);
+  __atomic_fetch_add(&fake_nvml_energy_calls, 1, __ATOMIC_SEQ_CST);
   return SUCCESS;
 }
 

@@ -159,11 +159,13 @@ def test_csv_has_every_sample_and_is_written_atomically(fake_nvml, monkeypatch, 
     gpu0 = [r for r in rows if r["gpu"] == "0"]
     gpu1 = [r for r in rows if r["gpu"] == "1"]
     assert float(gpu0[0]["energy_j"]) == 0.0
-    energies = [float(r["energy_j"]) for r in gpu0]
-    assert energies == sorted(energies) and energies[-1] > 0
+    # The counter is read at energy_hz (1 Hz by default), so most rows leave energy_j empty.
+    energies = [float(r["energy_j"]) for r in gpu0 if r["energy_j"] != ""]
+    assert energies == sorted(energies) and energies[-1] > 0 and len(energies) < len(gpu0)
     assert float(gpu0[-1]["energy_j"]) == pytest.approx(m.summary().gpus[0].energy_j, rel=1e-4)
     assert all(r["power_w"] == "" and r["energy_j"] == "" for r in gpu1)
-    assert {r["util_gpu"] for r in gpu1} == {"60"} and {r["mem_used_mib"] for r in gpu1} == {"2048"}
+    assert {r["util_gpu"] for r in gpu1} == {"60"}
+    assert {r["mem_used_mib"] for r in gpu1} == {"2048.0"}
     assert float(gpu0[0]["power_w"]) == pytest.approx(100 + 10 * (m._start_ns - fake_nvml) / 1e9,
                                                       abs=0.05)
 

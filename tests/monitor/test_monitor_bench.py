@@ -29,10 +29,17 @@ def test_bench_reports_no_nvml_cleanly(tmp_path):
 
 def test_bench_measures_each_method_with_the_fake_driver(tmp_path, fake_nvml_path):
     stdout, result = run(tmp_path, fake_nvml_path, "--seconds", "0.5", "--hz", "20")
-    methods = [r["method"] for r in result["results"]]
-    assert methods == ["idle", "nbdist", "pynvml", "nvidia-smi"]
-    nb = result["results"][1]
-    assert nb["samples"] >= 5 and nb["thread_cpu_s"] >= 0 and "overhead_pct_of_core" in nb
-    assert result["results"][2]["samples"] >= 5
-    assert "nvidia-smi not on PATH" in result["results"][3]["skipped"]
-    assert "nbdist" in stdout and "% of 1 core" in stdout
+    rows = {r["method"]: r for r in result["results"]}
+    assert list(rows) == ["idle", "nbdist", "pynvml-all", "pynvml", "nbdist#2", "nvidia-smi"]
+    assert result["energy_hz"] == 1.0  # nbdist's default, also given to the like-for-like peer
+    for name in ("nbdist", "nbdist#2"):
+        nb = rows[name]
+        assert nb["samples"] >= 5 and nb["thread_cpu_s"] >= 0 and "overhead_pct_of_core" in nb
+        assert (nb["hz"], nb["energy_hz"]) == (20, 1.0)
+        assert 1 <= nb["energy_reads"] <= 3 < nb["samples"]  # start, stop, maybe one periodic
+    everything, same = rows["pynvml-all"], rows["pynvml"]
+    assert everything["samples"] >= 5 and everything["energy_reads"] == everything["samples"]
+    assert (same["hz"], same["energy_hz"]) == (20, 1.0)
+    assert 1 <= same["energy_reads"] <= 2 < same["samples"]
+    assert "nvidia-smi not on PATH" in rows["nvidia-smi"]["skipped"]
+    assert "nbdist" in stdout and "% of 1 core" in stdout and "like-for-like pynvml" in stdout

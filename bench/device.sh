@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One call on the lent GPU machine: build nbdist against the machine's torch, run the GPU tests and
+# the benchmarks, and leave every result as JSON under $OUT (the device tool brings $OUT back).
+#   usage: bash bench/device.sh [phase ...]    phases: build tests launch monitor ddp arc (default: all)
+# NVLink multicast stays off (NCCL_NVLS_ENABLE=0): using it can put the shared host's GPUs out of
+# service. Each benchmark has its own time limit so that one slow phase cannot eat the whole call.
+set -uo pipefail
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PYTHONUNBUFFERED=1
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+OUT=${OUT:-$root/bench/out}
+mkdir -p "$OUT"
+phases=${*:-build tests launch monitor ddp arc}
+py=python3   # the image's own venv (/opt/torch/.venv) with torch, pybind11, scikit-build-core
+has() { [[ " $phases " == *" $1 "* ]]; }
+step() { echo "=== $* ($(date +%T))"; }
+
+step probe
+nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
+nvidia-smi topo -m 2>/dev/null | head -5
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count())'
+
+if has build || ! "$py" -c 'import nbdist._core' 2>/dev/null; then
+  step build
+  # Installed into the image's environment (the machine is thrown away after the lease): nothing is
+  # fetched, and the extension is built against that torch, without build isolation.
+  "$py" -m pip install -q --no-index --no-build-isolation --no-deps . 2>&1 | tail -20
+  "$py" -c 'import nbdist._core, nbdist._ddp' || { echo "build failed"; exit 1; }
+fi
+
+if has tests; then
+  step gpu tests
+  # Run from outside the tree so the installed package (with its extensions) is what gets imported.
+  (cd /tmp && NBDIST_MONITOR_LOAD_S=30 timeout 300 "$py" -m pytest "$root/tests" -m gpu -q -p no:cacheprovider \
+    -o addopts="" --rootdir="$root" -c "$root/pyproject.toml" 2>&1 | tee "$OUT/gpu_tests.log" | tail -25)
+fi
+if has launch && [ -f bench/launch_latency.py ]; then
+  step launch latency
+  timeout 180 "$py" bench/launch_latency.py --nccl --out "$OUT/launch_latency_gpu.json"
+fi
+if has monitor && [ -f bench/monitor_overhead.py ]; then
+  step monitor overhead
+  "$py" bench/nvml_call_cost.py --out "$OUT/nvml_call_cost.json"
+  timeout 120 "$py" bench/monitor_overhead.py --seconds 15 --hz 10 --out "$OUT/monitor_overhead_gpu.json"
+fi
+if has ddp && [ -f bench/ddp_throughput.py ]; then
+  step ddp throughput
+  timeout 300 "$py" bench/ddp_throughput.py --out "$OUT/ddp_throughput_gpu.json"
+fi
+if has arc && [ -f bench/arc_decode.py ]; then
+  step arc decode
+  timeout 60 "$py" bench/arc_decode.py --out "$OUT/arc_decode_device.json"
+fi
+step done
