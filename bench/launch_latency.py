@@ -165,7 +165,7 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ranks", default="2,4", help="comma-separated rank counts")
-    ap.add_argument("--repeats", type=int, default=5, help="timed runs of the fast launchers")
+    ap.add_argument("--repeats", type=int, default=15, help="timed runs of the fast launchers")
     ap.add_argument("--slow-repeats", type=int, default=2,
                     help="timed runs of launchers that start fresh interpreters")
     ap.add_argument("--nccl", action="store_true", help="NCCL all_reduce on the GPUs inside fn")
@@ -176,6 +176,7 @@ def main() -> None:
     import nbdist
 
     ranks = [int(r) for r in args.ranks.split(",")]
+    load_before = os.getloadavg()
     names = [n for n in LAUNCHERS if not args.only or n in args.only.split(",")]
     rows = []
     for nprocs in ranks:
@@ -195,7 +196,9 @@ def main() -> None:
             row = {"launcher": name, "nprocs": nprocs, "entry_s": entry[name],
                    "crash_s": crash[name],
                    "entry_median_ms": 1e3 * statistics.median(entry[name]),
-                   "crash_median_ms": 1e3 * statistics.median(crash[name])}
+                   "crash_median_ms": 1e3 * statistics.median(crash[name]),
+                   "entry_min_ms": 1e3 * min(entry[name]),
+                   "crash_min_ms": 1e3 * min(crash[name])}
             rows.append(row)
             print(f"{name:30s} {nprocs} ranks: entry {row['entry_median_ms']:9.1f} ms   "
                   f"crash->error {row['crash_median_ms']:9.1f} ms", flush=True)
@@ -237,10 +240,12 @@ def main() -> None:
                       for k, v in r.items()}
 
     print()
-    print(f"{'launcher':30s} {'ranks':>5s} {'entry ms':>10s} {'crash->error ms':>16s}")
+    print(f"{'launcher':30s} {'ranks':>5s} {'entry ms':>10s} {'(min)':>8s} "
+          f"{'crash->error ms':>16s} {'(min)':>8s}   medians; min in parentheses")
     for row in rows:
         print(f"{row['launcher']:30s} {row['nprocs']:5d} {row['entry_median_ms']:10.1f} "
-              f"{row['crash_median_ms']:16.1f}")
+              f"{row['entry_min_ms']:8.1f} {row['crash_median_ms']:16.1f} "
+              f"{row['crash_min_ms']:8.1f}")
     print()
     for n in ranks:
         for k, v in ratios[n].items():
@@ -256,6 +261,7 @@ def main() -> None:
         "gpus": torch.cuda.device_count() if args.nccl else 0,
         "repeats": args.repeats, "slow_repeats": args.slow_repeats,
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
         "rows": rows, "ratios": {str(k): v for k, v in ratios.items()},
         "targets_met": {str(k): v for k, v in targets.items()},
     }

@@ -5,7 +5,8 @@
 
 Each rank gets torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
 GROUP_RANK, MASTER_ADDR, MASTER_PORT...), so training scripts need no change. The exit code is
-the root-cause rank's (128 + signal number when it died from a signal; 130 on Ctrl-C).
+the root-cause rank's (128 + signal number when it died from a signal; 124 on --timeout;
+130 on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except WorkerError as exc:
         print(f"nbdist run: {exc}", file=sys.stderr)
+        if isinstance(exc, TimeoutError):
+            return 124  # like timeout(1)
         if exc.exit_code:
             return exc.exit_code
         if exc.signal:

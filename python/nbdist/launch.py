@@ -39,12 +39,18 @@ def _core():
 
 # -- GPUs, without initializing CUDA in this process ----------------------------------------------
 
+_NO_NVML: list = []  # remembers that the driver library is absent (checked once per process)
+
+
 def _nvml():
     import ctypes
 
+    if _NO_NVML:
+        return None
     try:
         lib = ctypes.CDLL("libnvidia-ml.so.1")
     except OSError:
+        _NO_NVML.append(True)
         return None
     if lib.nvmlInit_v2() != 0:
         return None
