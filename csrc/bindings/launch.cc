@@ -40,7 +40,7 @@ void bind_launch(py::module_& m) {
   py::class_<Supervisor>(m, "Supervisor")
       .def(py::init([](std::string job_id, std::string log_dir, int nranks, size_t tail_bytes,
                        size_t line_queue_bytes, bool stream, double grace_s, double timeout_s,
-                       double dump_wait_s) {
+                       double dump_wait_s, std::vector<std::string> log_names) {
              SupervisorOptions o;
              o.job_id = std::move(job_id);
              o.log_dir = std::move(log_dir);
@@ -51,11 +51,13 @@ void bind_launch(py::module_& m) {
              o.grace_s = grace_s;
              o.timeout_s = timeout_s;
              o.dump_wait_s = dump_wait_s;
+             o.log_names = std::move(log_names);
              return new Supervisor(std::move(o));
            }),
            py::arg("job_id"), py::arg("log_dir"), py::arg("nranks"), py::arg("tail_bytes"),
            py::arg("line_queue_bytes"), py::arg("stream"), py::arg("grace_s"),
            py::arg("timeout_s"), py::arg("dump_wait_s"),
+           py::arg("log_names") = std::vector<std::string>{},
            py::call_guard<py::gil_scoped_release>())
       .def("open_rank", &Supervisor::open_rank, py::arg("rank"), py::arg("external_status"))
       .def(

@@ -497,6 +497,8 @@ std::string Supervisor::dump(int rank) {
 }
 
 std::string Supervisor::log_path(int rank) {
+  if (rank >= 0 && static_cast<size_t>(rank) < opt_.log_names.size())
+    return opt_.log_dir + "/" + opt_.log_names[static_cast<size_t>(rank)];
   return opt_.log_dir + "/rank_" + std::to_string(rank) + ".log";
 }
 

@@ -37,6 +37,9 @@ struct SupervisorOptions {
   double timeout_s = 0.0;                // whole-attempt deadline, seconds; 0 = none
   double dump_wait_s = 1.0;              // time given to stack dumps after a timeout, seconds
   int dump_signal = 12;                  // SIGUSR2: ranks register faulthandler on it
+  // Log file name of each rank inside log_dir; empty: rank_<r>.log. Lets a restarting load name
+  // each run's log (run_<n>.log) while reusing one-rank supervisors.
+  std::vector<std::string> log_names;
 };
 
 enum class JobState { kRunning, kSucceeded, kFailed, kKilled, kTimedOut };

@@ -19,8 +19,10 @@ from ._errors import (
     WorkerError,
 )
 from .accelerate_compat import notebook_launcher
+from ._job_ext import jobs, wait_all
 from .job import Job
 from .launch import launch
+from .load import Load
 from .monitor import Monitor, MonitorValueError
 
 __version__ = "0.1.0"
@@ -34,6 +36,7 @@ __all__ = [
     "LaunchError",
     "LaunchTimeoutError",
     "LaunchValueError",
+    "Load",
     "Monitor",
     "MonitorError",
     "MonitorValueError",
@@ -42,6 +45,17 @@ __all__ = [
     "NbdistValueError",
     "WorkerError",
     "__version__",
+    "jobs",
     "launch",
+    "load_ipython_extension",
     "notebook_launcher",
+    "wait_all",
 ]
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext nbdist``: registers the ``%%nbdist`` cell magic, ``%nbdist_jobs`` and
+    ``%nbdist_kill``."""
+    from .magic import load_ipython_extension as load
+
+    load(ipython)

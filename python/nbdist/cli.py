@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-m", dest="module", default=None, help="run a module like python -m")
     run.add_argument("target", nargs=argparse.REMAINDER,
                      help="script.py and its arguments (or, with -m, the module's arguments)")
+    from .experiment import add_parser as add_experiment  # nbdist experiment (jobs engineer)
+
+    add_experiment(sub)
     return p
 
 
@@ -46,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from .job import Job
 
     args = _parser().parse_args(argv)
+    if args.command == "experiment":
+        from .experiment import main_cli
+
+        return main_cli(args)
     rest = list(args.target)
     if rest and rest[0] == "--":
         rest = rest[1:]

@@ -15,13 +15,16 @@ import weakref
 from collections import deque
 
 from ._errors import LaunchError, NbdistTimeoutError
+from ._job_ext import JobExtensions, register
 
 STATES = ("starting", "running", "succeeded", "failed", "killed", "timed_out")
 
 _live_jobs: weakref.WeakSet = weakref.WeakSet()
+# This process's (kernel's) Jobs, oldest first: nbdist.jobs() (see _job_ext.register).
+_registry: list = []
 
 
-class Job:
+class Job(JobExtensions):
     """A launch in progress or finished.
 
     Attributes: ``id``, ``status`` (one of ``starting``, ``running``, ``succeeded``, ``failed``,
@@ -51,6 +54,13 @@ class Job:
         self._thread = threading.Thread(target=self._drive, name=f"nbdist-job-{self.id}",
                                          daemon=True)
         _live_jobs.add(self)
+        # Extensions (background load, monitor, record; see _job_ext.py): callables run in
+        # the driver thread before the first attempt, and in _finish before done() turns true.
+        self._on_start: list = []
+        self._on_finish: list = []
+        self._ext: dict = {}
+        self._stream_offsets: dict = {}
+        register(self)
 
     def _start(self) -> None:
         self._thread.start()
@@ -150,6 +160,8 @@ class Job:
         port_retried = False
         restart = 0
         try:
+            for hook in self._on_start:
+                hook(self)
             while True:
                 with self._lock:
                     if self._kill_grace is not None:
@@ -192,6 +204,11 @@ class Job:
         self._error = error
         self.ended = time.time()
         self._status = state
+        for hook in self._on_finish:
+            try:
+                hook(self)
+            except BaseException as exc:  # a failing extension must not leave the job undone
+                self._ext.setdefault("hook_errors", []).append(f"{type(exc).__name__}: {exc}")
         self._done.set()
 
 

@@ -724,6 +724,8 @@ def launch(
     background: bool = False,
     grace: float = DEFAULT_GRACE,
     prefix: str = "[rank {rank}] ",
+    monitor: bool = False,
+    background_load=None,
 ):
     """Runs ``fn(*args, **kwargs)`` in ``nprocs`` ranks and returns their results.
 
@@ -750,6 +752,11 @@ def launch(
         background: return a :class:`nbdist.Job` at once instead of waiting.
         grace: seconds between SIGTERM and SIGKILL when the ranks are torn down.
         prefix: format of the live line prefix (``{rank}`` is the global rank).
+        monitor: sample the GPUs' power, energy, utilization and memory while the job runs
+            (:meth:`nbdist.Job.energy`, :meth:`nbdist.Job.plot`, ``gpu.csv`` in the job's log dir).
+        background_load: an :class:`nbdist.Load` started first and restarted until the ranks
+            end; then a foreground launch returns the record (see :mod:`nbdist.load`) instead of
+            the results (which are in ``record["foreground"]["result"]``).
 
     Returns:
         The ranks' return values, index = local rank (a :class:`nbdist.Job` if ``background``).
@@ -769,13 +776,19 @@ def launch(
                  timeout=timeout, max_restarts=max_restarts, log_dir=log_dir,
                  master_addr=master_addr, master_port=master_port, nnodes=nnodes,
                  node_rank=node_rank, stream=stream and not background, grace=grace)
+    if monitor or background_load is not None:  # background-jobs extensions (nbdist.load)
+        from .load import launch_extended
+
+        return launch_extended(plan, background, prefix, monitor, background_load)
     return start_plan(plan, background, prefix)
 
 
-def start_plan(plan: _Plan, background: bool, prefix: str = "[rank {rank}] "):
+def start_plan(plan: _Plan, background: bool, prefix: str = "[rank {rank}] ", setup=None):
     if plan.stream:
         print("nbdist: " + ", ".join(plan.decisions), flush=True)
     job = Job(plan)
+    if setup is not None:
+        setup(job)
     job._start()
     if background:
         return job
