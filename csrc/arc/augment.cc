@@ -9,49 +9,68 @@ namespace {
 
 // Moves cells (each `channels` values wide) so that the array of shape (h, w) becomes
 // rot90(transpose?(a), rot) when forward, or the inverse of that when not.
+// Output index (r, c) -> input index: rr = a*r + b*c + e, cc = f*r + g*c + k. Each dihedral
+// step is such an affine map, so the whole composite is one, computed before touching any cell.
+struct IndexMap {
+  int a = 1, b = 0, e = 0, f = 0, g = 1, k = 0;
+};
+
+template <class T>
+void move_cells_into(const std::vector<T>& in, int h, int w, int channels, bool transpose,
+                     int rot, bool forward, std::vector<T>* out, int* out_h, int* out_w) {
+  // Primitive steps in application order: true = transpose, false = rot90 counter-clockwise.
+  bool steps[5];
+  int n_steps = 0;
+  if (forward) {
+    if (transpose) steps[n_steps++] = true;
+    for (int i = 0; i < rot; ++i) steps[n_steps++] = false;
+  } else {
+    // The inverse of rot90^k is rot90^(4-k); transpose is its own inverse.
+    for (int i = 0; i < (4 - rot) % 4; ++i) steps[n_steps++] = false;
+    if (transpose) steps[n_steps++] = true;
+  }
+  int in_w[5];  // width of each step's input
+  int sh = h, sw = w;
+  for (int i = 0; i < n_steps; ++i) {
+    in_w[i] = sw;
+    std::swap(sh, sw);
+  }
+  // Walk the steps backwards, composing each step's output->input map onto the running map.
+  IndexMap m;
+  for (int i = n_steps; i-- > 0;) {
+    IndexMap n;
+    if (steps[i]) {  // (r, c) <- (c, r)
+      n = {m.f, m.g, m.k, m.a, m.b, m.e};
+    } else {  // np.rot90: out[i][j] = in[j][in_w - 1 - i]
+      n = {m.f, m.g, m.k, -m.a, -m.b, in_w[i] - 1 - m.e};
+    }
+    m = n;
+  }
+  out->resize(static_cast<size_t>(sh) * sw * channels);
+  T* dst = out->data();
+  // Input cell index = rr * w + cc is affine in (r, c) too: walk it with two strides.
+  const ptrdiff_t row_step = static_cast<ptrdiff_t>(m.a) * w + m.f;
+  const ptrdiff_t col_step = static_cast<ptrdiff_t>(m.b) * w + m.g;
+  const ptrdiff_t origin = static_cast<ptrdiff_t>(m.e) * w + m.k;
+  for (int r = 0; r < sh; ++r) {
+    ptrdiff_t src = origin + row_step * r;
+    if (channels == 1) {
+      for (int c = 0; c < sw; ++c, src += col_step) *dst++ = in[src];
+    } else {
+      for (int c = 0; c < sw; ++c, src += col_step) {
+        for (int ch = 0; ch < channels; ++ch) *dst++ = in[src * channels + ch];
+      }
+    }
+  }
+  *out_h = sh;
+  *out_w = sw;
+}
+
 template <class T>
 std::vector<T> move_cells(const std::vector<T>& in, int h, int w, int channels, bool transpose,
                           int rot, bool forward, int* out_h, int* out_w) {
-  // Build the composite as a map from output (r, c) to input (r, c): compose the primitive
-  // steps on index space instead of materialising each intermediate array.
-  struct Step {
-    bool is_transpose;
-  };
-  std::vector<Step> steps;
-  if (forward) {
-    if (transpose) steps.push_back({true});
-    for (int i = 0; i < rot; ++i) steps.push_back({false});
-  } else {
-    // rot90 inverse is three more quarter turns; transpose is its own inverse.
-    for (int i = 0; i < (4 - rot) % 4; ++i) steps.push_back({false});
-    if (transpose) steps.push_back({true});
-  }
-  // Shapes after each step.
-  std::vector<std::pair<int, int>> shapes{{h, w}};
-  for (size_t i = 0; i < steps.size(); ++i) shapes.push_back({shapes.back().second, shapes.back().first});
-  const int oh = shapes.back().first, ow = shapes.back().second;
-  std::vector<T> out(static_cast<size_t>(oh) * ow * channels);
-  for (int r = 0; r < oh; ++r) {
-    for (int c = 0; c < ow; ++c) {
-      int rr = r, cc = c;
-      // Walk the steps backwards: each maps an output index of the step to its input index.
-      for (size_t i = steps.size(); i-- > 0;) {
-        const int in_w = shapes[i].second;
-        if (steps[i].is_transpose) {
-          std::swap(rr, cc);
-        } else {
-          // np.rot90 (counter-clockwise): out[i][j] = in[j][in_w - 1 - i].
-          int nr = cc, nc = in_w - 1 - rr;
-          rr = nr;
-          cc = nc;
-        }
-      }
-      const T* src = &in[(static_cast<size_t>(rr) * w + cc) * channels];
-      std::copy(src, src + channels, &out[(static_cast<size_t>(r) * ow + c) * channels]);
-    }
-  }
-  *out_h = oh;
-  *out_w = ow;
+  std::vector<T> out;
+  move_cells_into(in, h, w, channels, transpose, rot, forward, &out, out_h, out_w);
   return out;
 }
 
@@ -188,12 +207,21 @@ Grid apply(const Transform& t, const Grid& g) {
 
 Grid invert(const Transform& t, const Grid& g) {
   Grid out;
-  out.cells = move_cells(g.cells, g.h, g.w, 1, t.transpose, t.rot, false, &out.h, &out.w);
+  invert_into(t, g, &out);
+  return out;
+}
+
+void invert_into(const Transform& t, const Grid& g, Grid* out) {
+  if (t.transpose || t.rot != 0) {
+    move_cells_into(g.cells, g.h, g.w, 1, t.transpose, t.rot, false, &out->cells, &out->h,
+                    &out->w);
+  } else {
+    *out = g;
+  }
   if (t.has_perm) {
     const auto inv = t.inverse_perm();
-    for (auto& c : out.cells) c = c < kNumColours ? inv[c] : c;
+    for (auto& c : out->cells) c = c < kNumColours ? inv[c] : c;
   }
-  return out;
 }
 
 namespace {

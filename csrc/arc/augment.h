@@ -39,6 +39,8 @@ std::string format_suffix(const Transform& t);
 
 Grid apply(const Transform& t, const Grid& g);
 Grid invert(const Transform& t, const Grid& g);
+// invert() into a caller-owned grid whose buffer is reused (no allocation once it is big enough).
+void invert_into(const Transform& t, const Grid& g, Grid* out);
 
 // Per-cell score arrays of shape (h, w, channels), row-major. channels == 10 means one score per
 // colour, and the colour permutation then permutes the channels; channels == 1 moves cells only.

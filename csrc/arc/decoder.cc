@@ -1,6 +1,7 @@
 #include "arc/decoder.h"
 
 #include <cmath>
+#include <string_view>
 #include <limits>
 
 namespace nbdist::arc {
@@ -38,10 +39,13 @@ void Decoder::set_truth(int unit, Grid truth) {
   truth_[unit] = std::move(truth);
 }
 
-int Decoder::add(const SampleBatch& b, bool from_text) {
+int Decoder::add(const SampleBatch& b) {
   const size_t n = b.keys.size();
-  auto where = [&b](size_t i) { return "record " + std::to_string(i) + " (key '" + b.keys[i] + "')"; };
-  if (b.logprobs.size() != n || (from_text ? b.texts.size() : b.grids.size()) != n) {
+  auto where = [&b](size_t i) {
+    return "record " + std::to_string(i) + " (key '" + std::string(b.keys[i]) + "')";
+  };
+  if (b.logprobs.size() != n || b.is_text.size() != n || b.texts.size() != n ||
+      b.grids.size() != n) {
     throw ArcError(ErrorKind::kInvalidInput, "batch columns differ in length");
   }
   const bool any_aug = !b.aug_offsets.empty();
@@ -50,20 +54,40 @@ int Decoder::add(const SampleBatch& b, bool from_text) {
   }
   // Validate everything first: a bad record must not leave half a batch ingested.
   std::vector<int> unit_of(n);
-  std::vector<Transform> tf(n);
+  std::vector<int> tf_of(n);
+  // Samples share few augmentations (a model is run under a fixed set), so parse each suffix once.
+  std::vector<Transform> tfs;
+  std::unordered_map<std::string, int> tf_index;
+  // Samples of one (unit, augmentation) share their key: resolve each distinct key once.
+  std::unordered_map<std::string_view, std::pair<int, int>> seen;
+  std::string unit, suffix;
   for (size_t i = 0; i < n; ++i) {
-    const std::string& key = b.keys[i];
+    const std::string_view key = b.keys[i];
+    auto sit = seen.find(key);
+    if (sit != seen.end()) {
+      unit_of[i] = sit->second.first;
+      tf_of[i] = sit->second.second;
+    } else {
     const size_t dot = key.find('.');
-    const std::string unit = key.substr(0, dot);
+    unit.assign(key, 0, dot);
     auto it = unit_index_.find(unit);
     if (it == unit_index_.end()) {
       throw ArcError(ErrorKind::kInvalidInput, where(i) + ": unknown unit '" + unit + "'");
     }
     unit_of[i] = it->second;
-    try {
-      tf[i] = parse_suffix(dot == std::string::npos ? std::string() : key.substr(dot));
-    } catch (const ArcError& e) {
-      throw ArcError(ErrorKind::kInvalidInput, where(i) + ": " + e.what());
+    if (dot == std::string::npos) suffix.clear();
+    else suffix.assign(key, dot, std::string::npos);
+    auto tit = tf_index.find(suffix);
+    if (tit == tf_index.end()) {
+      try {
+        tfs.push_back(parse_suffix(suffix));
+      } catch (const ArcError& e) {
+        throw ArcError(ErrorKind::kInvalidInput, where(i) + ": " + e.what());
+      }
+      tit = tf_index.emplace(suffix, static_cast<int>(tfs.size()) - 1).first;
+    }
+    tf_of[i] = tit->second;
+    seen.emplace(key, std::make_pair(unit_of[i], tf_of[i]));
     }
     if (std::isnan(b.logprobs[i]) || b.logprobs[i] == std::numeric_limits<double>::infinity()) {
       throw ArcError(ErrorKind::kInvalidInput, where(i) + ": logprob must be a number below +inf");
@@ -83,18 +107,28 @@ int Decoder::add(const SampleBatch& b, bool from_text) {
       }
     }
   }
+  // Text decoding undoes the colour permutation as it reads, leaving only cell moves to do.
+  std::vector<std::array<uint8_t, kNumColours>> inv_perm(tfs.size());
+  std::vector<Transform> moves_only(tfs.size());
+  for (size_t t = 0; t < tfs.size(); ++t) {
+    inv_perm[t] = tfs[t].inverse_perm();
+    moves_only[t] = tfs[t];
+    moves_only[t].has_perm = false;
+  }
   int invalid = 0;
-  Grid g;
+  Grid g, orig;  // scratch buffers, reused across samples
   for (size_t i = 0; i < n; ++i) {
     UnitCandidates& u = units_[unit_of[i]];
+    const bool from_text = b.is_text[i];
     bool ok;
     if (from_text) {
-      const DecodeStatus st = decode_text(fmt_, b.texts[i], &g);
+      const int t = tf_of[i];
+      const DecodeStatus st =
+          decode_text(fmt_, b.texts[i], &g, tfs[t].has_perm ? inv_perm[t].data() : nullptr);
       ok = st == DecodeStatus::kOk;
       if (!ok) ++decode_failures_[static_cast<int>(st)];
     } else {
       ok = is_valid_grid(b.grids[i]);
-      if (ok) g = b.grids[i];
     }
     ++n_samples_;
     if (!ok) {
@@ -102,14 +136,17 @@ int Decoder::add(const SampleBatch& b, bool from_text) {
       ++invalid;
       continue;
     }
-    Grid orig = tf[i].is_identity() ? std::move(g) : invert(tf[i], g);
+    const Transform& tf = from_text ? moves_only[tf_of[i]] : tfs[tf_of[i]];
+    const bool moves = tf.transpose || tf.rot != 0 || tf.has_perm;
+    const Grid& seen_grid = from_text ? g : b.grids[i];
+    if (moves) invert_into(tf, seen_grid, &orig);
     const double* aug = nullptr;
     size_t n_aug = 0;
     if (any_aug && b.aug_offsets[i + 1] > b.aug_offsets[i]) {
       aug = b.aug_values.data() + b.aug_offsets[i];
       n_aug = static_cast<size_t>(b.aug_offsets[i + 1] - b.aug_offsets[i]);
     }
-    u.add(std::move(orig), b.logprobs[i], aug, n_aug);
+    u.add(moves ? orig : seen_grid, b.logprobs[i], aug, n_aug);
   }
   n_invalid_ += invalid;
   return invalid;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -17,11 +18,13 @@
 
 namespace nbdist::arc {
 
-// One batch of samples in columnar form; exactly one of texts / grids is used.
+// One batch of samples in columnar form; each sample is text or a grid (is_text says which).
 struct SampleBatch {
-  std::vector<std::string> keys;       // unit key + optional augmentation suffix
-  std::vector<std::string> texts;      // model output text (when decoding text)
-  std::vector<Grid> grids;             // grids (when given directly); invalid ones are counted
+  std::vector<uint8_t> is_text;         // per sample: 1 = texts[i] holds it, 0 = grids[i]
+  // Views into strings the caller keeps alive for the duration of Decoder::add.
+  std::vector<std::string_view> keys;   // unit key + optional augmentation suffix
+  std::vector<std::string_view> texts;  // model output text (when decoding text)
+  std::vector<Grid> grids;              // grids given directly (h == 0: not a grid, counted)
   std::vector<double> logprobs;        // per sample: log-probability of the generation (nats)
   std::vector<int64_t> aug_offsets;    // empty, or n + 1 cumulative offsets into aug_values;
                                        // an empty range means no re-scores
@@ -47,7 +50,7 @@ class Decoder {
   void set_truth(int unit, Grid truth);
   // Validates the whole batch (keys, finite log-probs, offsets) before ingesting any of it, so a
   // bad batch leaves the decoder unchanged. Returns the number of invalid samples in the batch.
-  int add(const SampleBatch& batch, bool from_text);
+  int add(const SampleBatch& batch);
 
   std::vector<int32_t> rank(const AlgoSpec& spec, int unit) const;
   // Up to n_guesses grids per unit (keep_order may repeat a grid, as the 2024 notebook did).

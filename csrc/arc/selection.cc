@@ -60,13 +60,13 @@ int UnitCandidates::find(const Grid& g, uint64_t hash) const {
   return -1;
 }
 
-int UnitCandidates::add(Grid g, double logprob, const double* aug, size_t n_aug) {
+int UnitCandidates::add(const Grid& g, double logprob, const double* aug, size_t n_aug) {
   const uint64_t h = grid_hash(g);
   int idx = find(g, h);
   if (idx < 0) {
     idx = static_cast<int>(cands.size());
     cands.emplace_back();
-    cands.back().grid = std::move(g);
+    cands.back().grid = g;
     cands.back().hash = h;
   }
   Candidate& c = cands[idx];

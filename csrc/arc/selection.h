@@ -27,8 +27,8 @@ struct UnitCandidates {
 
   // Index of the candidate equal to g, or -1.
   int find(const Grid& g, uint64_t hash) const;
-  // Adds one valid sample and returns its candidate index.
-  int add(Grid g, double logprob, const double* aug, size_t n_aug);
+  // Adds one valid sample and returns its candidate index (g is copied only when it is new).
+  int add(const Grid& g, double logprob, const double* aug, size_t n_aug);
   void add_invalid();
 };
 

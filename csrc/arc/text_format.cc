@@ -1,5 +1,7 @@
 #include "arc/text_format.h"
 
+#include <cstring>
+
 namespace nbdist::arc {
 
 const char* decode_status_name(DecodeStatus s) {
@@ -22,44 +24,77 @@ const char* decode_status_name(DecodeStatus s) {
 
 namespace {
 
-DecodeStatus decode_into(const TextFormat& fmt, std::string_view text, Grid* out) {
+DecodeStatus decode_into(const TextFormat& fmt, std::string_view text, Grid* out,
+                         const uint8_t* recolour) {
   if (!fmt.end_marker.empty()) {
     size_t cut = text.find(fmt.end_marker);
     if (cut != std::string_view::npos) text = text.substr(0, cut);
   }
   int8_t lut[256];
-  for (auto& v : lut) v = -1;
-  for (int c = 0; c < kNumColours; ++c) lut[static_cast<unsigned char>(fmt.alphabet[c])] = static_cast<int8_t>(c);
+  std::memset(lut, -1, sizeof(lut));
+  for (int c = 0; c < kNumColours; ++c) {
+    lut[static_cast<unsigned char>(fmt.alphabet[c])] =
+        static_cast<int8_t>(recolour ? recolour[c] : c);
+  }
 
   out->h = 0;
   out->w = 0;
-  out->cells.clear();
   if (text.empty()) return DecodeStatus::kEmpty;
+  out->cells.resize(text.size());  // an upper bound on the cell count; trimmed at the end
+  uint8_t* dst = out->cells.data();
   const std::string_view row_end = fmt.row_end;
+  if (row_end.size() == 1) {
+    // The common case in one pass: every byte is a cell or a row end (or an error).
+    constexpr int8_t kRowEnd = 64;
+    lut[static_cast<unsigned char>(row_end[0])] = kRowEnd;
+    int width = 0;
+    for (const char ch : text) {
+      const int8_t v = lut[static_cast<unsigned char>(ch)];
+      if (v >= 0 && v < kNumColours) {
+        *dst++ = static_cast<uint8_t>(v);
+        ++width;
+        continue;
+      }
+      if (v != kRowEnd) return DecodeStatus::kBadSymbol;
+      if (width == 0) return DecodeStatus::kEmpty;
+      if (width > kMaxSide || out->h >= kMaxSide) return DecodeStatus::kTooLarge;
+      if (out->h > 0 && width != out->w) return DecodeStatus::kRagged;
+      out->w = width;
+      width = 0;
+      ++out->h;
+    }
+    if (width != 0) return DecodeStatus::kUnterminatedRow;
+    out->cells.resize(static_cast<size_t>(out->h) * out->w);
+    return DecodeStatus::kOk;
+  }
   size_t pos = 0;
   while (pos < text.size()) {
-    size_t end = text.find(row_end, pos);
+    const size_t end = text.find(row_end, pos);
     if (end == std::string_view::npos) return DecodeStatus::kUnterminatedRow;
     const size_t width = end - pos;
     if (width == 0) return DecodeStatus::kEmpty;
     if (width > static_cast<size_t>(kMaxSide) || out->h >= kMaxSide) return DecodeStatus::kTooLarge;
     if (out->h > 0 && static_cast<int>(width) != out->w) return DecodeStatus::kRagged;
     out->w = static_cast<int>(width);
+    int8_t bad = 0;
     for (size_t i = pos; i < end; ++i) {
-      int8_t v = lut[static_cast<unsigned char>(text[i])];
-      if (v < 0) return DecodeStatus::kBadSymbol;
-      out->cells.push_back(static_cast<uint8_t>(v));
+      const int8_t v = lut[static_cast<unsigned char>(text[i])];
+      bad |= v;  // any -1 sets the sign bit
+      *dst++ = static_cast<uint8_t>(v);
     }
+    if (bad < 0) return DecodeStatus::kBadSymbol;
     ++out->h;
     pos = end + row_end.size();
   }
+  out->cells.resize(static_cast<size_t>(out->h) * out->w);
   return DecodeStatus::kOk;
 }
 
 }  // namespace
 
-DecodeStatus decode_text(const TextFormat& fmt, std::string_view text, Grid* out) {
-  const DecodeStatus st = decode_into(fmt, text, out);
+DecodeStatus decode_text(const TextFormat& fmt, std::string_view text, Grid* out,
+                         const uint8_t* recolour) {
+  const DecodeStatus st = decode_into(fmt, text, out, recolour);
   if (st != DecodeStatus::kOk) {
     // A rejected text leaves an empty grid, never a half-filled one.
     out->h = 0;

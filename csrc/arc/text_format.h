@@ -24,7 +24,10 @@ enum class DecodeStatus { kOk, kEmpty, kBadSymbol, kRagged, kTooLarge, kUntermin
 const char* decode_status_name(DecodeStatus s);
 
 // Decodes text into *out; never throws on bad text (bulk decoding counts failures instead).
-DecodeStatus decode_text(const TextFormat& fmt, std::string_view text, Grid* out);
+// recolour (optional, 10 entries) maps each decoded colour on the fly, so that undoing a colour
+// permutation costs nothing extra.
+DecodeStatus decode_text(const TextFormat& fmt, std::string_view text, Grid* out,
+                         const uint8_t* recolour = nullptr);
 
 std::string encode_grid(const TextFormat& fmt, const Grid& g);
 

@@ -22,6 +22,15 @@ using arc::Grid;
 // non-negative ints comes back with h == 0 so the decoder counts it as an invalid sample.
 Grid grid_from_py(PyObject* obj) {
   Grid g;
+  if (!PyList_Check(obj) && !PyTuple_Check(obj) && PyObject_HasAttrString(obj, "tolist")) {
+    // numpy arrays (and tensors): their nested-list form holds plain ints.
+    py::object as_list = py::reinterpret_steal<py::object>(PyObject_CallMethod(obj, "tolist", nullptr));
+    if (!as_list) {
+      PyErr_Clear();
+      return g;
+    }
+    return grid_from_py(as_list.ptr());
+  }
   PyObject* rows = PySequence_Fast(obj, "");
   if (!rows) {
     PyErr_Clear();
@@ -110,11 +119,6 @@ std::vector<Grid> grids_from_buffer(const py::bytes& cells, const std::vector<in
   return arc::unpack_grids(reinterpret_cast<const uint8_t*>(v.data()), v.size(), shapes);
 }
 
-void fill_aug(arc::SampleBatch& b, std::vector<int64_t> offsets, std::vector<double> values) {
-  b.aug_offsets = std::move(offsets);
-  b.aug_values = std::move(values);
-}
-
 }  // namespace
 
 void bind_arc(py::module_& m) {
@@ -200,30 +204,82 @@ void bind_arc(py::module_& m) {
              std::vector<Grid> g = grids_from_buffer(cells, {h, w});
              d.set_truth(unit, std::move(g[0]));
            })
-      .def("add_texts",
-           [](arc::Decoder& d, std::vector<std::string> keys, std::vector<std::string> texts,
-              std::vector<double> logprobs, std::vector<int64_t> aug_offsets,
-              std::vector<double> aug_values) {
-             arc::SampleBatch b;
-             b.keys = std::move(keys);
-             b.texts = std::move(texts);
-             b.logprobs = std::move(logprobs);
-             fill_aug(b, std::move(aug_offsets), std::move(aug_values));
-             py::gil_scoped_release nogil;
-             return d.add(b, true);
+      .def("set_truths",
+           [](arc::Decoder& d, std::vector<int> units, py::bytes cells, std::vector<int32_t> shapes) {
+             std::vector<Grid> g = grids_from_buffer(cells, shapes);
+             if (g.size() != units.size()) {
+               throw arc::ArcError(ErrorKind::kInvalidInput, "one truth per unit");
+             }
+             for (size_t i = 0; i < g.size(); ++i) d.set_truth(units[i], std::move(g[i]));
            })
-      .def("add_grids",
-           [](arc::Decoder& d, std::vector<std::string> keys, py::sequence grids,
-              std::vector<double> logprobs, std::vector<int64_t> aug_offsets,
-              std::vector<double> aug_values) {
+      .def("add_records",
+           [](arc::Decoder& d, py::list records) {
+             // Field extraction only; the Python layer words the errors (KeyError/TypeError
+             // carry the record index as their first argument).
+             static const py::str k_key("key"), k_text("text"), k_grid("grid"),
+                 k_logprob("logprob"), k_aug("aug_logprobs");
              arc::SampleBatch b;
-             b.keys = std::move(keys);
-             b.grids.reserve(py::len(grids));
-             for (py::handle g : grids) b.grids.push_back(grid_from_py(g.ptr()));
-             b.logprobs = std::move(logprobs);
-             fill_aug(b, std::move(aug_offsets), std::move(aug_values));
-             py::gil_scoped_release nogil;
-             return d.add(b, false);
+             const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
+             b.is_text.resize(n);
+             b.keys.resize(n);
+             b.texts.resize(n);
+             b.grids.resize(n);
+             b.logprobs.resize(n);
+             // The GIL stays held (this is CPU work, not a wait): the viewed strs stay alive.
+             bool any_aug = false;
+             b.aug_offsets.reserve(n + 1);
+             b.aug_offsets.push_back(0);
+             for (Py_ssize_t i = 0; i < n; ++i) {
+               PyObject* r = PyList_GET_ITEM(records.ptr(), i);
+               if (!PyDict_Check(r)) throw py::type_error(py::str("{} not a dict").format(i));
+               PyObject* key = PyDict_GetItemWithError(r, k_key.ptr());
+               PyObject* lp = PyDict_GetItemWithError(r, k_logprob.ptr());
+               if (!key || !lp) throw py::key_error(py::str("{} key/logprob").format(i));
+               PyObject* text = PyDict_GetItemWithError(r, k_text.ptr());
+               PyObject* grid = PyDict_GetItemWithError(r, k_grid.ptr());
+               const bool has_text = text && text != Py_None, has_grid = grid && grid != Py_None;
+               if (has_text == has_grid) throw py::value_error(py::str("{} text/grid").format(i));
+               Py_ssize_t size = 0;
+               const char* data = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &size) : nullptr;
+               if (!data) throw py::type_error(py::str("{} key").format(i));
+               b.keys[i] = std::string_view(data, size);
+               b.logprobs[i] = PyFloat_AsDouble(lp);
+               if (b.logprobs[i] == -1.0 && PyErr_Occurred()) {
+                 PyErr_Clear();
+                 throw py::type_error(py::str("{} logprob").format(i));
+               }
+               b.is_text[i] = has_text;
+               if (has_text) {
+                 data = PyUnicode_Check(text) ? PyUnicode_AsUTF8AndSize(text, &size) : nullptr;
+                 if (!data) throw py::type_error(py::str("{} text").format(i));
+                 b.texts[i] = std::string_view(data, size);
+               } else {
+                 b.grids[i] = grid_from_py(grid);
+               }
+               PyObject* aug = PyDict_GetItemWithError(r, k_aug.ptr());
+               if (aug && aug != Py_None) {
+                 PyObject* vals = PySequence_Fast(aug, "");
+                 if (!vals) {
+                   PyErr_Clear();
+                   throw py::type_error(py::str("{} aug_logprobs").format(i));
+                 }
+                 const Py_ssize_t m = PySequence_Fast_GET_SIZE(vals);
+                 for (Py_ssize_t j = 0; j < m; ++j) {
+                   const double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(vals, j));
+                   if (v == -1.0 && PyErr_Occurred()) {
+                     PyErr_Clear();
+                     Py_DECREF(vals);
+                     throw py::type_error(py::str("{} aug_logprobs").format(i));
+                   }
+                   b.aug_values.push_back(v);
+                 }
+                 Py_DECREF(vals);
+                 any_aug = any_aug || m > 0;
+               }
+               b.aug_offsets.push_back(static_cast<int64_t>(b.aug_values.size()));
+             }
+             if (!any_aug) b.aug_offsets.clear();
+             return d.add(b);
            })
       .def("rank", [](const arc::Decoder& d, int algo, bool cs, double b,
                       int unit) { return d.rank(make_spec(algo, cs, b), unit); })
@@ -241,6 +297,23 @@ void bind_arc(py::module_& m) {
                out.append(grids);
              }
              return out;
+           })
+      .def("select_indices",
+           [](const arc::Decoder& d, int algo, bool cs, double b) {
+             const arc::AlgoSpec spec = make_spec(algo, cs, b);
+             std::vector<std::vector<int32_t>> out(d.n_units());
+             {
+               py::gil_scoped_release nogil;
+               for (int u = 0; u < d.n_units(); ++u) {
+                 out[u] = d.rank(spec, u);
+                 if (out[u].size() > static_cast<size_t>(d.n_guesses())) out[u].resize(d.n_guesses());
+               }
+             }
+             return out;
+           })
+      .def("candidate_grid",
+           [](const arc::Decoder& d, int unit, int cand) {
+             return grid_to_py(d.unit(unit).cands.at(cand).grid);
            })
       .def("evaluate",
            [](const arc::Decoder& d, int algo, bool cs, double b) {

@@ -14,7 +14,6 @@ See :mod:`nbdist.arc.selection` for the algorithms and their formulas.
 from __future__ import annotations
 
 import math
-from itertools import accumulate
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from .. import _core
@@ -59,6 +58,7 @@ class Decoder:
             keys = [str(k) for k in dataset_or_unit_keys]
         self.unit_keys: List[str] = keys
         self._unit_index = {k: i for i, k in enumerate(keys)}
+        self._grid_cache: Dict[tuple, Grid] = {}
         task_ids: Dict[str, int] = {}
         tasks = [task_ids.setdefault(_task_of(k), len(task_ids)) for k in keys]
         f = self.formatter
@@ -68,10 +68,11 @@ class Decoder:
         except ValueError as e:
             raise ArcValueError(f"Decoder: {e}") from None
         if self.dataset is not None:
-            for i, k in enumerate(keys):
-                truth = self.dataset.truth(k)
-                if truth is not None:
-                    self.set_truth(k, truth)
+            truths = [t.get("output") for task in self.dataset.tasks.values() for t in task["test"]]
+            known = [(i, t) for i, t in enumerate(truths) if t is not None]
+            if known:  # validated when the dataset was loaded
+                cells, shapes = pack([t for _, t in known])
+                self._dec.set_truths([i for i, _ in known], cells, shapes)
 
     # ---------------------------------------------------------------- ingest
     def set_truth(self, unit_key: str, grid: Any) -> None:
@@ -93,59 +94,21 @@ class Decoder:
     def add_many(self, records: Iterable[Mapping[str, Any]]) -> int:
         """Adds records (dicts with the fields of :meth:`add`) in order; returns how many were
         invalid. A malformed record (unknown unit, bad suffix, NaN, neither or both of
-        grid/text) raises ArcValueError naming it, and then nothing of the batch is added."""
+        grid/text, a wrong type) raises ArcValueError naming it, and then nothing of the batch
+        is added."""
         records = records if isinstance(records, list) else list(records)
-        for i, r in enumerate(records):
-            has_text = r.get("text") is not None
-            if has_text == (r.get("grid") is not None):
-                raise ArcValueError(f"record {i} (key {r.get('key')!r}): give exactly one of "
-                                    f"'text' and 'grid'")
-            if "logprob" not in r or "key" not in r:
-                raise ArcValueError(f"record {i}: needs 'key' and 'logprob'")
-        # Keep add order across text and grid records: ingest maximal runs of one kind.
-        invalid = 0
-        start = 0
-        while start < len(records):
-            is_text = records[start].get("text") is not None
-            end = start
-            while end < len(records) and (records[end].get("text") is not None) == is_text:
-                end += 1
-            run = records[start:end]
-            field = "text" if is_text else "grid"
-            invalid += self.add_columns(
-                [r["key"] for r in run], logprobs=[r["logprob"] for r in run],
-                aug_logprobs=[r.get("aug_logprobs") for r in run],
-                **{field + "s": [r[field] for r in run]}, _first=start)
-            start = end
-        return invalid
-
-    def add_columns(self, keys: Sequence[str], *, logprobs: Sequence[float],
-                    texts: Optional[Sequence[str]] = None, grids: Optional[Sequence[Any]] = None,
-                    aug_logprobs: Optional[Sequence[Optional[Sequence[float]]]] = None,
-                    _first: int = 0) -> int:
-        """The fast path of :meth:`add_many`: one list per field (exactly one of texts/grids)."""
-        if (texts is None) == (grids is None):
-            raise ArcValueError("add_columns: give exactly one of texts and grids")
-        n = len(keys)
-        if len(logprobs) != n or len(texts if texts is not None else grids) != n:
-            raise ArcValueError("add_columns: keys, logprobs and texts/grids differ in length")
-        offsets: List[int] = []
-        values: List[float] = []
-        if aug_logprobs is not None and any(a is not None for a in aug_logprobs):
-            if len(aug_logprobs) != n:
-                raise ArcValueError("add_columns: aug_logprobs differs in length from keys")
-            offsets = [0, *accumulate(0 if a is None else len(a) for a in aug_logprobs)]
-            values = [v for a in aug_logprobs if a is not None for v in a]
         try:
-            if texts is not None:
-                return self._dec.add_texts(list(keys), list(texts), list(logprobs), offsets,
-                                           values)
-            grids = [g.tolist() if hasattr(g, "tolist") else g for g in grids]
-            return self._dec.add_grids(list(keys), grids, list(logprobs), offsets, values)
-        except ValueError as e:
-            raise ArcValueError(_renumber(str(e), _first)) from None
-        except TypeError as e:
-            raise ArcValueError(f"add: a field has the wrong type ({e})") from None
+            try:
+                return self._dec.add_records(records)
+            except TypeError as e:
+                if "not a dict" not in str(e):
+                    raise
+                # Other mappings work too, at the cost of a copy.
+                return self._dec.add_records([dict(r) for r in records])
+        except ArcValueError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArcValueError(_record_error(records, e)) from None
 
     # ---------------------------------------------------------------- selection
     def _spec(self, name: str):
@@ -159,9 +122,22 @@ class Decoder:
             raise ArcValueError(f"unknown unit {unit_key!r}") from None
 
     def run_selection_algo(self, name: str) -> Dict[str, List[Grid]]:
-        """``{unit_key: [up to n_guesses grids, best first]}`` under algorithm ``name``."""
-        sel = self._dec.select(*self._spec(name))
-        return dict(zip(self.unit_keys, sel))
+        """``{unit_key: [up to n_guesses grids, best first]}`` under algorithm ``name``.
+
+        The grid lists are shared between calls (that is what makes comparing many algorithms
+        cheap): copy one before changing it."""
+        spec = self._spec(name)
+        cache = self._grid_cache
+        out = {}
+        for u, (key, picks) in enumerate(zip(self.unit_keys, self._dec.select_indices(*spec))):
+            grids = []
+            for c in picks:
+                g = cache.get((u, c))
+                if g is None:
+                    g = cache[(u, c)] = self._dec.candidate_grid(u, c)
+                grids.append(g)
+            out[key] = grids
+        return out
 
     def ranking(self, unit_key: str, name: str) -> List[Dict[str, Any]]:
         """The full ranking of one unit: dicts with grid, score (None for order-based
@@ -235,10 +211,17 @@ def format_table(rows: Sequence[Mapping[str, Any]], n_guesses: int = 2) -> str:
     return "\n".join(lines)
 
 
-def _renumber(msg: str, first: int) -> str:
-    # C++ numbers records within its batch; add_many reports them in the caller's numbering.
-    if first and msg.startswith("record "):
-        num, _, rest = msg[len("record "):].partition(" ")
-        if num.isdigit():
-            return f"record {int(num) + first} {rest}"
-    return msg
+def _record_error(records: Sequence[Mapping[str, Any]], e: Exception) -> str:
+    # The binding reports "<index> <field>"; word it for the caller here.
+    text = str(e.args[0]) if e.args else ""
+    index, _, field = text.partition(" ")
+    if not index.isdigit():
+        return f"add: {text}"
+    i = int(index)
+    r = records[i]
+    where = f"record {i} (key {r.get('key')!r})" if isinstance(r, Mapping) else f"record {i}"
+    if isinstance(e, KeyError):
+        return f"record {i}: needs 'key' and 'logprob'"
+    if field == "text/grid":
+        return f"{where}: give exactly one of 'text' and 'grid'"
+    return f"{where}: '{field}' has the wrong type"
