@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -86,12 +85,16 @@ def generate(ds, fmt, augmentation_cls, *, seed, truth_rate, n_aug, max_samples,
 
 
 def time_best(fn, repeat):
-    best, out = math.inf, None
+    """(best wall seconds, best CPU seconds of this thread, result). On a shared machine the
+    CPU time leaves out the time other processes held the core."""
+    wall = cpu = math.inf
+    out = None
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        wall = min(wall, time.perf_counter() - t0)
+        cpu = min(cpu, time.thread_time() - c0)
+    return wall, cpu, out
 
 
 def main(argv=None):
@@ -150,41 +153,51 @@ def main(argv=None):
             return dec.select(rname, b), dec.evaluate(rname, b)
         return run
 
+    def row(phase, nb, rf):
+        return {"phase": phase, "nbdist_ms": nb[0] * 1e3, "reference_ms": rf[0] * 1e3,
+                "nbdist_cpu_ms": nb[1] * 1e3, "reference_cpu_ms": rf[1] * 1e3}
+
     rows = []
-    t_nb, dec = time_best(nbdist_ingest, args.repeat)
-    t_ref, rdec = time_best(ref_ingest, args.ref_repeat)
-    rows.append({"phase": "ingest", "nbdist_ms": t_nb * 1e3, "reference_ms": t_ref * 1e3})
+    *t_nb, dec = time_best(nbdist_ingest, args.repeat)
+    *t_ref, rdec = time_best(ref_ingest, args.ref_repeat)
+    rows.append(row("ingest", t_nb, t_ref))
     quality = []
     for name in names:
-        t_nb, (sel, row) = time_best(nbdist_algo(dec, name), args.repeat)
-        t_ref, (rsel, rstats) = time_best(ref_algo(rdec, name), args.ref_repeat)
-        if sel != rsel or abs(row["score"] - rstats["score"]) > 0:
+        *t_nb, (sel, q) = time_best(nbdist_algo(dec, name), args.repeat)
+        *t_ref, (rsel, rstats) = time_best(ref_algo(rdec, name), args.ref_repeat)
+        if sel != rsel or q["score"] != rstats["score"]:
             raise SystemExit(f"nbdist and the reference disagree on {name}")
-        rows.append({"phase": name, "nbdist_ms": t_nb * 1e3, "reference_ms": t_ref * 1e3})
-        quality.append(row)
-    total_nb = sum(r["nbdist_ms"] for r in rows)
-    total_ref = sum(r["reference_ms"] for r in rows)
-    rows.append({"phase": "TOTAL (ingest + all algorithms)", "nbdist_ms": total_nb,
-                 "reference_ms": total_ref})
+        rows.append(row(name, t_nb, t_ref))
+        quality.append(q)
+    total = {k: sum(r[k] for r in rows) for k in rows[0] if k != "phase"}
+    rows.append({"phase": "TOTAL (ingest + all algorithms)", **total})
     for r in rows:
         r["speedup"] = r["reference_ms"] / r["nbdist_ms"]
+        r["speedup_cpu"] = r["reference_cpu_ms"] / r["nbdist_cpu_ms"]
+    total_nb, total_ref = total["nbdist_ms"], total["reference_ms"]
+    total_nb_cpu, total_ref_cpu = total["nbdist_cpu_ms"], total["reference_cpu_ms"]
 
     print(f"ARC decode benchmark: {len(keys)} units, {len(records)} samples "
           f"({dec.n_invalid} invalid), {args.n_aug} augmentations x 1..{args.max_samples} "
           f"samples, {args.n_rescore} re-scores; generator {gen_s:.1f} s; one core")
-    head = f"{'phase':<34} {'nbdist ms':>10} {'python ms':>10} {'speedup':>8}"
+    head = (f"{'phase':<32} {'nbdist ms':>9} {'python ms':>9} {'speedup':>7}   "
+            f"{'nbdist cpu':>10} {'python cpu':>10} {'speedup':>7}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['phase']:<34} {r['nbdist_ms']:>10.2f} {r['reference_ms']:>10.1f} "
-              f"{r['speedup']:>7.0f}x")
+        print(f"{r['phase']:<32} {r['nbdist_ms']:>9.2f} {r['reference_ms']:>9.1f} "
+              f"{r['speedup']:>6.0f}x   {r['nbdist_cpu_ms']:>10.2f} {r['reference_cpu_ms']:>10.1f} "
+              f"{r['speedup_cpu']:>6.0f}x")
     print()
     from nbdist.arc.decoder import format_table
     print(format_table(quality))
     ok_time = total_nb < 100.0
     ok_speed = total_ref / total_nb >= 50.0
-    print(f"\ntarget < 100 ms: {'met' if ok_time else 'MISSED'} ({total_nb:.1f} ms); "
-          f"target >= 50x: {'met' if ok_speed else 'MISSED'} ({total_ref / total_nb:.0f}x)")
+    ok_speed_cpu = total_ref_cpu / total_nb_cpu >= 50.0
+    print(f"\ntarget < 100 ms (wall): {'met' if ok_time else 'MISSED'} ({total_nb:.1f} ms); "
+          f"target >= 50x: wall {'met' if ok_speed else 'MISSED'} ({total_ref / total_nb:.0f}x), "
+          f"cpu {'met' if ok_speed_cpu else 'MISSED'} ({total_ref_cpu / total_nb_cpu:.0f}x); "
+          f"load average {os.getloadavg()[0]:.1f}")
     if args.out:
         from nbdist.arc import write_json_atomic
         write_json_atomic({
@@ -192,7 +205,9 @@ def main(argv=None):
                                                 for k, v in vars(args).items()},
             "units": len(keys), "samples": len(records), "invalid": dec.n_invalid,
             "timings": rows, "quality": quality,
-            "targets": {"total_under_100ms": ok_time, "speedup_at_least_50x": ok_speed},
+            "targets": {"total_under_100ms": ok_time, "speedup_at_least_50x": ok_speed,
+                        "speedup_at_least_50x_cpu": ok_speed_cpu},
+            "load_average": os.getloadavg(),
             "machine": {"python": sys.version.split()[0], "platform": platform.platform(),
                         "cpu": platform.processor()},
         }, args.out)

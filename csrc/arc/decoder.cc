@@ -63,31 +63,36 @@ int Decoder::add(const SampleBatch& b) {
   std::string unit, suffix;
   for (size_t i = 0; i < n; ++i) {
     const std::string_view key = b.keys[i];
-    auto sit = seen.find(key);
-    if (sit != seen.end()) {
+    if (i > 0 && key == b.keys[i - 1]) {  // samples of one prompt usually arrive together
+      unit_of[i] = unit_of[i - 1];
+      tf_of[i] = tf_of[i - 1];
+    } else if (auto sit = seen.find(key); sit != seen.end()) {
       unit_of[i] = sit->second.first;
       tf_of[i] = sit->second.second;
     } else {
-    const size_t dot = key.find('.');
-    unit.assign(key, 0, dot);
-    auto it = unit_index_.find(unit);
-    if (it == unit_index_.end()) {
-      throw ArcError(ErrorKind::kInvalidInput, where(i) + ": unknown unit '" + unit + "'");
-    }
-    unit_of[i] = it->second;
-    if (dot == std::string::npos) suffix.clear();
-    else suffix.assign(key, dot, std::string::npos);
-    auto tit = tf_index.find(suffix);
-    if (tit == tf_index.end()) {
-      try {
-        tfs.push_back(parse_suffix(suffix));
-      } catch (const ArcError& e) {
-        throw ArcError(ErrorKind::kInvalidInput, where(i) + ": " + e.what());
+      const size_t dot = key.find('.');
+      unit.assign(key, 0, dot);
+      auto it = unit_index_.find(unit);
+      if (it == unit_index_.end()) {
+        throw ArcError(ErrorKind::kInvalidInput, where(i) + ": unknown unit '" + unit + "'");
       }
-      tit = tf_index.emplace(suffix, static_cast<int>(tfs.size()) - 1).first;
-    }
-    tf_of[i] = tit->second;
-    seen.emplace(key, std::make_pair(unit_of[i], tf_of[i]));
+      unit_of[i] = it->second;
+      if (dot == std::string::npos) {
+        suffix.clear();
+      } else {
+        suffix.assign(key, dot, std::string::npos);
+      }
+      auto tit = tf_index.find(suffix);
+      if (tit == tf_index.end()) {
+        try {
+          tfs.push_back(parse_suffix(suffix));
+        } catch (const ArcError& e) {
+          throw ArcError(ErrorKind::kInvalidInput, where(i) + ": " + e.what());
+        }
+        tit = tf_index.emplace(suffix, static_cast<int>(tfs.size()) - 1).first;
+      }
+      tf_of[i] = tit->second;
+      seen.emplace(key, std::make_pair(unit_of[i], tf_of[i]));
     }
     if (std::isnan(b.logprobs[i]) || b.logprobs[i] == std::numeric_limits<double>::infinity()) {
       throw ArcError(ErrorKind::kInvalidInput, where(i) + ": logprob must be a number below +inf");

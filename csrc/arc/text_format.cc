@@ -26,7 +26,11 @@ namespace {
 
 DecodeStatus decode_into(const TextFormat& fmt, std::string_view text, Grid* out,
                          const uint8_t* recolour) {
-  if (!fmt.end_marker.empty()) {
+  const std::string_view row_end = fmt.row_end;
+  // One-byte row ends and end markers (the usual case) are found by the single decoding pass;
+  // anything longer is cut out first.
+  const bool one_pass = row_end.size() == 1 && fmt.end_marker.size() <= 1;
+  if (!one_pass && !fmt.end_marker.empty()) {
     size_t cut = text.find(fmt.end_marker);
     if (cut != std::string_view::npos) text = text.substr(0, cut);
   }
@@ -42,19 +46,41 @@ DecodeStatus decode_into(const TextFormat& fmt, std::string_view text, Grid* out
   if (text.empty()) return DecodeStatus::kEmpty;
   out->cells.resize(text.size());  // an upper bound on the cell count; trimmed at the end
   uint8_t* dst = out->cells.data();
-  const std::string_view row_end = fmt.row_end;
-  if (row_end.size() == 1) {
-    // The common case in one pass: every byte is a cell or a row end (or an error).
-    constexpr int8_t kRowEnd = 64;
+  if (one_pass) {
+    // Every byte is a cell, a row end, the end marker (stop) or an error.
+    constexpr int8_t kRowEnd = 64, kEnd = 65;
+    if (!fmt.end_marker.empty()) lut[static_cast<unsigned char>(fmt.end_marker[0])] = kEnd;
     lut[static_cast<unsigned char>(row_end[0])] = kRowEnd;
     int width = 0;
-    for (const char ch : text) {
-      const int8_t v = lut[static_cast<unsigned char>(ch)];
+    const char* p = text.data();
+    const size_t n = text.size();
+    for (size_t i = 0; i < n;) {
+      if (width == 0 && out->h > 0 && i + out->w < n) {
+        // Rows after the first have a known width: copy one without a branch per cell and
+        // accept it only if it is all cells followed by the row end; otherwise fall through to
+        // the byte-by-byte path below, which finds the exact reason.
+        const int w = out->w;
+        uint8_t bad = 0;
+        for (int k = 0; k < w; ++k) {
+          const uint8_t v = static_cast<uint8_t>(lut[static_cast<unsigned char>(p[i + k])]);
+          bad |= static_cast<uint8_t>(v >= kNumColours);
+          dst[k] = v;
+        }
+        if (!bad && p[i + w] == row_end[0]) {
+          if (out->h >= kMaxSide) return DecodeStatus::kTooLarge;
+          dst += w;
+          i += w + 1;
+          ++out->h;
+          continue;
+        }
+      }
+      const int8_t v = lut[static_cast<unsigned char>(p[i++])];
       if (v >= 0 && v < kNumColours) {
         *dst++ = static_cast<uint8_t>(v);
         ++width;
         continue;
       }
+      if (v == kEnd) break;
       if (v != kRowEnd) return DecodeStatus::kBadSymbol;
       if (width == 0) return DecodeStatus::kEmpty;
       if (width > kMaxSide || out->h >= kMaxSide) return DecodeStatus::kTooLarge;
@@ -64,6 +90,7 @@ DecodeStatus decode_into(const TextFormat& fmt, std::string_view text, Grid* out
       ++out->h;
     }
     if (width != 0) return DecodeStatus::kUnterminatedRow;
+    if (out->h == 0) return DecodeStatus::kEmpty;
     out->cells.resize(static_cast<size_t>(out->h) * out->w);
     return DecodeStatus::kOk;
   }

@@ -119,6 +119,32 @@ std::vector<Grid> grids_from_buffer(const py::bytes& cells, const std::vector<in
   return arc::unpack_grids(reinterpret_cast<const uint8_t*>(v.data()), v.size(), shapes);
 }
 
+// The record fields add_records reads, in this order.
+constexpr int kNumFields = 5;
+const char* const kFieldNames[kNumFields] = {"key", "text", "grid", "logprob", "aug_logprobs"};
+
+// One pass over a record dict. Keys written as literals are interned strs, so comparing
+// pointers finds them; other equal strs are matched by value. The interned names are
+// deliberately never released (they must outlive every call, up to interpreter exit).
+void read_fields(PyObject* dict, PyObject** fields) {
+  static PyObject** names = [] {
+    auto** v = new PyObject*[kNumFields];
+    for (int f = 0; f < kNumFields; ++f) v[f] = PyUnicode_InternFromString(kFieldNames[f]);
+    return v;
+  }();
+  Py_ssize_t pos = 0;
+  PyObject *k, *v;
+  while (PyDict_Next(dict, &pos, &k, &v)) {
+    int f = 0;
+    while (f < kNumFields && k != names[f]) ++f;
+    if (f == kNumFields && PyUnicode_Check(k)) {
+      for (f = 0; f < kNumFields && PyUnicode_Compare(k, names[f]) != 0; ++f) {
+      }
+    }
+    if (f < kNumFields) fields[f] = v;
+  }
+}
+
 }  // namespace
 
 void bind_arc(py::module_& m) {
@@ -216,8 +242,6 @@ void bind_arc(py::module_& m) {
            [](arc::Decoder& d, py::list records) {
              // Field extraction only; the Python layer words the errors (KeyError/TypeError
              // carry the record index as their first argument).
-             static const py::str k_key("key"), k_text("text"), k_grid("grid"),
-                 k_logprob("logprob"), k_aug("aug_logprobs");
              arc::SampleBatch b;
              const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
              b.is_text.resize(n);
@@ -232,11 +256,11 @@ void bind_arc(py::module_& m) {
              for (Py_ssize_t i = 0; i < n; ++i) {
                PyObject* r = PyList_GET_ITEM(records.ptr(), i);
                if (!PyDict_Check(r)) throw py::type_error(py::str("{} not a dict").format(i));
-               PyObject* key = PyDict_GetItemWithError(r, k_key.ptr());
-               PyObject* lp = PyDict_GetItemWithError(r, k_logprob.ptr());
+               PyObject* fields[kNumFields] = {};
+               read_fields(r, fields);
+               PyObject *key = fields[0], *text = fields[1], *grid = fields[2], *lp = fields[3],
+                        *aug = fields[4];
                if (!key || !lp) throw py::key_error(py::str("{} key/logprob").format(i));
-               PyObject* text = PyDict_GetItemWithError(r, k_text.ptr());
-               PyObject* grid = PyDict_GetItemWithError(r, k_grid.ptr());
                const bool has_text = text && text != Py_None, has_grid = grid && grid != Py_None;
                if (has_text == has_grid) throw py::value_error(py::str("{} text/grid").format(i));
                Py_ssize_t size = 0;
@@ -256,7 +280,6 @@ void bind_arc(py::module_& m) {
                } else {
                  b.grids[i] = grid_from_py(grid);
                }
-               PyObject* aug = PyDict_GetItemWithError(r, k_aug.ptr());
                if (aug && aug != Py_None) {
                  PyObject* vals = PySequence_Fast(aug, "");
                  if (!vals) {

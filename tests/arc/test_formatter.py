@@ -31,7 +31,9 @@ def test_every_arc1_task_round_trips_through_prompt_and_reply(arc1, fmt):
                 assert fmt.decode(reply) == test["output"]
                 n += 1
         grids = list(iter_grids(ds))
-        decoded, counts = fmt.decode_many([fmt.fmt_reply(g) for g in grids])
+        replies = fmt.fmt_replies(grids)
+        assert replies[:50] == [fmt.fmt_reply(g) for g in grids[:50]]
+        decoded, counts = fmt.decode_many(replies)
         assert decoded == grids and counts == {"ok": len(grids)}
     assert n > 800
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence, Tuple
+from typing import Any
+from collections.abc import Sequence
 
 from .._errors import ArcValueError
 
-Grid = List[List[int]]
+Grid = list[list[int]]
 
 MAX_SIDE = 30
 
@@ -43,9 +44,9 @@ def check_grid(grid: Any, where: str) -> Grid:
     return [list(row) for row in grid]
 
 
-def pack(grids: Sequence[Grid]) -> Tuple[bytes, List[int]]:
+def pack(grids: Sequence[Grid]) -> tuple[bytes, list[int]]:
     """Grids -> (row-major cells back to back, [h0, w0, h1, w1, ...])."""
-    shapes: List[int] = []
+    shapes: list[int] = []
     cells = bytearray()
     for g in grids:
         shapes.append(len(g))
@@ -55,8 +56,8 @@ def pack(grids: Sequence[Grid]) -> Tuple[bytes, List[int]]:
     return bytes(cells), shapes
 
 
-def unpack(cells: bytes, shapes: Sequence[int]) -> List[Grid]:
-    out: List[Grid] = []
+def unpack(cells: bytes, shapes: Sequence[int]) -> list[Grid]:
+    out: list[Grid] = []
     pos = 0
     for i in range(0, len(shapes), 2):
         h, w = shapes[i], shapes[i + 1]

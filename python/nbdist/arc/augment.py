@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import random as _random
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
+from collections.abc import Sequence
 
 from .. import _core
 from .._errors import ArcValueError
@@ -26,8 +27,8 @@ class Augmentation:
 
     transpose: bool = False
     rot: int = 0
-    perm: Optional[Tuple[int, ...]] = None
-    example_order: Optional[Tuple[int, ...]] = None
+    perm: tuple[int, ...] | None = None
+    example_order: tuple[int, ...] | None = None
 
     def __post_init__(self):
         # The C++ parser is the single definition of what a well-formed augmentation is.
@@ -73,12 +74,12 @@ class Augmentation:
         return cls(d >= 4, d % 4, perm, order)
 
     # grids ---------------------------------------------------------------------------------
-    def apply_grids(self, grids: Sequence[Grid]) -> List[Grid]:
+    def apply_grids(self, grids: Sequence[Grid]) -> list[Grid]:
         cells, shapes = pack(grids)
         out, oshapes = _arc.transform_grids(self.suffix, cells, shapes, False)
         return unpack(out, oshapes)
 
-    def invert_grids(self, grids: Sequence[Grid]) -> List[Grid]:
+    def invert_grids(self, grids: Sequence[Grid]) -> list[Grid]:
         cells, shapes = pack(grids)
         out, oshapes = _arc.transform_grids(self.suffix, cells, shapes, True)
         return unpack(out, oshapes)
@@ -126,16 +127,16 @@ class Augmentation:
                 for r in range(oh)]
 
 
-DIHEDRAL: Tuple[Augmentation, ...] = tuple(Augmentation.dihedral(i) for i in range(8))
+DIHEDRAL: tuple[Augmentation, ...] = tuple(Augmentation.dihedral(i) for i in range(8))
 
 
-def split_key(key: str) -> Tuple[str, Augmentation]:
+def split_key(key: str) -> tuple[str, Augmentation]:
     """``"00576224_0.tp.rot1"`` -> (``"00576224_0"``, the augmentation)."""
     unit, dot, rest = key.partition(".")
     return unit, Augmentation.from_suffix(dot + rest)
 
 
-def augment(task: Dict[str, Any], spec: Union[Augmentation, str]) -> Dict[str, Any]:
+def augment(task: dict[str, Any], spec: Augmentation | str) -> dict[str, Any]:
     """A copy of ``task`` (``{"train": [...], "test": [...]}``) under ``spec`` (an
     :class:`Augmentation` or its suffix): train pairs reordered, every grid transformed."""
     aug = Augmentation.from_suffix(spec) if isinstance(spec, str) else spec
@@ -145,7 +146,7 @@ def augment(task: Dict[str, Any], spec: Union[Augmentation, str]) -> Dict[str, A
             raise ArcValueError(f"augmentation {aug.suffix!r} orders {len(aug.example_order)} "
                                 f"train pairs, the task has {len(train)}")
         train = [train[i] for i in aug.example_order]
-    grids: List[Grid] = []
+    grids: list[Grid] = []
     for p in train:
         grids += [p["input"], p["output"]]
     tests = task["test"]

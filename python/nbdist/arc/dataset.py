@@ -13,7 +13,8 @@ import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 from .._errors import ArcValueError
 from ._grids import Grid, check_grid, grid_problem
@@ -32,7 +33,7 @@ def _load_json(path: Path) -> Any:
         raise ArcValueError(f"{path.name}: not valid JSON ({e})") from None
 
 
-def _check_task(task: Any, fname: str, tid: str, need_test_output: bool) -> Dict[str, Any]:
+def _check_task(task: Any, fname: str, tid: str, need_test_output: bool) -> dict[str, Any]:
     where = f"{fname}: task {tid}:"
     if not isinstance(task, Mapping):
         raise ArcValueError(f"{where} is a {type(task).__name__}, not an object")
@@ -41,7 +42,7 @@ def _check_task(task: Any, fname: str, tid: str, need_test_output: bool) -> Dict
             raise ArcValueError(f"{where} has no '{part}' field")
         if not isinstance(task[part], list) or not task[part]:
             raise ArcValueError(f"{where} '{part}' must be a non-empty list")
-    out: Dict[str, Any] = {"train": [], "test": []}
+    out: dict[str, Any] = {"train": [], "test": []}
     for i, pair in enumerate(task["train"]):
         if not isinstance(pair, Mapping) or "input" not in pair or "output" not in pair:
             raise ArcValueError(f"{where} train[{i}] needs 'input' and 'output'")
@@ -67,7 +68,7 @@ class SubmissionScore:
 
     score: float
     n_tasks: int
-    per_task: Dict[str, float] = field(repr=False)
+    per_task: dict[str, float] = field(repr=False)
 
     @property
     def fraction(self) -> float:
@@ -84,10 +85,10 @@ class ArcDataset:
     :meth:`split_multi_replies`.
     """
 
-    def __init__(self, challenges: Mapping[str, Any], solutions: Optional[Mapping[str, Any]] = None,
+    def __init__(self, challenges: Mapping[str, Any], solutions: Mapping[str, Any] | None = None,
                  *, source: str = "<memory>", split: bool = False):
         self.source = source
-        self.tasks: Dict[str, Dict[str, Any]] = {}
+        self.tasks: dict[str, dict[str, Any]] = {}
         for tid, task in challenges.items():
             self.tasks[str(tid)] = _check_task(task, source, tid, need_test_output=False)
         if solutions is not None:
@@ -171,16 +172,16 @@ class ArcDataset:
         return ds
 
     @property
-    def task_ids(self) -> List[str]:
+    def task_ids(self) -> list[str]:
         return list(self.tasks)
 
     @property
-    def unit_keys(self) -> List[str]:
+    def unit_keys(self) -> list[str]:
         """``<task>_<i>`` for every test of every task, in file order."""
         return [f"{tid}_{i}" for tid, t in self.tasks.items() for i in range(len(t["test"]))]
 
     @property
-    def keys(self) -> List[str]:
+    def keys(self) -> list[str]:
         """Unit keys after :meth:`split_multi_replies`, task ids before."""
         return self.unit_keys if self.split else self.task_ids
 
@@ -194,7 +195,7 @@ class ArcDataset:
             raise ArcValueError(f"{self.source}: unit {key!r}: no such task test")
         return tid, int(idx), task
 
-    def challenge(self, key: str) -> Dict[str, Any]:
+    def challenge(self, key: str) -> dict[str, Any]:
         """Train pairs and test input(s) of a task id, or of one unit key (a single test)."""
         if self.split or key not in self.tasks:
             tid, i, task = self._unit(key)
@@ -202,20 +203,20 @@ class ArcDataset:
         return {"train": self.tasks[key]["train"],
                 "test": [{"input": t["input"]} for t in self.tasks[key]["test"]]}
 
-    def truth(self, unit_key: str) -> Optional[Grid]:
+    def truth(self, unit_key: str) -> Grid | None:
         """The solution grid of a unit, or None when unknown."""
         _, i, task = self._unit(unit_key)
         return task["test"][i].get("output")
 
     # ------------------------------------------------------------------ submissions
-    def get_submission(self, results: Mapping[str, Sequence[Any]]) -> Dict[str, List[Dict]]:
+    def get_submission(self, results: Mapping[str, Sequence[Any]]) -> dict[str, list[dict]]:
         """Kaggle submission from ``{unit_key: [grid, ...]}`` (best first; e.g. the output of
         :meth:`Decoder.run_selection_algo`). Missing units and attempts become ``[[0]]``."""
         known = set(self.unit_keys)
         for key in results:
             if key not in known:
                 raise ArcValueError(f"results: unit {key!r}: not in {self.source}")
-        sub: Dict[str, List[Dict]] = {}
+        sub: dict[str, list[dict]] = {}
         for tid, task in self.tasks.items():
             entries = []
             for i in range(len(task["test"])):
@@ -243,7 +244,8 @@ class ArcDataset:
             n = len(task["test"])
             if not isinstance(entries, list) or len(entries) != n:
                 got = len(entries) if isinstance(entries, list) else type(entries).__name__
-                raise ArcValueError(f"{fname}: task {tid}: has {got} entries, the task has {n} tests")
+                raise ArcValueError(f"{fname}: task {tid}: has {got} entries, "
+                                    f"the task has {n} tests")
             for i, e in enumerate(entries):
                 if not isinstance(e, Mapping):
                     raise ArcValueError(f"{fname}: task {tid}: [{i}] is not an object")
@@ -265,7 +267,7 @@ class ArcDataset:
         if not self.is_fake:
             raise ArcValueError(f"{self.source}: solutions unknown, cannot score a submission")
         self.check_submission(submission, fname)
-        per_task: Dict[str, float] = {}
+        per_task: dict[str, float] = {}
         for tid, task in self.tasks.items():
             solved = 0
             for i, t in enumerate(task["test"]):
@@ -281,7 +283,7 @@ class ArcDataset:
         self.check_submission(submission)
         return write_json_atomic(submission, path)
 
-    def read_submission(self, path: str | os.PathLike) -> Dict[str, Any]:
+    def read_submission(self, path: str | os.PathLike) -> dict[str, Any]:
         """Reads and structurally checks a submission file against this dataset."""
         p = Path(path)
         sub = _load_json(p)

@@ -14,7 +14,8 @@ See :mod:`nbdist.arc.selection` for the algorithms and their formulas.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
 
 from .. import _core
 from .._errors import ArcValueError
@@ -38,8 +39,8 @@ class Decoder:
     ``b = -ln p`` of product_of_experts_gen.
     """
 
-    def __init__(self, formatter: Optional[GridFormatter] = None,
-                 dataset_or_unit_keys: Union[ArcDataset, Sequence[str], None] = None,
+    def __init__(self, formatter: GridFormatter | None = None,
+                 dataset_or_unit_keys: ArcDataset | Sequence[str] | None = None,
                  n_guesses: int = 2, prob_baseline: float = 0.05):
         if dataset_or_unit_keys is None:
             raise ArcValueError("Decoder: pass an ArcDataset or a list of unit keys")
@@ -56,10 +57,10 @@ class Decoder:
             keys = self.dataset.unit_keys
         else:
             keys = [str(k) for k in dataset_or_unit_keys]
-        self.unit_keys: List[str] = keys
+        self.unit_keys: list[str] = keys
         self._unit_index = {k: i for i, k in enumerate(keys)}
-        self._grid_cache: Dict[tuple, Grid] = {}
-        task_ids: Dict[str, int] = {}
+        self._grid_cache: dict[tuple, Grid] = {}
+        task_ids: dict[str, int] = {}
         tasks = [task_ids.setdefault(_task_of(k), len(task_ids)) for k in keys]
         f = self.formatter
         try:
@@ -81,8 +82,8 @@ class Decoder:
         cells, _ = pack([g])
         self._dec.set_truth(self._unit(unit_key), cells, len(g), len(g[0]))
 
-    def add(self, key: str, *, grid: Any = None, text: Optional[str] = None, logprob: float,
-            aug_logprobs: Optional[Sequence[float]] = None) -> bool:
+    def add(self, key: str, *, grid: Any = None, text: str | None = None, logprob: float,
+            aug_logprobs: Sequence[float] | None = None) -> bool:
         """Adds one sample: ``key`` is ``<unit>`` plus the augmentation suffix it was generated
         under; give the model's reply ``text`` or the ``grid`` (in augmented space either way);
         ``logprob`` sums the generated tokens' log-probabilities (end token included);
@@ -121,7 +122,7 @@ class Decoder:
         except KeyError:
             raise ArcValueError(f"unknown unit {unit_key!r}") from None
 
-    def run_selection_algo(self, name: str) -> Dict[str, List[Grid]]:
+    def run_selection_algo(self, name: str) -> dict[str, list[Grid]]:
         """``{unit_key: [up to n_guesses grids, best first]}`` under algorithm ``name``.
 
         The grid lists are shared between calls (that is what makes comparing many algorithms
@@ -139,7 +140,7 @@ class Decoder:
             out[key] = grids
         return out
 
-    def ranking(self, unit_key: str, name: str) -> List[Dict[str, Any]]:
+    def ranking(self, unit_key: str, name: str) -> list[dict[str, Any]]:
         """The full ranking of one unit: dicts with grid, score (None for order-based
         algorithms), samples and whether it is the truth."""
         u = self._unit(unit_key)
@@ -151,13 +152,13 @@ class Decoder:
         return [{"grid": cands[c][0], "score": scores[c] if scores else None,
                  "samples": len(cands[c][1]), "is_truth": c == truth} for c in order]
 
-    def candidates(self, unit_key: str) -> List[Dict[str, Any]]:
+    def candidates(self, unit_key: str) -> list[dict[str, Any]]:
         """Distinct grids of a unit in first-appearance order, with their evidence."""
         return [{"grid": g, "logprobs": lp, "aug_logprobs": aug}
                 for g, lp, aug in self._dec.candidates(self._unit(unit_key))]
 
-    def benchmark_selection_algos(self, names: Optional[Sequence[str]] = None, *,
-                                  verbose: bool = True) -> List[Dict[str, Any]]:
+    def benchmark_selection_algos(self, names: Sequence[str] | None = None, *,
+                                  verbose: bool = True) -> list[dict[str, Any]]:
         """Scores algorithms against the known solutions and returns (and prints) a table row
         per algorithm: ``score`` (Kaggle, n_guesses attempts), ``score_1`` (one attempt),
         ``fraction`` (score / tasks), ``oracle`` (units whose truth is among the candidates /
@@ -192,7 +193,7 @@ class Decoder:
         return self._dec.n_invalid
 
     @property
-    def decode_failures(self) -> Dict[str, int]:
+    def decode_failures(self) -> dict[str, int]:
         """Invalid text samples by reason (empty, bad_symbol, ragged, too_large, ...)."""
         return dict(self._dec.decode_failures)
 

@@ -10,7 +10,8 @@ decoding counts the reasons) instead of raising.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
+from collections.abc import Sequence
 
 from .. import _core
 from .._errors import ArcValueError
@@ -59,7 +60,13 @@ class GridFormatter:
         """What the model should generate for ``grid``: its rows, then ``end_marker``."""
         return self.fmt_grid(grid) + self.end_marker
 
-    def fmt_query(self, task: Dict[str, Any], test_index: int = 0) -> str:
+    def fmt_replies(self, grids: Sequence[Any]) -> list[str]:
+        """:meth:`fmt_reply` for many grids at once (encoded in C++)."""
+        checked = [check_grid(g, f"grids[{i}]") for i, g in enumerate(grids)]
+        cells, shapes = pack(checked)
+        return _arc.encode_grids(self.alphabet, self.row_end, self.end_marker, cells, shapes)
+
+    def fmt_query(self, task: dict[str, Any], test_index: int = 0) -> str:
         """The prompt for test ``test_index`` of ``task``: all train pairs, then the test input
         followed by ``output_marker`` (where the model continues)."""
         parts = []
@@ -70,33 +77,33 @@ class GridFormatter:
                   self.output_marker]
         return "".join(parts)
 
-    def fmt_task(self, task: Dict[str, Any], test_index: int = 0) -> Tuple[str, Optional[str]]:
+    def fmt_task(self, task: dict[str, Any], test_index: int = 0) -> tuple[str, str | None]:
         """(prompt, reply): the reply is None when the test output is unknown."""
         t = task["test"][test_index]
         return self.fmt_query(task, test_index), (self.fmt_reply(t["output"])
                                                   if "output" in t else None)
 
     # decoding ------------------------------------------------------------------------------
-    def decode(self, text: str) -> Optional[Grid]:
+    def decode(self, text: str) -> Grid | None:
         """The grid in a reply text, or None when the text is not a valid grid."""
         grids, _ = self.decode_many([text])
         return grids[0]
 
-    def decode_many(self, texts: Sequence[str]) -> Tuple[List[Optional[Grid]], Dict[str, int]]:
+    def decode_many(self, texts: Sequence[str]) -> tuple[list[Grid | None], dict[str, int]]:
         """Decodes replies in bulk: (grids with None for invalid ones, counts per reason)."""
         cells, shapes, status = _arc.decode_texts(self.alphabet, self.row_end, self.end_marker,
                                                   list(texts))
         grids = unpack(cells, shapes)
-        counts: Dict[str, int] = {}
-        out: List[Optional[Grid]] = []
+        counts: dict[str, int] = {}
+        out: list[Grid | None] = []
         for g, s in zip(grids, status):
             counts[s] = counts.get(s, 0) + 1
             out.append(g if s == "ok" else None)
         return out, counts
 
-    def parse_query(self, text: str) -> Dict[str, Any]:
+    def parse_query(self, text: str) -> dict[str, Any]:
         """Inverse of :meth:`fmt_query` (and of a prompt followed by its reply): the task back."""
-        def take_grid(pos: int, until: str, what: str) -> Tuple[Grid, int]:
+        def take_grid(pos: int, until: str, what: str) -> tuple[Grid, int]:
             end = text.find(until, pos)
             if end < 0:
                 raise ArcValueError(f"prompt: {what}: no {until!r} after position {pos}")
@@ -118,8 +125,3 @@ class GridFormatter:
             if pos == len(text):
                 return {"train": pairs, "test": [{"input": inp, "output": out}]}
             pairs.append({"input": inp, "output": out})
-
-
-def _encode_many(fmt: GridFormatter, grids: Sequence[Grid]) -> List[str]:
-    cells, shapes = pack(grids)
-    return _arc.encode_grids(fmt.alphabet, fmt.row_end, fmt.end_marker, cells, shapes)

@@ -39,27 +39,27 @@ probsum_common_shape; ``score_full_probmul_3`` = product_of_experts_gen with ``b
 from __future__ import annotations
 
 import math
-from typing import Dict, List, NamedTuple, Optional
+from typing import NamedTuple
 
 from .. import _core
 from .._errors import ArcValueError
 
-_IDS: Dict[str, int] = dict(_core.arc.ALGO_IDS)
+_IDS: dict[str, int] = dict(_core.arc.ALGO_IDS)
 
 
 class AlgoSpec(NamedTuple):
     name: str             # the canonical name
     algo_id: int          # the C++ enum value
     common_shape: bool    # probsum_common_shape
-    baseline: Optional[float]  # fixed b (score_full_probmul_3); None: from prob_baseline
+    baseline: float | None  # fixed b (score_full_probmul_3); None: from prob_baseline
 
 
-ALGORITHMS: Dict[str, AlgoSpec] = {}
+ALGORITHMS: dict[str, AlgoSpec] = {}
 for _name in _IDS:
     ALGORITHMS[_name] = AlgoSpec(_name, _IDS[_name], False, None)
 ALGORITHMS["probsum_common_shape"] = AlgoSpec("probsum_common_shape", _IDS["probsum"], True, None)
 
-ALIASES: Dict[str, AlgoSpec] = {
+ALIASES: dict[str, AlgoSpec] = {
     "score_all_probsum": ALGORITHMS["probsum_common_shape"],
     "score_full_probmul_3": AlgoSpec("product_of_experts_gen", _IDS["product_of_experts_gen"],
                                      False, 3.0),
@@ -67,7 +67,7 @@ ALIASES: Dict[str, AlgoSpec] = {
     "poe": ALGORITHMS["product_of_experts"],
 }
 
-ALGORITHM_NAMES: List[str] = list(ALGORITHMS)
+ALGORITHM_NAMES: list[str] = list(ALGORITHMS)
 
 
 def resolve(name: str) -> AlgoSpec:
