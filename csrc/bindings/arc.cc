@@ -324,13 +324,12 @@ void bind_arc(py::module_& m) {
       .def("select_indices",
            [](const arc::Decoder& d, int algo, bool cs, double b) {
              const arc::AlgoSpec spec = make_spec(algo, cs, b);
+             // The GIL stays held here and in evaluate: the work takes well under a millisecond,
+             // and holding it keeps a concurrent add_records from changing the candidates.
              std::vector<std::vector<int32_t>> out(d.n_units());
-             {
-               py::gil_scoped_release nogil;
-               for (int u = 0; u < d.n_units(); ++u) {
-                 out[u] = d.rank(spec, u);
-                 if (out[u].size() > static_cast<size_t>(d.n_guesses())) out[u].resize(d.n_guesses());
-               }
+             for (int u = 0; u < d.n_units(); ++u) {
+               out[u] = d.rank(spec, u);
+               if (out[u].size() > static_cast<size_t>(d.n_guesses())) out[u].resize(d.n_guesses());
              }
              return out;
            })
@@ -340,11 +339,7 @@ void bind_arc(py::module_& m) {
            })
       .def("evaluate",
            [](const arc::Decoder& d, int algo, bool cs, double b) {
-             arc::AlgoStats s;
-             {
-               py::gil_scoped_release nogil;
-               s = d.evaluate(make_spec(algo, cs, b));
-             }
+             const arc::AlgoStats s = d.evaluate(make_spec(algo, cs, b));
              py::dict r;
              r["score"] = s.score;
              r["score_1"] = s.score_1;

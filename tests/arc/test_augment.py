@@ -31,12 +31,39 @@ def test_every_arc_grid_round_trips_under_every_dihedral_transform_and_colour_pe
         for keep_bg in (True, False):
             perm = Augmentation.random(rng, keep_background=keep_bg).perm
             aug = Augmentation(d >= 4, d % 4, perm)
-            fwd = aug.apply_grids(every_grid)
-            back = aug.invert_grids(fwd)
-            assert pack(back) == (cells, shapes), aug.suffix
+            fwd = aug.apply_packed(cells, shapes)
+            assert aug.invert_packed(*fwd) == (cells, shapes), aug.suffix
             # A non-identity transform really moves or recolours something.
-            if d:
-                assert any(f != g for f, g in zip(fwd, every_grid))
+            assert fwd != (cells, shapes)
+    # The list-of-lists API agrees with the packed one.
+    aug = Augmentation(True, 3, Augmentation.random(rng).perm)
+    assert pack(aug.apply_grids(every_grid)) == aug.apply_packed(cells, shapes)
+    assert aug.invert_grids(aug.apply_grids(every_grid)) == every_grid
+
+
+def test_score_arrays_of_real_grids_invert_exactly_under_every_transform(arc_data):
+    # Per-cell score arrays shaped like every evaluation grid of ARC-AGI-1 and -2: one score per
+    # cell (the cell's colour plus a position-dependent fraction, so every value is distinct),
+    # and, for a sample, one-hot colour channels that must follow the colour permutation.
+    np = pytest.importorskip("numpy")
+    grids = []
+    for version in ("arc-agi-1", "arc-agi-2"):
+        grids += list(iter_grids(ArcDataset.from_dir(arc_data / version / "evaluation")))
+    rng = random.Random(4)
+    for i, g in enumerate(grids):
+        a = np.array(g, dtype=np.float64)
+        a = a + np.arange(a.size).reshape(a.shape) / (a.size + 1)
+        d = i % 8
+        aug = Augmentation(d >= 4, d % 4, Augmentation.random(rng).perm)
+        moved = aug.apply_scores(a)
+        # One channel: cells move like the grid, values keep their colour (no recolouring).
+        assert np.array_equal(np.floor(moved), np.array(DIHEDRAL[d].apply_grid(g)))
+        assert np.array_equal(aug.invert_scores(moved), a)
+        if i % 25 == 0:
+            onehot = np.eye(10)[np.array(g)]
+            fwd = aug.apply_scores(onehot)
+            assert (fwd.argmax(-1) == np.array(aug.apply_grid(g))).all()
+            assert np.array_equal(aug.invert_scores(fwd), onehot)
 
 
 def test_transforms_match_the_python_reference_on_random_grids(ref):

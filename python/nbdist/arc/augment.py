@@ -74,6 +74,14 @@ class Augmentation:
         return cls(d >= 4, d % 4, perm, order)
 
     # grids ---------------------------------------------------------------------------------
+    def apply_packed(self, cells: bytes, shapes: Sequence[int]) -> tuple[bytes, list[int]]:
+        """Bulk form: grids as row-major cells back to back plus ``[h0, w0, h1, w1, ...]``."""
+        return _arc.transform_grids(self.suffix, cells, list(shapes), False)
+
+    def invert_packed(self, cells: bytes, shapes: Sequence[int]) -> tuple[bytes, list[int]]:
+        """The exact inverse of :meth:`apply_packed`."""
+        return _arc.transform_grids(self.suffix, cells, list(shapes), True)
+
     def apply_grids(self, grids: Sequence[Grid]) -> list[Grid]:
         cells, shapes = pack(grids)
         out, oshapes = _arc.transform_grids(self.suffix, cells, shapes, False)
