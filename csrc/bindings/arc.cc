@@ -231,12 +231,18 @@ void bind_arc(py::module_& m) {
              d.set_truth(unit, std::move(g[0]));
            })
       .def("set_truths",
-           [](arc::Decoder& d, std::vector<int> units, py::bytes cells, std::vector<int32_t> shapes) {
-             std::vector<Grid> g = grids_from_buffer(cells, shapes);
-             if (g.size() != units.size()) {
+           [](arc::Decoder& d, std::vector<int> units, py::list grids) {
+             if (static_cast<size_t>(PyList_GET_SIZE(grids.ptr())) != units.size()) {
                throw arc::ArcError(ErrorKind::kInvalidInput, "one truth per unit");
              }
-             for (size_t i = 0; i < g.size(); ++i) d.set_truth(units[i], std::move(g[i]));
+             for (size_t i = 0; i < units.size(); ++i) {
+               Grid g = grid_from_py(PyList_GET_ITEM(grids.ptr(), i));
+               if (!arc::is_valid_grid(g)) {
+                 throw arc::ArcError(ErrorKind::kInvalidInput,
+                                     "truth of unit " + d.unit_key(units[i]) + " is not a grid");
+               }
+               d.set_truth(units[i], std::move(g));
+             }
            })
       .def("add_records",
            [](arc::Decoder& d, py::list records) {
@@ -267,7 +273,7 @@ void bind_arc(py::module_& m) {
                const char* data = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &size) : nullptr;
                if (!data) throw py::type_error(py::str("{} key").format(i));
                b.keys[i] = std::string_view(data, size);
-               b.logprobs[i] = PyFloat_AsDouble(lp);
+               b.logprobs[i] = PyFloat_CheckExact(lp) ? PyFloat_AS_DOUBLE(lp) : PyFloat_AsDouble(lp);
                if (b.logprobs[i] == -1.0 && PyErr_Occurred()) {
                  PyErr_Clear();
                  throw py::type_error(py::str("{} logprob").format(i));
@@ -287,8 +293,11 @@ void bind_arc(py::module_& m) {
                    throw py::type_error(py::str("{} aug_logprobs").format(i));
                  }
                  const Py_ssize_t m = PySequence_Fast_GET_SIZE(vals);
+                 if (b.aug_values.capacity() == 0) b.aug_values.reserve(static_cast<size_t>(m) * n);
                  for (Py_ssize_t j = 0; j < m; ++j) {
-                   const double v = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(vals, j));
+                   PyObject* item = PySequence_Fast_GET_ITEM(vals, j);
+                   const double v =
+                       PyFloat_CheckExact(item) ? PyFloat_AS_DOUBLE(item) : PyFloat_AsDouble(item);
                    if (v == -1.0 && PyErr_Occurred()) {
                      PyErr_Clear();
                      Py_DECREF(vals);

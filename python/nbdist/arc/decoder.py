@@ -72,8 +72,7 @@ class Decoder:
             truths = [t.get("output") for task in self.dataset.tasks.values() for t in task["test"]]
             known = [(i, t) for i, t in enumerate(truths) if t is not None]
             if known:  # validated when the dataset was loaded
-                cells, shapes = pack([t for _, t in known])
-                self._dec.set_truths([i for i, _ in known], cells, shapes)
+                self._dec.set_truths([i for i, _ in known], [t for _, t in known])
 
     # ---------------------------------------------------------------- ingest
     def set_truth(self, unit_key: str, grid: Any) -> None:
