@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+
 #include "arc/augment.h"
 #include "arc/decoder.h"
 #include "arc/grid.h"
@@ -24,7 +26,8 @@ Grid grid_from_py(PyObject* obj) {
   Grid g;
   if (!PyList_Check(obj) && !PyTuple_Check(obj) && PyObject_HasAttrString(obj, "tolist")) {
     // numpy arrays (and tensors): their nested-list form holds plain ints.
-    py::object as_list = py::reinterpret_steal<py::object>(PyObject_CallMethod(obj, "tolist", nullptr));
+    py::object as_list =
+        py::reinterpret_steal<py::object>(PyObject_CallMethod(obj, "tolist", nullptr));
     if (!as_list) {
       PyErr_Clear();
       return g;
@@ -47,11 +50,16 @@ Grid grid_from_py(PyObject* obj) {
       break;
     }
     const Py_ssize_t n = PySequence_Fast_GET_SIZE(row);
-    if (w < 0) w = static_cast<int>(n);
+    if (w < 0) {
+      w = static_cast<int>(n);
+      g.cells.reserve(static_cast<size_t>(h) * n);
+    }
     if (n != w || n < 1 || n > arc::kMaxSide) ok = false;
+    PyObject** items = PySequence_Fast_ITEMS(row);
     for (Py_ssize_t c = 0; ok && c < n; ++c) {
-      PyObject* v = PySequence_Fast_GET_ITEM(row, c);
-      if (!PyLong_Check(v) || PyBool_Check(v)) {
+      PyObject* v = items[c];
+      // Exact ints are the common case; bool (an int subclass) is not a colour.
+      if (!PyLong_CheckExact(v)) {
         ok = false;
         break;
       }
@@ -319,32 +327,31 @@ void bind_arc(py::module_& m) {
            [](const arc::Decoder& d, int algo, bool cs, double b, int unit) {
              return arc::candidate_scores(make_spec(algo, cs, b), d.unit(unit));
            })
-      .def("select",
-           [](const arc::Decoder& d, int algo, bool cs, double b) {
-             const auto sel = d.select(make_spec(algo, cs, b));
-             py::list out;
-             for (const auto& unit : sel) {
-               py::list grids;
-               for (const Grid* g : unit) grids.append(grid_to_py(*g));
-               out.append(grids);
-             }
-             return out;
-           })
-      .def("select_indices",
-           [](const arc::Decoder& d, int algo, bool cs, double b) {
+      .def("select_grids",
+           [](const arc::Decoder& d, int algo, bool cs, double b, py::dict cache) {
+             // {unit key: [grid lists]}; `cache` (owned by the Python Decoder) memoises each
+             // candidate's list form, keyed by unit * 2^16 + candidate, across algorithms.
              const arc::AlgoSpec spec = make_spec(algo, cs, b);
-             // The GIL stays held here and in evaluate: the work takes well under a millisecond,
-             // and holding it keeps a concurrent add_records from changing the candidates.
-             std::vector<std::vector<int32_t>> out(d.n_units());
+             py::dict out;
              for (int u = 0; u < d.n_units(); ++u) {
-               out[u] = d.rank(spec, u);
-               if (out[u].size() > static_cast<size_t>(d.n_guesses())) out[u].resize(d.n_guesses());
+               const std::vector<int32_t> r = d.rank(spec, u);
+               const size_t k = std::min(r.size(), static_cast<size_t>(d.n_guesses()));
+               py::list grids(k);
+               for (size_t j = 0; j < k; ++j) {
+                 py::int_ id((static_cast<int64_t>(u) << 16) | r[j]);
+                 PyObject* hit = PyDict_GetItemWithError(cache.ptr(), id.ptr());
+                 if (hit) {
+                   grids[j] = py::reinterpret_borrow<py::object>(hit);
+                 } else {
+                   if (PyErr_Occurred()) throw py::error_already_set();
+                   py::list g = grid_to_py(d.unit(u).cands[r[j]].grid);
+                   cache[id] = g;
+                   grids[j] = g;
+                 }
+               }
+               out[py::str(d.unit_key(u))] = grids;
              }
              return out;
-           })
-      .def("candidate_grid",
-           [](const arc::Decoder& d, int unit, int cand) {
-             return grid_to_py(d.unit(unit).cands.at(cand).grid);
            })
       .def("evaluate",
            [](const arc::Decoder& d, int algo, bool cs, double b) {

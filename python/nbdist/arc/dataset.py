@@ -168,6 +168,8 @@ class ArcDataset:
         """The same tasks keyed per test: task ``k`` with n tests gives ``k_0 .. k_{n-1}``."""
         ds = ArcDataset.__new__(ArcDataset)
         ds.source, ds.tasks, ds.split = self.source, self.tasks, True
+        if "_units_cache" in self.__dict__:
+            ds.__dict__["_units_cache"] = self.__dict__["_units_cache"]
         ds._solutions_known = self._solutions_known
         return ds
 
@@ -178,7 +180,16 @@ class ArcDataset:
     @property
     def unit_keys(self) -> list[str]:
         """``<task>_<i>`` for every test of every task, in file order."""
-        return [f"{tid}_{i}" for tid, t in self.tasks.items() for i in range(len(t["test"]))]
+        return [key for key, _, _ in self._units()]
+
+    def _units(self) -> list[tuple[str, str, int]]:
+        # (unit key, task id, test index), computed once: tasks are not changed after loading.
+        units = self.__dict__.get("_units_cache")
+        if units is None:
+            units = [(f"{tid}_{i}", tid, i) for tid, t in self.tasks.items()
+                     for i in range(len(t["test"]))]
+            self.__dict__["_units_cache"] = units
+        return units
 
     @property
     def keys(self) -> list[str]:

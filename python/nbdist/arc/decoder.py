@@ -53,15 +53,17 @@ class Decoder:
         self.prob_baseline = float(prob_baseline)
         self.dataset = dataset_or_unit_keys if isinstance(dataset_or_unit_keys,
                                                           ArcDataset) else None
+        task_ids: dict[str, int] = {}
         if self.dataset is not None:
-            keys = self.dataset.unit_keys
+            units = self.dataset._units()
+            keys = [key for key, _, _ in units]
+            tasks = [task_ids.setdefault(tid, len(task_ids)) for _, tid, _ in units]
         else:
             keys = [str(k) for k in dataset_or_unit_keys]
+            tasks = [task_ids.setdefault(_task_of(k), len(task_ids)) for k in keys]
         self.unit_keys: list[str] = keys
         self._unit_index = {k: i for i, k in enumerate(keys)}
-        self._grid_cache: dict[tuple, Grid] = {}
-        task_ids: dict[str, int] = {}
-        tasks = [task_ids.setdefault(_task_of(k), len(task_ids)) for k in keys]
+        self._grid_cache: dict[int, Grid] = {}
         f = self.formatter
         try:
             self._dec = _core.arc.Decoder(keys, tasks, n_guesses, f.alphabet, f.row_end,
@@ -126,18 +128,7 @@ class Decoder:
 
         The grid lists are shared between calls (that is what makes comparing many algorithms
         cheap): copy one before changing it."""
-        spec = self._spec(name)
-        cache = self._grid_cache
-        out = {}
-        for u, (key, picks) in enumerate(zip(self.unit_keys, self._dec.select_indices(*spec))):
-            grids = []
-            for c in picks:
-                g = cache.get((u, c))
-                if g is None:
-                    g = cache[(u, c)] = self._dec.candidate_grid(u, c)
-                grids.append(g)
-            out[key] = grids
-        return out
+        return self._dec.select_grids(*self._spec(name), self._grid_cache)
 
     def ranking(self, unit_key: str, name: str) -> list[dict[str, Any]]:
         """The full ranking of one unit: dicts with grid, score (None for order-based
