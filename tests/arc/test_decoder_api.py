@@ -114,3 +114,30 @@ def test_units_without_candidates_get_empty_attempts(ds):
     assert all(v == [] for v in sel.values()) and len(sel) == 419
     sub = ds.get_submission(sel)
     assert ds.validate_submission(sub).score == 0.0
+
+
+def test_record_value_forms():
+    from collections import OrderedDict
+
+    dec = Decoder(None, ["a_0"])
+    # -inf is a probability of zero, ints are numbers, any mapping is a record.
+    assert dec.add_many([OrderedDict(key="a_0", grid=[[1]], logprob=-math.inf),
+                         {"key": "a_0", "grid": [[2]], "logprob": 0, "aug_logprobs": (-1, -2)}]
+                        ) == 0
+    assert dec.run_selection_algo("max_gen_prob")["a_0"] == [[[2]], [[1]]]
+    assert dec.candidates("a_0")[1]["aug_logprobs"] == [-1.0, -2.0]
+    with pytest.raises(nbdist.ArcValueError, match=r"record 0 \(key 'a_0'\): 'aug_logprobs'"):
+        dec.add_many([{"key": "a_0", "grid": [[1]], "logprob": -1.0, "aug_logprobs": ["x"]}])
+    with pytest.raises(nbdist.ArcValueError, match=r"record 0 \(key 7\): 'key' has the wrong"):
+        dec.add_many([{"key": 7, "grid": [[1]], "logprob": -1.0}])
+
+
+def test_unsplit_and_per_file_datasets_give_the_same_units(arc_data):
+    from_dir = ArcDataset.from_dir(arc_data / "arc-agi-2" / "evaluation")
+    dec = Decoder(GridFormatter(), from_dir)
+    key = dec.unit_keys[0]
+    truth = from_dir.truth(key)
+    dec.add(key + ".tp", grid=Augmentation(True).apply_grid(truth), logprob=-1.0)
+    (row,) = dec.benchmark_selection_algos(["vote"], verbose=False)
+    assert row["score"] == pytest.approx(1.0 / len(from_dir.tasks[key.rpartition("_")[0]]["test"]))
+    assert row["n_tasks"] == len(from_dir.tasks)
