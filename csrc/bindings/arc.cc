@@ -330,7 +330,7 @@ void bind_arc(py::module_& m) {
       .def("select_grids",
            [](const arc::Decoder& d, int algo, bool cs, double b, py::dict cache) {
              // {unit key: [grid lists]}; `cache` (owned by the Python Decoder) memoises each
-             // candidate's list form, keyed by unit * 2^16 + candidate, across algorithms.
+             // candidate's list form, keyed by unit * 2^32 + candidate, across algorithms.
              const arc::AlgoSpec spec = make_spec(algo, cs, b);
              py::dict out;
              for (int u = 0; u < d.n_units(); ++u) {
@@ -338,7 +338,7 @@ void bind_arc(py::module_& m) {
                const size_t k = std::min(r.size(), static_cast<size_t>(d.n_guesses()));
                py::list grids(k);
                for (size_t j = 0; j < k; ++j) {
-                 py::int_ id((static_cast<int64_t>(u) << 16) | r[j]);
+                 py::int_ id((static_cast<int64_t>(u) << 32) | r[j]);
                  PyObject* hit = PyDict_GetItemWithError(cache.ptr(), id.ptr());
                  if (hit) {
                    grids[j] = py::reinterpret_borrow<py::object>(hit);
