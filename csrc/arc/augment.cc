@@ -52,13 +52,16 @@ void move_cells_into(const std::vector<T>& in, int h, int w, int channels, bool 
   const ptrdiff_t row_step = static_cast<ptrdiff_t>(m.a) * w + m.f;
   const ptrdiff_t col_step = static_cast<ptrdiff_t>(m.b) * w + m.g;
   const ptrdiff_t origin = static_cast<ptrdiff_t>(m.e) * w + m.k;
+  // A local base pointer: byte stores through dst may alias the vector's own pointer, which
+  // would otherwise be reloaded on every cell.
+  const T* base = in.data();
   for (int r = 0; r < sh; ++r) {
     ptrdiff_t src = origin + row_step * r;
     if (channels == 1) {
-      for (int c = 0; c < sw; ++c, src += col_step) *dst++ = in[src];
+      for (int c = 0; c < sw; ++c, src += col_step) *dst++ = base[src];
     } else {
       for (int c = 0; c < sw; ++c, src += col_step) {
-        for (int ch = 0; ch < channels; ++ch) *dst++ = in[src * channels + ch];
+        for (int ch = 0; ch < channels; ++ch) *dst++ = base[src * channels + ch];
       }
     }
   }
@@ -74,12 +77,12 @@ std::vector<T> move_cells(const std::vector<T>& in, int h, int w, int channels, 
   return out;
 }
 
-[[noreturn]] void bad_suffix(const std::string& suffix, const std::string& why) {
+[[noreturn]] void bad_suffix(std::string_view suffix, const std::string& why) {
   throw ArcError(ErrorKind::kInvalidInput,
-                 "augmentation suffix '" + suffix + "': " + why);
+                 "augmentation suffix '" + std::string(suffix) + "': " + why);
 }
 
-bool all_digits(const std::string& s) {
+bool all_digits(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char ch) { return ch >= '0' && ch <= '9'; });
 }
 
@@ -113,7 +116,8 @@ Transform dihedral(int index) {
   return t;
 }
 
-Transform parse_suffix(const std::string& suffix) {
+Transform parse_suffix(std::string_view suffix) {
+  // string_view throughout: a decoder parses one suffix per distinct sample key.
   Transform t;
   if (suffix.empty()) return t;
   if (suffix[0] != '.') bad_suffix(suffix, "must start with '.'");
@@ -121,57 +125,60 @@ Transform parse_suffix(const std::string& suffix) {
   size_t pos = 1;
   while (pos <= suffix.size()) {
     size_t end = suffix.find('.', pos);
-    if (end == std::string::npos) end = suffix.size();
-    const std::string part = suffix.substr(pos, end - pos);
+    if (end == std::string_view::npos) end = suffix.size();
+    const std::string_view part = suffix.substr(pos, end - pos);
+    auto quoted = [part] { return "'" + std::string(part) + "'"; };  // only for errors
     if (part == "tp") {
       if (seen_tp) bad_suffix(suffix, "'tp' appears twice");
       seen_tp = true;
       t.transpose = true;
-    } else if (part.size() == 4 && part.compare(0, 3, "rot") == 0 && part[3] >= '0' &&
+    } else if (part.size() == 4 && part.substr(0, 3) == "rot" && part[3] >= '0' &&
                part[3] <= '3') {
       if (seen_rot) bad_suffix(suffix, "'rot' appears twice");
       seen_rot = true;
       t.rot = part[3] - '0';
-    } else if (part.compare(0, 4, "perm") == 0) {
+    } else if (part.substr(0, 4) == "perm") {
       if (seen_perm) bad_suffix(suffix, "'perm' appears twice");
       seen_perm = true;
-      const std::string digits = part.substr(4);
+      const std::string_view digits = part.substr(4);
       if (digits.size() != kNumColours || !all_digits(digits)) {
-        bad_suffix(suffix, "'" + part + "' must be 'perm' followed by 10 digits");
+        bad_suffix(suffix, quoted() + " must be 'perm' followed by 10 digits");
       }
       std::array<bool, kNumColours> used{};
       for (int c = 0; c < kNumColours; ++c) {
-        int to = digits[c] - '0';
-        if (used[to]) bad_suffix(suffix, "'" + part + "' is not a permutation of 0..9");
+        const int to = digits[c] - '0';
+        if (used[to]) bad_suffix(suffix, quoted() + " is not a permutation of 0..9");
         used[to] = true;
         t.perm[c] = static_cast<uint8_t>(to);
       }
       t.has_perm = true;
-    } else if (part.compare(0, 2, "ex") == 0) {
+    } else if (part.substr(0, 2) == "ex") {
       if (seen_ex) bad_suffix(suffix, "'ex' appears twice");
       seen_ex = true;
-      const std::string body = part.substr(2);
+      const std::string_view body = part.substr(2);
       size_t p = 0;
       while (p <= body.size()) {
         size_t q = body.find('-', p);
-        if (q == std::string::npos) q = body.size();
-        const std::string num = body.substr(p, q - p);
+        if (q == std::string_view::npos) q = body.size();
+        const std::string_view num = body.substr(p, q - p);
         if (!all_digits(num) || num.size() > 4) {
-          bad_suffix(suffix, "'" + part + "' must be 'ex' followed by indices joined by '-'");
+          bad_suffix(suffix, quoted() + " must be 'ex' followed by indices joined by '-'");
         }
-        t.example_order.push_back(std::atoi(num.c_str()));
+        int v = 0;
+        for (char ch : num) v = v * 10 + (ch - '0');
+        t.example_order.push_back(v);
         p = q + 1;
       }
       std::vector<int> sorted = t.example_order;
       std::sort(sorted.begin(), sorted.end());
-      for (size_t i = 0; i < sorted.size(); ++i) {
-        if (sorted[i] != static_cast<int>(i)) {
-          bad_suffix(suffix, "'" + part + "' is not a permutation of 0.." +
+      for (size_t k = 0; k < sorted.size(); ++k) {
+        if (sorted[k] != static_cast<int>(k)) {
+          bad_suffix(suffix, quoted() + " is not a permutation of 0.." +
                                  std::to_string(sorted.size() - 1));
         }
       }
     } else {
-      bad_suffix(suffix, "unknown part '" + part + "' (expected tp, rot0..rot3, perm, ex)");
+      bad_suffix(suffix, "unknown part " + quoted() + " (expected tp, rot0..rot3, perm, ex)");
     }
     pos = end + 1;
   }

@@ -10,6 +10,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "arc/grid.h"
@@ -33,7 +34,7 @@ Transform dihedral(int index);
 
 // Parses the augmentation suffix of a key ("" or ".tp.rot1.perm0123456789.ex2-0-1"); each part at
 // most once. Throws ArcError (invalid input) naming the part that is wrong.
-Transform parse_suffix(const std::string& suffix);
+Transform parse_suffix(std::string_view suffix);
 // The canonical suffix (parts in the order tp, rot, perm, ex; identity parts left out).
 std::string format_suffix(const Transform& t);
 

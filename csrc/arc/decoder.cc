@@ -55,12 +55,11 @@ int Decoder::add(const SampleBatch& b) {
   // Validate everything first: a bad record must not leave half a batch ingested.
   std::vector<int> unit_of(n);
   std::vector<int> tf_of(n);
-  // Samples share few augmentations (a model is run under a fixed set), so parse each suffix once.
-  std::vector<Transform> tfs;
-  std::unordered_map<std::string, int> tf_index;
   // Samples of one (unit, augmentation) share their key: resolve each distinct key once.
+  std::vector<Transform> tfs;
   std::unordered_map<std::string_view, std::pair<int, int>> seen;
-  std::string unit, suffix;
+  seen.reserve(n / 2 + 1);
+  std::string unit;
   for (size_t i = 0; i < n; ++i) {
     const std::string_view key = b.keys[i];
     if (i > 0 && key == b.keys[i - 1]) {  // samples of one prompt usually arrive together
@@ -71,27 +70,19 @@ int Decoder::add(const SampleBatch& b) {
       tf_of[i] = sit->second.second;
     } else {
       const size_t dot = key.find('.');
-      unit.assign(key, 0, dot);
+      unit.assign(key.substr(0, dot));
       auto it = unit_index_.find(unit);
       if (it == unit_index_.end()) {
         throw ArcError(ErrorKind::kInvalidInput, where(i) + ": unknown unit '" + unit + "'");
       }
       unit_of[i] = it->second;
-      if (dot == std::string::npos) {
-        suffix.clear();
-      } else {
-        suffix.assign(key, dot, std::string::npos);
+      try {
+        tfs.push_back(parse_suffix(dot == std::string_view::npos ? std::string_view()
+                                                                  : key.substr(dot)));
+      } catch (const ArcError& e) {
+        throw ArcError(ErrorKind::kInvalidInput, where(i) + ": " + e.what());
       }
-      auto tit = tf_index.find(suffix);
-      if (tit == tf_index.end()) {
-        try {
-          tfs.push_back(parse_suffix(suffix));
-        } catch (const ArcError& e) {
-          throw ArcError(ErrorKind::kInvalidInput, where(i) + ": " + e.what());
-        }
-        tit = tf_index.emplace(suffix, static_cast<int>(tfs.size()) - 1).first;
-      }
-      tf_of[i] = tit->second;
+      tf_of[i] = static_cast<int>(tfs.size()) - 1;
       seen.emplace(key, std::make_pair(unit_of[i], tf_of[i]));
     }
     if (std::isnan(b.logprobs[i]) || b.logprobs[i] == std::numeric_limits<double>::infinity()) {
