@@ -1,11 +1,394 @@
-// Bindings for nbdist::arc: type conversion and GIL release only.
+// Bindings for nbdist::arc: type conversion and GIL release only. python/nbdist/arc owns the
+// names, defaults, docstrings and validation messages.
 
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+
+#include "arc/augment.h"
+#include "arc/decoder.h"
+#include "arc/grid.h"
+#include "arc/selection.h"
+#include "arc/text_format.h"
 
 namespace py = pybind11;
 
 namespace nbdist::bindings {
 
-void bind_arc(py::module_& m) {}
+namespace {
+
+using arc::Grid;
+
+// A nested Python sequence of ints -> Grid; anything that is not a rectangular grid of small
+// non-negative ints comes back with h == 0 so the decoder counts it as an invalid sample.
+Grid grid_from_py(PyObject* obj) {
+  Grid g;
+  if (!PyList_Check(obj) && !PyTuple_Check(obj) && PyObject_HasAttrString(obj, "tolist")) {
+    // numpy arrays (and tensors): their nested-list form holds plain ints.
+    py::object as_list =
+        py::reinterpret_steal<py::object>(PyObject_CallMethod(obj, "tolist", nullptr));
+    if (!as_list) {
+      PyErr_Clear();
+      return g;
+    }
+    return grid_from_py(as_list.ptr());
+  }
+  PyObject* rows = PySequence_Fast(obj, "");
+  if (!rows) {
+    PyErr_Clear();
+    return g;
+  }
+  const Py_ssize_t h = PySequence_Fast_GET_SIZE(rows);
+  int w = -1;
+  bool ok = h >= 1 && h <= arc::kMaxSide;
+  for (Py_ssize_t r = 0; ok && r < h; ++r) {
+    PyObject* row = PySequence_Fast(PySequence_Fast_GET_ITEM(rows, r), "");
+    if (!row) {
+      PyErr_Clear();
+      ok = false;
+      break;
+    }
+    const Py_ssize_t n = PySequence_Fast_GET_SIZE(row);
+    if (w < 0) {
+      w = static_cast<int>(n);
+      g.cells.reserve(static_cast<size_t>(h) * n);
+    }
+    if (n != w || n < 1 || n > arc::kMaxSide) ok = false;
+    PyObject** items = PySequence_Fast_ITEMS(row);
+    for (Py_ssize_t c = 0; ok && c < n; ++c) {
+      PyObject* v = items[c];
+      // Exact ints are the common case; bool (an int subclass) is not a colour.
+      if (!PyLong_CheckExact(v)) {
+        ok = false;
+        break;
+      }
+      const long x = PyLong_AsLong(v);
+      if (x == -1 && PyErr_Occurred()) PyErr_Clear();
+      if (x < 0 || x >= arc::kNumColours) {
+        ok = false;
+        break;
+      }
+      g.cells.push_back(static_cast<uint8_t>(x));
+    }
+    Py_DECREF(row);
+  }
+  Py_DECREF(rows);
+  if (!ok) return Grid{};
+  g.h = static_cast<int>(h);
+  g.w = w;
+  return g;
+}
+
+py::list grid_to_py(const Grid& g) {
+  PyObject* rows = PyList_New(g.h);
+  if (!rows) throw py::error_already_set();
+  for (int r = 0; r < g.h; ++r) {
+    PyObject* row = PyList_New(g.w);
+    if (!row) throw py::error_already_set();
+    for (int c = 0; c < g.w; ++c) PyList_SET_ITEM(row, c, PyLong_FromLong(g.at(r, c)));
+    PyList_SET_ITEM(rows, r, row);
+  }
+  return py::reinterpret_steal<py::list>(rows);
+}
+
+arc::TextFormat make_format(const std::string& alphabet, const std::string& row_end,
+                            const std::string& end_marker) {
+  arc::TextFormat f;
+  if (alphabet.size() != arc::kNumColours || row_end.empty()) {
+    throw arc::ArcError(ErrorKind::kInvalidInput, "alphabet needs 10 bytes and row_end one or more");
+  }
+  for (int c = 0; c < arc::kNumColours; ++c) f.alphabet[c] = alphabet[c];
+  f.row_end = row_end;
+  f.end_marker = end_marker;
+  return f;
+}
+
+arc::AlgoSpec make_spec(int algo, bool common_shape, double baseline) {
+  if (algo < 0 || algo > static_cast<int>(arc::Algo::kSimilarity)) {
+    throw arc::ArcError(ErrorKind::kInvalidInput, "unknown algorithm id " + std::to_string(algo));
+  }
+  return arc::AlgoSpec{static_cast<arc::Algo>(algo), common_shape, baseline};
+}
+
+py::tuple pack_grids(const std::vector<Grid>& grids) {
+  std::string cells;
+  std::vector<int32_t> shapes;
+  for (const Grid& g : grids) {
+    cells.append(reinterpret_cast<const char*>(g.cells.data()), g.cells.size());
+    shapes.push_back(g.h);
+    shapes.push_back(g.w);
+  }
+  return py::make_tuple(py::bytes(cells), shapes);
+}
+
+std::vector<Grid> grids_from_buffer(const py::bytes& cells, const std::vector<int32_t>& shapes) {
+  std::string_view v = cells;
+  return arc::unpack_grids(reinterpret_cast<const uint8_t*>(v.data()), v.size(), shapes);
+}
+
+// The record fields add_records reads, in this order.
+constexpr int kNumFields = 5;
+const char* const kFieldNames[kNumFields] = {"key", "text", "grid", "logprob", "aug_logprobs"};
+
+// One pass over a record dict. Keys written as literals are interned strs, so comparing
+// pointers finds them; other equal strs are matched by value. The interned names are
+// deliberately never released (they must outlive every call, up to interpreter exit).
+void read_fields(PyObject* dict, PyObject** fields) {
+  static PyObject** names = [] {
+    auto** v = new PyObject*[kNumFields];
+    for (int f = 0; f < kNumFields; ++f) v[f] = PyUnicode_InternFromString(kFieldNames[f]);
+    return v;
+  }();
+  Py_ssize_t pos = 0;
+  PyObject *k, *v;
+  while (PyDict_Next(dict, &pos, &k, &v)) {
+    int f = 0;
+    while (f < kNumFields && k != names[f]) ++f;
+    if (f == kNumFields && PyUnicode_Check(k)) {
+      for (f = 0; f < kNumFields && PyUnicode_Compare(k, names[f]) != 0; ++f) {
+      }
+    }
+    if (f < kNumFields) fields[f] = v;
+  }
+}
+
+}  // namespace
+
+void bind_arc(py::module_& m) {
+  py::dict ids;
+  const char* names[] = {"first_only", "keep_order", "keep_order_unique", "vote",
+                         "max_gen_prob", "probsum", "max_aug_prob", "min_aug_prob",
+                         "sum_aug_prob", "product_of_experts", "product_of_experts_gen",
+                         "similarity"};
+  for (int i = 0; i <= static_cast<int>(arc::Algo::kSimilarity); ++i) ids[names[i]] = i;
+  m.attr("ALGO_IDS") = ids;
+
+  m.def("parse_suffix", [](const std::string& s) {
+    const arc::Transform t = arc::parse_suffix(s);
+    py::object perm = py::none();
+    if (t.has_perm) perm = py::cast(std::vector<int>(t.perm.begin(), t.perm.end()));
+    return py::make_tuple(t.transpose, t.rot, perm, t.example_order);
+  });
+  m.def("format_suffix", [](bool tp, int rot, std::optional<std::vector<int>> perm,
+                            std::vector<int> order) {
+    arc::Transform t;
+    t.transpose = tp;
+    t.rot = rot;
+    if (perm) {
+      if (perm->size() != arc::kNumColours) {
+        throw arc::ArcError(ErrorKind::kInvalidInput, "a colour permutation has 10 entries");
+      }
+      t.has_perm = true;
+      for (int c = 0; c < arc::kNumColours; ++c) t.perm[c] = static_cast<uint8_t>((*perm)[c]);
+    }
+    t.example_order = std::move(order);
+    // Round-trip through the parser so that only well-formed suffixes are ever produced.
+    const std::string s = arc::format_suffix(t);
+    arc::parse_suffix(s);
+    return s;
+  });
+  m.def("transform_grids", [](const std::string& suffix, py::bytes cells,
+                              std::vector<int32_t> shapes, bool inverse) {
+    const arc::Transform t = arc::parse_suffix(suffix);
+    std::vector<Grid> grids = grids_from_buffer(cells, shapes);
+    {
+      py::gil_scoped_release nogil;
+      for (Grid& g : grids) g = inverse ? arc::invert(t, g) : arc::apply(t, g);
+    }
+    return pack_grids(grids);
+  });
+  m.def("transform_scores", [](const std::string& suffix, std::vector<double> values, int h,
+                               int w, int channels, bool inverse) {
+    const arc::Transform t = arc::parse_suffix(suffix);
+    int oh = 0, ow = 0;
+    std::vector<double> out = inverse ? arc::invert_scores(t, values, h, w, channels, &oh, &ow)
+                                      : arc::apply_scores(t, values, h, w, channels, &oh, &ow);
+    return py::make_tuple(out, oh, ow);
+  });
+  m.def("decode_texts", [](const std::string& alphabet, const std::string& row_end,
+                           const std::string& end_marker, std::vector<std::string> texts) {
+    const arc::TextFormat f = make_format(alphabet, row_end, end_marker);
+    std::vector<Grid> grids(texts.size());
+    std::vector<std::string> status(texts.size());
+    for (size_t i = 0; i < texts.size(); ++i) {
+      status[i] = arc::decode_status_name(arc::decode_text(f, texts[i], &grids[i]));
+    }
+    py::tuple packed = pack_grids(grids);
+    return py::make_tuple(packed[0], packed[1], status);
+  });
+  m.def("encode_grids", [](const std::string& alphabet, const std::string& row_end,
+                           const std::string& end_marker, py::bytes cells,
+                           std::vector<int32_t> shapes) {
+    const arc::TextFormat f = make_format(alphabet, row_end, end_marker);
+    std::vector<std::string> out;
+    for (const Grid& g : grids_from_buffer(cells, shapes)) out.push_back(arc::encode_grid(f, g));
+    return out;
+  });
+
+  py::class_<arc::Decoder>(m, "Decoder")
+      .def(py::init([](std::vector<std::string> keys, std::vector<int32_t> tasks, int n_guesses,
+                       const std::string& alphabet, const std::string& row_end,
+                       const std::string& end_marker) {
+        return new arc::Decoder(std::move(keys), std::move(tasks), n_guesses,
+                                make_format(alphabet, row_end, end_marker));
+      }))
+      .def("set_truth",
+           [](arc::Decoder& d, int unit, py::bytes cells, int h, int w) {
+             std::vector<Grid> g = grids_from_buffer(cells, {h, w});
+             d.set_truth(unit, std::move(g[0]));
+           })
+      .def("set_truths",
+           [](arc::Decoder& d, std::vector<int> units, py::list grids) {
+             if (static_cast<size_t>(PyList_GET_SIZE(grids.ptr())) != units.size()) {
+               throw arc::ArcError(ErrorKind::kInvalidInput, "one truth per unit");
+             }
+             for (size_t i = 0; i < units.size(); ++i) {
+               Grid g = grid_from_py(PyList_GET_ITEM(grids.ptr(), i));
+               if (!arc::is_valid_grid(g)) {
+                 throw arc::ArcError(ErrorKind::kInvalidInput,
+                                     "truth of unit " + d.unit_key(units[i]) + " is not a grid");
+               }
+               d.set_truth(units[i], std::move(g));
+             }
+           })
+      .def("add_records",
+           [](arc::Decoder& d, py::list records) {
+             // Field extraction only; the Python layer words the errors (KeyError/TypeError
+             // carry the record index as their first argument).
+             arc::SampleBatch b;
+             const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
+             b.is_text.resize(n);
+             b.keys.resize(n);
+             b.texts.resize(n);
+             b.grids.resize(n);
+             b.logprobs.resize(n);
+             // The GIL stays held (this is CPU work, not a wait): the viewed strs stay alive.
+             bool any_aug = false;
+             b.aug_offsets.reserve(n + 1);
+             b.aug_offsets.push_back(0);
+             for (Py_ssize_t i = 0; i < n; ++i) {
+               PyObject* r = PyList_GET_ITEM(records.ptr(), i);
+               if (!PyDict_Check(r)) throw py::type_error(py::str("{} not a dict").format(i));
+               PyObject* fields[kNumFields] = {};
+               read_fields(r, fields);
+               PyObject *key = fields[0], *text = fields[1], *grid = fields[2], *lp = fields[3],
+                        *aug = fields[4];
+               if (!key || !lp) throw py::key_error(py::str("{} key/logprob").format(i));
+               const bool has_text = text && text != Py_None, has_grid = grid && grid != Py_None;
+               if (has_text == has_grid) throw py::value_error(py::str("{} text/grid").format(i));
+               Py_ssize_t size = 0;
+               const char* data = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &size) : nullptr;
+               if (!data) throw py::type_error(py::str("{} key").format(i));
+               b.keys[i] = std::string_view(data, size);
+               b.logprobs[i] = PyFloat_CheckExact(lp) ? PyFloat_AS_DOUBLE(lp) : PyFloat_AsDouble(lp);
+               if (b.logprobs[i] == -1.0 && PyErr_Occurred()) {
+                 PyErr_Clear();
+                 throw py::type_error(py::str("{} logprob").format(i));
+               }
+               b.is_text[i] = has_text;
+               if (has_text) {
+                 data = PyUnicode_Check(text) ? PyUnicode_AsUTF8AndSize(text, &size) : nullptr;
+                 if (!data) throw py::type_error(py::str("{} text").format(i));
+                 b.texts[i] = std::string_view(data, size);
+               } else {
+                 b.grids[i] = grid_from_py(grid);
+               }
+               if (aug && aug != Py_None) {
+                 PyObject* vals = PySequence_Fast(aug, "");
+                 if (!vals) {
+                   PyErr_Clear();
+                   throw py::type_error(py::str("{} aug_logprobs").format(i));
+                 }
+                 const Py_ssize_t m = PySequence_Fast_GET_SIZE(vals);
+                 if (b.aug_values.capacity() == 0) b.aug_values.reserve(static_cast<size_t>(m) * n);
+                 for (Py_ssize_t j = 0; j < m; ++j) {
+                   PyObject* item = PySequence_Fast_GET_ITEM(vals, j);
+                   const double v =
+                       PyFloat_CheckExact(item) ? PyFloat_AS_DOUBLE(item) : PyFloat_AsDouble(item);
+                   if (v == -1.0 && PyErr_Occurred()) {
+                     PyErr_Clear();
+                     Py_DECREF(vals);
+                     throw py::type_error(py::str("{} aug_logprobs").format(i));
+                   }
+                   b.aug_values.push_back(v);
+                 }
+                 Py_DECREF(vals);
+                 any_aug = any_aug || m > 0;
+               }
+               b.aug_offsets.push_back(static_cast<int64_t>(b.aug_values.size()));
+             }
+             if (!any_aug) b.aug_offsets.clear();
+             return d.add(b);
+           })
+      .def("rank", [](const arc::Decoder& d, int algo, bool cs, double b,
+                      int unit) { return d.rank(make_spec(algo, cs, b), unit); })
+      .def("scores",
+           [](const arc::Decoder& d, int algo, bool cs, double b, int unit) {
+             return arc::candidate_scores(make_spec(algo, cs, b), d.unit(unit));
+           })
+      .def("select_grids",
+           [](const arc::Decoder& d, int algo, bool cs, double b, py::dict cache) {
+             // {unit key: [grid lists]}; `cache` (owned by the Python Decoder) memoises each
+             // candidate's list form, keyed by unit * 2^32 + candidate, across algorithms.
+             const arc::AlgoSpec spec = make_spec(algo, cs, b);
+             py::dict out;
+             for (int u = 0; u < d.n_units(); ++u) {
+               const std::vector<int32_t> r = d.rank(spec, u);
+               const size_t k = std::min(r.size(), static_cast<size_t>(d.n_guesses()));
+               py::list grids(k);
+               for (size_t j = 0; j < k; ++j) {
+                 py::int_ id((static_cast<int64_t>(u) << 32) | r[j]);
+                 PyObject* hit = PyDict_GetItemWithError(cache.ptr(), id.ptr());
+                 if (hit) {
+                   grids[j] = py::reinterpret_borrow<py::object>(hit);
+                 } else {
+                   if (PyErr_Occurred()) throw py::error_already_set();
+                   py::list g = grid_to_py(d.unit(u).cands[r[j]].grid);
+                   cache[id] = g;
+                   grids[j] = g;
+                 }
+               }
+               out[py::str(d.unit_key(u))] = grids;
+             }
+             return out;
+           })
+      .def("evaluate",
+           [](const arc::Decoder& d, int algo, bool cs, double b) {
+             const arc::AlgoStats s = d.evaluate(make_spec(algo, cs, b));
+             py::dict r;
+             r["score"] = s.score;
+             r["score_1"] = s.score_1;
+             r["n_tasks"] = s.n_tasks;
+             r["n_units"] = s.n_units;
+             r["n_oracle"] = s.n_oracle;
+             r["n_ranked"] = s.n_ranked;
+             r["rank_sum"] = s.rank_sum;
+             return r;
+           })
+      .def("candidates",
+           [](const arc::Decoder& d, int unit) {
+             py::list out;
+             for (const arc::Candidate& c : d.unit(unit).cands) {
+               py::object aug = c.has_aug ? py::cast(c.aug_logprobs) : py::none();
+               out.append(py::make_tuple(grid_to_py(c.grid), c.gen_logprobs, aug));
+             }
+             return out;
+           })
+      .def("sample_candidates",
+           [](const arc::Decoder& d, int unit) { return d.unit(unit).sample_cand; })
+      .def("truth_index", &arc::Decoder::truth_index)
+      .def("n_invalid_in", [](const arc::Decoder& d, int unit) { return d.unit(unit).n_invalid; })
+      .def_property_readonly("n_samples", &arc::Decoder::n_samples)
+      .def_property_readonly("n_invalid", &arc::Decoder::n_invalid)
+      .def_property_readonly("decode_failures", [](const arc::Decoder& d) {
+        py::dict r;
+        const auto& f = d.decode_failures();
+        for (int s = 1; s < 6; ++s) {
+          r[arc::decode_status_name(static_cast<arc::DecodeStatus>(s))] = f[s];
+        }
+        return r;
+      });
+}
 
 }  // namespace nbdist::bindings

@@ -1,0 +1,202 @@
+#include "arc/decoder.h"
+
+#include <cmath>
+#include <string_view>
+#include <limits>
+
+namespace nbdist::arc {
+
+Decoder::Decoder(std::vector<std::string> unit_keys, std::vector<int32_t> unit_task,
+                 int n_guesses, TextFormat fmt)
+    : unit_keys_(std::move(unit_keys)),
+      unit_task_(std::move(unit_task)),
+      n_guesses_(n_guesses),
+      fmt_(std::move(fmt)) {
+  if (unit_task_.size() != unit_keys_.size()) {
+    throw ArcError(ErrorKind::kInvalidInput, "unit_task must have one entry per unit key");
+  }
+  if (n_guesses_ < 1) {
+    throw ArcError(ErrorKind::kInvalidInput,
+                   "n_guesses must be at least 1, got " + std::to_string(n_guesses_));
+  }
+  for (size_t i = 0; i < unit_keys_.size(); ++i) {
+    if (unit_keys_[i].find('.') != std::string::npos) {
+      throw ArcError(ErrorKind::kInvalidInput,
+                     "unit key '" + unit_keys_[i] + "' contains '.', which starts a suffix");
+    }
+    if (!unit_index_.emplace(unit_keys_[i], static_cast<int>(i)).second) {
+      throw ArcError(ErrorKind::kInvalidInput, "unit key '" + unit_keys_[i] + "' appears twice");
+    }
+    if (unit_task_[i] < 0) throw ArcError(ErrorKind::kInvalidInput, "negative task index");
+    n_tasks_ = std::max(n_tasks_, unit_task_[i] + 1);
+  }
+  units_.resize(unit_keys_.size());
+  truth_.resize(unit_keys_.size());
+}
+
+void Decoder::set_truth(int unit, Grid truth) {
+  if (unit < 0 || unit >= n_units()) throw ArcError(ErrorKind::kInvalidInput, "unit out of range");
+  truth_[unit] = std::move(truth);
+}
+
+int Decoder::add(const SampleBatch& b) {
+  const size_t n = b.keys.size();
+  auto where = [&b](size_t i) {
+    return "record " + std::to_string(i) + " (key '" + std::string(b.keys[i]) + "')";
+  };
+  if (b.logprobs.size() != n || b.is_text.size() != n || b.texts.size() != n ||
+      b.grids.size() != n) {
+    throw ArcError(ErrorKind::kInvalidInput, "batch columns differ in length");
+  }
+  const bool any_aug = !b.aug_offsets.empty();
+  if (any_aug && b.aug_offsets.size() != n + 1) {
+    throw ArcError(ErrorKind::kInvalidInput, "aug_offsets must have one entry per record plus one");
+  }
+  // Validate everything first: a bad record must not leave half a batch ingested.
+  std::vector<int> unit_of(n);
+  std::vector<int> tf_of(n);
+  // Samples of one (unit, augmentation) share their key: resolve each distinct key once.
+  std::vector<Transform> tfs;
+  std::unordered_map<std::string_view, std::pair<int, int>> seen;
+  seen.reserve(n / 2 + 1);
+  std::string unit;
+  for (size_t i = 0; i < n; ++i) {
+    const std::string_view key = b.keys[i];
+    if (i > 0 && key == b.keys[i - 1]) {  // samples of one prompt usually arrive together
+      unit_of[i] = unit_of[i - 1];
+      tf_of[i] = tf_of[i - 1];
+    } else if (auto sit = seen.find(key); sit != seen.end()) {
+      unit_of[i] = sit->second.first;
+      tf_of[i] = sit->second.second;
+    } else {
+      const size_t dot = key.find('.');
+      unit.assign(key.substr(0, dot));
+      auto it = unit_index_.find(unit);
+      if (it == unit_index_.end()) {
+        throw ArcError(ErrorKind::kInvalidInput, where(i) + ": unknown unit '" + unit + "'");
+      }
+      unit_of[i] = it->second;
+      try {
+        tfs.push_back(parse_suffix(dot == std::string_view::npos ? std::string_view()
+                                                                  : key.substr(dot)));
+      } catch (const ArcError& e) {
+        throw ArcError(ErrorKind::kInvalidInput, where(i) + ": " + e.what());
+      }
+      tf_of[i] = static_cast<int>(tfs.size()) - 1;
+      seen.emplace(key, std::make_pair(unit_of[i], tf_of[i]));
+    }
+    if (std::isnan(b.logprobs[i]) || b.logprobs[i] == std::numeric_limits<double>::infinity()) {
+      throw ArcError(ErrorKind::kInvalidInput, where(i) + ": logprob must be a number below +inf");
+    }
+    if (any_aug) {
+      const int64_t lo = b.aug_offsets[i], hi = b.aug_offsets[i + 1];
+      if (lo < 0 || hi < lo || hi > static_cast<int64_t>(b.aug_values.size())) {
+        throw ArcError(ErrorKind::kInvalidInput, where(i) + ": aug_offsets out of order");
+      }
+      for (int64_t j = lo; j < hi; ++j) {
+        const double a = b.aug_values[j];
+        if (std::isnan(a) || a == std::numeric_limits<double>::infinity()) {
+          throw ArcError(ErrorKind::kInvalidInput,
+                         where(i) + ": aug_logprobs[" + std::to_string(j - lo) +
+                             "] must be a number below +inf");
+        }
+      }
+    }
+  }
+  // Text decoding undoes the colour permutation as it reads, leaving only cell moves to do.
+  std::vector<std::array<uint8_t, kNumColours>> inv_perm(tfs.size());
+  std::vector<Transform> moves_only(tfs.size());
+  for (size_t t = 0; t < tfs.size(); ++t) {
+    inv_perm[t] = tfs[t].inverse_perm();
+    moves_only[t] = tfs[t];
+    moves_only[t].has_perm = false;
+  }
+  int invalid = 0;
+  Grid g, orig;  // scratch buffers, reused across samples
+  for (size_t i = 0; i < n; ++i) {
+    UnitCandidates& u = units_[unit_of[i]];
+    const bool from_text = b.is_text[i];
+    bool ok;
+    if (from_text) {
+      const int t = tf_of[i];
+      const DecodeStatus st =
+          decode_text(fmt_, b.texts[i], &g, tfs[t].has_perm ? inv_perm[t].data() : nullptr);
+      ok = st == DecodeStatus::kOk;
+      if (!ok) ++decode_failures_[static_cast<int>(st)];
+    } else {
+      ok = is_valid_grid(b.grids[i]);
+    }
+    ++n_samples_;
+    if (!ok) {
+      u.add_invalid();
+      ++invalid;
+      continue;
+    }
+    const Transform& tf = from_text ? moves_only[tf_of[i]] : tfs[tf_of[i]];
+    const bool moves = tf.transpose || tf.rot != 0 || tf.has_perm;
+    const Grid& seen_grid = from_text ? g : b.grids[i];
+    if (moves) invert_into(tf, seen_grid, &orig);
+    const double* aug = nullptr;
+    size_t n_aug = 0;
+    if (any_aug && b.aug_offsets[i + 1] > b.aug_offsets[i]) {
+      aug = b.aug_values.data() + b.aug_offsets[i];
+      n_aug = static_cast<size_t>(b.aug_offsets[i + 1] - b.aug_offsets[i]);
+    }
+    u.add(moves ? orig : seen_grid, b.logprobs[i], aug, n_aug);
+  }
+  n_invalid_ += invalid;
+  return invalid;
+}
+
+std::vector<int32_t> Decoder::rank(const AlgoSpec& spec, int unit) const {
+  return rank_candidates(spec, units_.at(unit));
+}
+
+std::vector<std::vector<const Grid*>> Decoder::select(const AlgoSpec& spec) const {
+  std::vector<std::vector<const Grid*>> out(units_.size());
+  for (size_t u = 0; u < units_.size(); ++u) {
+    const std::vector<int32_t> r = rank_candidates(spec, units_[u]);
+    for (size_t k = 0; k < r.size() && k < static_cast<size_t>(n_guesses_); ++k) {
+      out[u].push_back(&units_[u].cands[r[k]].grid);
+    }
+  }
+  return out;
+}
+
+int Decoder::truth_index(int unit) const {
+  const auto& t = truth_.at(unit);
+  if (!t) return -1;
+  return units_[unit].find(*t, grid_hash(*t));
+}
+
+AlgoStats Decoder::evaluate(const AlgoSpec& spec) const {
+  AlgoStats st;
+  std::vector<int> task_units(n_tasks_, 0), task_solved(n_tasks_, 0), task_solved_1(n_tasks_, 0);
+  for (size_t u = 0; u < units_.size(); ++u) {
+    if (!truth_[u]) continue;
+    const int task = unit_task_[u];
+    ++task_units[task];
+    ++st.n_units;
+    const int t = truth_index(static_cast<int>(u));
+    if (t < 0) continue;
+    ++st.n_oracle;
+    const std::vector<int32_t> r = rank_candidates(spec, units_[u]);
+    for (size_t k = 0; k < r.size(); ++k) {
+      if (r[k] != t) continue;
+      ++st.n_ranked;
+      st.rank_sum += static_cast<double>(k + 1);
+      if (k < static_cast<size_t>(n_guesses_)) ++task_solved[task];
+      if (k == 0) ++task_solved_1[task];
+      break;
+    }
+  }
+  for (int k = 0; k < n_tasks_; ++k) {
+    if (task_units[k] == 0) continue;
+    ++st.n_tasks;
+    st.score += static_cast<double>(task_solved[k]) / task_units[k];
+    st.score_1 += static_cast<double>(task_solved_1[k]) / task_units[k];
+  }
+  return st;
+}
+
+}  // namespace nbdist::arc

@@ -1,0 +1,143 @@
+"""Decoder API: the 2024 notebook's names, de-augmentation, bad records, scoring table."""
+
+import math
+
+import pytest
+
+import nbdist
+from nbdist.arc import ArcDataset, Augmentation, Decoder, GridFormatter
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return ArcDataset.bundled_evaluation()
+
+
+def test_notebook_flow_ports_with_its_names(ds, capsys):
+    fmt = GridFormatter()
+    split = ds.split_multi_replies()
+    dec = Decoder(fmt, split, n_guesses=2, prob_baseline=0.05)
+    wrong = [[0]]
+    records = []
+    for i, key in enumerate(split.keys):
+        truth = split.truth(key)
+        aug = Augmentation.dihedral(i % 8)
+        # Truth under an augmentation (text), a wrong grid with a higher generation log-prob.
+        records.append({"key": key + aug.suffix, "text": fmt.fmt_reply(aug.apply_grid(truth)),
+                        "logprob": -2.0, "aug_logprobs": [-0.5, -0.7]})
+        records.append({"key": key, "grid": wrong, "logprob": -0.1,
+                        "aug_logprobs": [-5.0, -6.0]})
+    assert dec.add_many(records) == 0
+    sub = ds.get_submission(dec.run_selection_algo("score_full_probmul_3"))
+    assert ds.validate_submission(sub).score == pytest.approx(400.0)
+    first = ds.get_submission(dec.run_selection_algo("max_gen_prob"))
+    # The truth is second, so it is still solved with two attempts...
+    assert ds.validate_submission(first).score == pytest.approx(400.0)
+    rows = dec.benchmark_selection_algos(["max_gen_prob", "score_full_probmul_3", "vote"])
+    by = {r["algorithm"]: r for r in rows}
+    # ...but not with one.
+    assert by["max_gen_prob"]["score_1"] == 0.0 and by["max_gen_prob"]["mean_rank"] == 2.0
+    assert by["score_full_probmul_3"]["score_1"] == pytest.approx(400.0)
+    assert by["vote"]["oracle"] == 1.0
+    assert "score_full_probmul_3" in capsys.readouterr().out
+
+
+def test_samples_are_de_augmented_and_grouped(ds):
+    split = ds.split_multi_replies()
+    key = split.keys[0]
+    truth = split.truth(key)
+    dec = Decoder(GridFormatter(), split)
+    rng = __import__("random").Random(0)
+    for _ in range(20):
+        aug = Augmentation.random(rng, keep_background=False)
+        assert dec.add(key + aug.suffix, grid=aug.apply_grid(truth), logprob=-1.0)
+    cands = dec.candidates(key)
+    assert len(cands) == 1 and cands[0]["grid"] == truth and len(cands[0]["logprobs"]) == 20
+
+
+def test_numpy_grids_are_accepted():
+    np = pytest.importorskip("numpy")
+    dec = Decoder(None, ["a_0"])
+    assert dec.add("a_0", grid=np.array([[1, 2]]), logprob=-1.0)
+    assert dec.run_selection_algo("vote") == {"a_0": [[[1, 2]]]}
+
+
+def test_invalid_samples_are_counted(ds):
+    dec = Decoder(GridFormatter(), ["a_0"])
+    n_bad = dec.add_many([
+        {"key": "a_0", "text": "12\n3\n", "logprob": -1.0},
+        {"key": "a_0", "text": "", "logprob": -1.0},
+        {"key": "a_0", "grid": [[1, 2], [3]], "logprob": -1.0},
+        {"key": "a_0", "text": "12\n34\n.", "logprob": -1.0},
+    ])
+    assert n_bad == 3 and dec.n_invalid == 3 and dec.n_samples == 4
+    assert dec.decode_failures["ragged"] == 1 and dec.decode_failures["empty"] == 1
+    assert dec.run_selection_algo("first_only") == {"a_0": [[[1, 2], [3, 4]]]}
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"key": "zz_0", "text": "1\n", "logprob": -1.0}, "record 1 .*unknown unit 'zz_0'"),
+    ({"key": "a_0.rot9", "text": "1\n", "logprob": -1.0}, "record 1 .*unknown part 'rot9'"),
+    ({"key": "a_0", "text": "1\n", "logprob": math.nan}, "record 1 .*logprob must be a number"),
+    ({"key": "a_0", "text": "1\n", "logprob": -1.0, "aug_logprobs": [-1.0, math.nan]},
+     r"record 1 .*aug_logprobs\[1\]"),
+    ({"key": "a_0", "text": "1\n", "grid": [[1]], "logprob": -1.0}, "exactly one of"),
+    ({"key": "a_0", "text": "1\n"}, "needs 'key' and 'logprob'"),
+    ({"key": "a_0", "text": "1\n", "logprob": "high"}, "wrong type"),
+])
+def test_bad_records_raise_naming_the_record_and_add_nothing(record, message):
+    dec = Decoder(GridFormatter(), ["a_0"])
+    good = {"key": "a_0", "text": "1\n", "logprob": -1.0}
+    with pytest.raises(nbdist.ArcValueError, match=message):
+        dec.add_many([good, record])
+    assert dec.n_samples == 0
+
+
+def test_unknown_algorithm_and_bad_arguments():
+    dec = Decoder(None, ["a_0"])
+    with pytest.raises(nbdist.ArcValueError, match="unknown selection algorithm 'best'.*vote"):
+        dec.run_selection_algo("best")
+    with pytest.raises(nbdist.ArcValueError, match="n_guesses"):
+        Decoder(None, ["a_0"], n_guesses=0)
+    with pytest.raises(nbdist.ArcValueError, match="prob_baseline"):
+        Decoder(None, ["a_0"], prob_baseline=0.0)
+    with pytest.raises(nbdist.ArcValueError, match="appears twice"):
+        Decoder(None, ["a_0", "a_0"])
+    with pytest.raises(nbdist.ArcValueError, match="no unit has a known solution"):
+        dec.benchmark_selection_algos(["vote"], verbose=False)
+
+
+def test_units_without_candidates_get_empty_attempts(ds):
+    split = ds.split_multi_replies()
+    dec = Decoder(GridFormatter(), split)
+    sel = dec.run_selection_algo("score_all_probsum")
+    assert all(v == [] for v in sel.values()) and len(sel) == 419
+    sub = ds.get_submission(sel)
+    assert ds.validate_submission(sub).score == 0.0
+
+
+def test_record_value_forms():
+    from collections import OrderedDict
+
+    dec = Decoder(None, ["a_0"])
+    # -inf is a probability of zero, ints are numbers, any mapping is a record.
+    assert dec.add_many([OrderedDict(key="a_0", grid=[[1]], logprob=-math.inf),
+                         {"key": "a_0", "grid": [[2]], "logprob": 0, "aug_logprobs": (-1, -2)}]
+                        ) == 0
+    assert dec.run_selection_algo("max_gen_prob")["a_0"] == [[[2]], [[1]]]
+    assert dec.candidates("a_0")[1]["aug_logprobs"] == [-1.0, -2.0]
+    with pytest.raises(nbdist.ArcValueError, match=r"record 0 \(key 'a_0'\): 'aug_logprobs'"):
+        dec.add_many([{"key": "a_0", "grid": [[1]], "logprob": -1.0, "aug_logprobs": ["x"]}])
+    with pytest.raises(nbdist.ArcValueError, match=r"record 0 \(key 7\): 'key' has the wrong"):
+        dec.add_many([{"key": 7, "grid": [[1]], "logprob": -1.0}])
+
+
+def test_unsplit_and_per_file_datasets_give_the_same_units(arc_data):
+    from_dir = ArcDataset.from_dir(arc_data / "arc-agi-2" / "evaluation")
+    dec = Decoder(GridFormatter(), from_dir)
+    key = dec.unit_keys[0]
+    truth = from_dir.truth(key)
+    dec.add(key + ".tp", grid=Augmentation(True).apply_grid(truth), logprob=-1.0)
+    (row,) = dec.benchmark_selection_algos(["vote"], verbose=False)
+    assert row["score"] == pytest.approx(1.0 / len(from_dir.tasks[key.rpartition("_")[0]]["test"]))
+    assert row["n_tasks"] == len(from_dir.tasks)

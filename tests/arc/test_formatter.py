@@ -1,0 +1,96 @@
+"""GridFormatter: round-trips on all of ARC-AGI-1, invalid text counted, reference agreement."""
+
+import random
+
+import pytest
+
+import nbdist
+from nbdist.arc import ArcDataset, GridFormatter
+from nbdist.arc.dataset import iter_grids
+
+
+@pytest.fixture(scope="module")
+def arc1(arc_data):
+    return [ArcDataset.from_dir(arc_data / "arc-agi-1" / s) for s in ("training", "evaluation")]
+
+
+@pytest.mark.parametrize("fmt", [
+    GridFormatter(),
+    GridFormatter(alphabet="abcdefghij", row_end="|\n", input_marker="<in>",
+                  output_marker="<out>", end_marker="<eos>"),
+])
+def test_every_arc1_task_round_trips_through_prompt_and_reply(arc1, fmt):
+    n = 0
+    for ds in arc1:
+        for task in ds.tasks.values():
+            for i, test in enumerate(task["test"]):
+                prompt, reply = fmt.fmt_task(task, i)
+                back = fmt.parse_query(prompt + reply)
+                assert back["train"] == task["train"]
+                assert back["test"] == [test]
+                assert fmt.decode(reply) == test["output"]
+                n += 1
+        grids = list(iter_grids(ds))
+        replies = fmt.fmt_replies(grids)
+        assert replies[:50] == [fmt.fmt_reply(g) for g in grids[:50]]
+        decoded, counts = fmt.decode_many(replies)
+        assert decoded == grids and counts == {"ok": len(grids)}
+    assert n > 800
+
+
+def test_invalid_replies_are_counted_not_raised():
+    fmt = GridFormatter()
+    texts = {
+        "": "empty",
+        ".": "empty",
+        "\n": "empty",
+        "12\n3\n": "ragged",
+        "12\n34": "unterminated_row",
+        "1a\n": "bad_symbol",
+        ("1" * 31) + "\n": "too_large",
+        "1\n" * 31: "too_large",
+        "12\n34\n.garbage": "ok",
+    }
+    grids, counts = fmt.decode_many(list(texts))
+    expected = {}
+    for reason in texts.values():
+        expected[reason] = expected.get(reason, 0) + 1
+    assert counts == expected
+    assert grids[-1] == [[1, 2], [3, 4]]
+    assert all(g is None for g in grids[:-1])
+
+
+def test_decoding_matches_the_python_reference_on_random_text(ref):
+    rng = random.Random(3)
+    fmt = GridFormatter()
+    symbols = "0123456789\n\n\n.x "
+    texts = []
+    for _ in range(3000):
+        if rng.random() < 0.5:
+            h, w = rng.randint(1, 4), rng.randint(1, 4)
+            t = "".join("".join(rng.choice("0123456789") for _ in range(w)) + "\n"
+                        for _ in range(h))
+            if rng.random() < 0.5:  # corrupt one character
+                i = rng.randrange(len(t))
+                t = t[:i] + rng.choice(symbols) + t[i + 1:]
+        else:
+            t = "".join(rng.choice(symbols) for _ in range(rng.randint(0, 12)))
+        texts.append(t)
+    grids, _ = fmt.decode_many(texts)
+    assert grids == [ref.decode_text(t) for t in texts]
+    assert sum(g is not None for g in grids) > 500
+
+
+def test_bad_formatter_configs_are_rejected():
+    with pytest.raises(nbdist.ArcValueError, match="alphabet"):
+        GridFormatter(alphabet="012345678")
+    with pytest.raises(nbdist.ArcValueError, match="end_marker"):
+        GridFormatter(end_marker="1")
+    with pytest.raises(nbdist.ArcValueError, match="markers must differ"):
+        GridFormatter(input_marker="X", output_marker="X")
+
+
+def test_parse_query_names_the_broken_part():
+    fmt = GridFormatter()
+    with pytest.raises(nbdist.ArcValueError, match="pair 0 input: not a valid grid"):
+        fmt.parse_query("I12\n3\nO")
