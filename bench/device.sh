@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine: build nbdist against the machine's torch, run the GPU tests and
 # the benchmarks, and leave every result as JSON under $OUT (the device tool brings $OUT back).
-#   usage: bash bench/device.sh [phase ...]    phases: build tests launch monitor ddp arc (default: all)
+#   usage: bash bench/device.sh [phase ...]    phases: build tests launch monitor jobs ddp arc (default: all)
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0): using it can put the shared host's GPUs out of
 # service. Each benchmark has its own time limit so that one slow phase cannot eat the whole call.
 set -uo pipefail
@@ -11,7 +11,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 OUT=${OUT:-$root/bench/out}
 mkdir -p "$OUT"
-phases=${*:-build tests launch monitor ddp arc}
+phases=${*:-build tests launch monitor jobs ddp arc}
 py=python3   # the image's own venv (/opt/torch/.venv) with torch, pybind11, scikit-build-core
 has() { [[ " $phases " == *" $1 "* ]]; }
 step() { echo "=== $* ($(date +%T))"; }
@@ -44,12 +44,17 @@ if has monitor && [ -f bench/monitor_overhead.py ]; then
   "$py" bench/nvml_call_cost.py --out "$OUT/nvml_call_cost.json"
   timeout 150 "$py" bench/monitor_overhead.py --seconds 12 --hz 10 --energy-hz 1 --out "$OUT/monitor_overhead_gpu.json"
 fi
+if has jobs && [ -f bench/background_jobs.py ]; then
+  step background jobs
+  timeout 150 "$py" bench/background_jobs.py --seconds 3 --reps 2 --out "$OUT/background_jobs_gpu.json"
+fi
 if has ddp && [ -f bench/ddp_throughput.py ]; then
   step ddp throughput
   timeout 300 "$py" bench/ddp_throughput.py --out "$OUT/ddp_throughput_gpu.json"
 fi
 if has arc && [ -f bench/arc_decode.py ]; then
   step arc decode
-  timeout 60 "$py" bench/arc_decode.py --out "$OUT/arc_decode_device.json"
+  # CPU-only, but the GPU host's cores are quiet: the clean single-core figure comes from here.
+  timeout 90 "$py" bench/arc_decode.py --repeat 15 --ref-repeat 3 --out "$OUT/arc_decode_device.json"
 fi
 step done
