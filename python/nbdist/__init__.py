@@ -18,8 +18,8 @@ from ._errors import (
     NbdistValueError,
     WorkerError,
 )
-from .accelerate_compat import notebook_launcher
 from ._job_ext import jobs, wait_all
+from .accelerate_compat import notebook_launcher
 from .job import Job
 from .launch import launch
 from .load import Load

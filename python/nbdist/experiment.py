@@ -64,6 +64,7 @@ import time
 from typing import Any
 
 from ._errors import NbdistValueError
+from ._io import atomic_write
 
 MODES = ("default", "parallel")
 DISTRIBUTIONS = ("uniform", "log-uniform")
@@ -373,28 +374,13 @@ _CSV_FIXED = ["experiment", "run", "mode", "status", "elapsed_s", "energy_j", "e
 
 
 def _write_csv_atomic(path: str, rows: list[dict]) -> None:
-    import tempfile
-
     hp_cols = sorted({k for r in rows for k in r if k not in _CSV_FIXED})
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=_CSV_FIXED + hp_cols, extrasaction="ignore")
     w.writeheader()
     for r in rows:
         w.writerow(r)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(buf.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, buf.getvalue(), newline="")
 
 
 def run_experiments(config: dict, output_dir: str, out=None) -> list[dict]:

@@ -29,12 +29,12 @@ import json
 import os
 import shlex
 import sys
-import tempfile
 import threading
 import time
 from typing import Any, Callable
 
 from ._errors import LaunchError, LaunchValueError
+from ._io import atomic_write_json
 
 RECORD_NAME = "record.json"
 CSV_NAME = "gpu.csv"
@@ -288,27 +288,7 @@ def _jsonable(value: Any) -> Any:
 
 def write_json_atomic(path: str, data: Any) -> str:
     """Writes ``data`` as JSON to ``path`` atomically (temporary file, fsync, rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False, default=repr)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return path
+    return atomic_write_json(path, data, indent=2, allow_nan=False, default=repr)
 
 
 def _clean_floats(value: Any) -> Any:

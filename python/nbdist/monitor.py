@@ -56,7 +56,6 @@ import numbers
 import operator
 import os
 import sys
-import tempfile
 import time
 import weakref
 from collections.abc import Iterable
@@ -64,6 +63,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ._errors import MonitorError, MonitorValueError
+from ._io import atomic_write
 
 __all__ = ["GpuEnergy", "Monitor", "MonitorSummary", "NvmlStatus"]
 
@@ -556,28 +556,9 @@ class Monitor:
                 return "" if math.isnan(x) else formats.get(column, "{:g}").format(x)
             return str(x)
 
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
-        try:
-            with os.fdopen(fd, "w", newline="") as f:
-                f.write(",".join(_CSV_COLUMNS) + "\n")
-                for row in rows:
-                    f.write(",".join(cell(c, x) for c, x in zip(_CSV_COLUMNS, row)) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-        return path
+        lines = [",".join(_CSV_COLUMNS)]
+        lines += [",".join(cell(c, x) for c, x in zip(_CSV_COLUMNS, row)) for row in rows]
+        return atomic_write(path, "\n".join(lines) + "\n")
 
     def plot(self, path: str | os.PathLike | None = None):
         """Power, utilization and memory over time (one line per GPU, marks as vertical lines).

@@ -10,9 +10,9 @@ has the empty suffix. The 8 dihedral transforms are ``rot`` 0..3 with and withou
 from __future__ import annotations
 
 import random as _random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from collections.abc import Sequence
 
 from .. import _core
 from .._errors import ArcValueError

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable, Mapping, Sequence
 
 from .._errors import ArcValueError
+from .._io import atomic_write_json
 from ._grids import Grid, check_grid, grid_problem
 
 EMPTY_ATTEMPT: Grid = [[0]]
@@ -313,27 +313,7 @@ def _same(a: Any, b: Grid) -> bool:
 
 def write_json_atomic(obj: Any, path: str | os.PathLike) -> Path:
     """Writes JSON so that ``path`` holds either the old file or the whole new one."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, separators=(",", ":"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return target
+    return Path(atomic_write_json(path, obj, separators=(",", ":")))
 
 
 def iter_grids(ds: ArcDataset) -> Iterable[Grid]:

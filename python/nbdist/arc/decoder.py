@@ -14,8 +14,8 @@ See :mod:`nbdist.arc.selection` for the algorithms and their formulas.
 from __future__ import annotations
 
 import math
-from typing import Any
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from .. import _core
 from .._errors import ArcValueError

@@ -10,8 +10,8 @@ decoding counts the reasons) instead of raising.
 
 from __future__ import annotations
 
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 from .. import _core
 from .._errors import ArcValueError
