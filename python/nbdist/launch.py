@@ -122,13 +122,24 @@ def gpus_lack_peer_access(indices: list[int] | None) -> bool:
 
 
 def cuda_initialized() -> bool:
-    """Whether this process created a CUDA context (then forking it is unsafe)."""
+    """Whether this process has touched the CUDA driver (then a forked child cannot use CUDA).
+
+    torch.cuda.is_initialized() is not enough: torch.cuda.is_available() and device_count()
+    (without PYTORCH_NVML_BASED_CUDA_CHECK) call cudaGetDeviceCount, which runs cuInit; torch then
+    marks every later fork "bad" ("Cannot re-initialize CUDA in forked subprocess") while
+    is_initialized() stays False. The driver library being mapped into this process is the sign
+    that cuInit may have run; importing torch alone does not map it.
+    """
     torch = sys.modules.get("torch")
-    if torch is None:
-        return False
     try:
-        return bool(torch.cuda.is_initialized())
+        if torch is not None and torch.cuda.is_initialized():
+            return True
     except Exception:
+        pass
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
+            return any("/libcuda.so" in line for line in f)
+    except OSError:
         return False
 
 
