@@ -19,7 +19,7 @@ step() { echo "=== $* ($(date +%T))"; }
 step probe
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
 nvidia-smi topo -m 2>/dev/null | head -5
-python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count())'
+python3 -c 'import torch; m = lambda: "/libcuda.so" in open("/proc/self/maps").read(); a = m(); print("torch", torch.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count(), "driver mapped after import:", a, "after device_count:", m())'
 
 if has build || ! "$py" -c 'import nbdist._core' 2>/dev/null; then
   step build
