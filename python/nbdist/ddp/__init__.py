@@ -16,3 +16,8 @@ except ImportError as e:  # pragma: no cover - torch installed after nbdist was 
         "it with `pip install --no-build-isolation --force-reinstall .` in an environment where "
         f"`import torch` works ({e})"
     ) from e
+
+from .._errors import DDPError, DDPValueError  # noqa: E402
+from ._wrapper import DDP  # noqa: E402
+
+__all__ = ["DDP", "DDPError", "DDPValueError"]
