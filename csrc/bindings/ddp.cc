@@ -8,6 +8,8 @@
 #include <torch/extension.h>
 
 #include "bindings/errors.h"
+#include "ddp/checkpoint.h"
+#include "ddp/loop.h"
 #include "ddp/reducer.h"
 
 namespace py = pybind11;
@@ -74,4 +76,79 @@ PYBIND11_MODULE(_ddp, m) {
       .def_property_readonly("num_buckets", &Reducer::num_buckets)
       .def_property_readonly("buckets_rebuilt", &Reducer::buckets_rebuilt)
       .def("bucket_indices", &Reducer::bucket_indices);
+
+  using nbdist::ddp::TrainConfig;
+  py::class_<TrainConfig>(m, "TrainConfig")
+      .def(py::init<>())
+#define NBDIST_FIELD(name) .def_readwrite(#name, &TrainConfig::name)
+      NBDIST_FIELD(max_steps) NBDIST_FIELD(grad_accum) NBDIST_FIELD(lr) NBDIST_FIELD(min_lr)
+      NBDIST_FIELD(warmup_steps) NBDIST_FIELD(schedule) NBDIST_FIELD(weight_decay)
+      NBDIST_FIELD(beta1) NBDIST_FIELD(beta2) NBDIST_FIELD(eps) NBDIST_FIELD(grad_clip)
+      NBDIST_FIELD(precision) NBDIST_FIELD(eval_every) NBDIST_FIELD(eval_steps)
+      NBDIST_FIELD(ckpt_dir) NBDIST_FIELD(ckpt_every) NBDIST_FIELD(resume) NBDIST_FIELD(log_every)
+      NBDIST_FIELD(tokens_per_micro_batch) NBDIST_FIELD(flops_per_token) NBDIST_FIELD(peak_flops)
+      NBDIST_FIELD(init_scale) NBDIST_FIELD(growth_factor) NBDIST_FIELD(backoff_factor)
+      NBDIST_FIELD(growth_interval);
+#undef NBDIST_FIELD
+
+  m.def(
+      "train",
+      [](Reducer& reducer, std::vector<at::Tensor> buffers, const TrainConfig& cfg,
+         py::object forward_loss, py::object eval_loss, py::object eval_reset,
+         py::object data_position, py::object data_seek, py::object log) {
+        nbdist::ddp::TrainCallbacks cb;
+        cb.forward_loss = from_python<at::Tensor, bool>(forward_loss);
+        if (!eval_loss.is_none()) {
+          // None from Python means "no more eval batches on this rank".
+          auto fn = std::make_shared<py::object>(eval_loss);
+          cb.eval_loss = [fn]() -> at::Tensor {
+            py::gil_scoped_acquire gil;
+            py::object r = (*fn)();
+            return r.is_none() ? at::Tensor() : r.cast<at::Tensor>();
+          };
+        }
+        cb.eval_reset = from_python<void>(eval_reset);
+        cb.data_position = from_python<int64_t>(data_position);
+        cb.data_seek = from_python<void, int64_t>(data_seek);
+        cb.log = from_python<void, const std::string&>(log);
+        std::vector<nbdist::ddp::StepRecord> history;
+        {
+          py::gil_scoped_release release;
+          history = nbdist::ddp::train(reducer, buffers, cfg, cb);
+        }
+        py::list out;
+        for (const auto& r : history) {
+          py::dict d;
+          d["step"] = r.step;
+          d["loss"] = r.loss;
+          d["lr"] = r.lr;
+          d["grad_norm"] = r.grad_norm;
+          d["scale"] = r.scale;
+          d["skipped"] = r.skipped;
+          d["seconds"] = r.seconds;
+          d["throughput"] = r.throughput;
+          d["mfu"] = r.mfu;
+          d["eval_loss"] = r.eval_loss >= 0 ? py::object(py::float_(r.eval_loss)) : py::none();
+          out.append(d);
+        }
+        return out;
+      },
+      py::arg("reducer"), py::arg("buffers"), py::arg("config"), py::arg("forward_loss"),
+      py::arg("eval_loss"), py::arg("eval_reset"), py::arg("data_position"), py::arg("data_seek"),
+      py::arg("log"));
+
+  m.def(
+      "load_checkpoint",
+      [](const std::string& path) -> py::object {
+        std::optional<nbdist::ddp::TensorMap> ck;
+        {
+          py::gil_scoped_release release;
+          ck = nbdist::ddp::load_checkpoint(path);
+        }
+        if (!ck) return py::none();
+        py::dict d;
+        for (auto& [k, v] : *ck) d[py::str(k)] = v;
+        return d;
+      },
+      py::arg("path"));
 }

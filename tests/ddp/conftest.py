@@ -8,7 +8,7 @@ except ImportError:  # pragma: no cover - until nbdist.launch lands
     from _launch_shim import launch as _launch
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def launch():
     """nbdist.launch(fn, args, nprocs) -> per-rank results (or the temporary shim)."""
     return _launch

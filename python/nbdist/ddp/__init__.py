@@ -18,6 +18,7 @@ except ImportError as e:  # pragma: no cover - torch installed after nbdist was 
     ) from e
 
 from .._errors import DDPError, DDPValueError  # noqa: E402
+from ._train import TrainConfig, load_checkpoint, train  # noqa: E402
 from ._wrapper import DDP  # noqa: E402
 
-__all__ = ["DDP", "DDPError", "DDPValueError"]
+__all__ = ["DDP", "DDPError", "DDPValueError", "TrainConfig", "load_checkpoint", "train"]
