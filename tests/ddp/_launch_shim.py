@@ -13,6 +13,7 @@ import queue
 import socket
 import traceback
 
+import cloudpickle
 import torch.multiprocessing as mp
 
 
@@ -22,10 +23,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, nprocs, port, fn, args, results):
+def _worker(rank, nprocs, port, payload, results):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(nprocs),
                       LOCAL_WORLD_SIZE=str(nprocs), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
+        fn, args = cloudpickle.loads(payload)
         # Plain pickle bytes: torch's queue would share tensors through fds that die with us.
         results.put((rank, True, pickle.dumps(fn(*args))))
     except BaseException as e:  # noqa: BLE001 - reported to the parent
@@ -40,7 +42,9 @@ def launch(fn, args=(), nprocs=2, timeout=240.0):
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, nprocs, port, fn, args, results), daemon=True)
+    # cloudpickle, like nbdist.launch: functions defined in a notebook cell travel by value.
+    payload = cloudpickle.dumps((fn, tuple(args)))
+    procs = [ctx.Process(target=_worker, args=(r, nprocs, port, payload, results), daemon=True)
              for r in range(nprocs)]
     for p in procs:
         p.start()

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from _models import build, cnn_batches, flat_params, gpt_batches, loss_of
+from _ddp_models import build, cnn_batches, flat_params, gpt_batches, loss_of
 
 import nbdist
 from nbdist.ddp import DDP

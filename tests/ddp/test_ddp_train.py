@@ -10,7 +10,7 @@ import signal
 import pytest
 import torch
 import torch.distributed as dist
-from _models import TinyGPT, flat_params, gpt_batches
+from _ddp_models import TinyGPT, flat_params, gpt_batches
 
 import nbdist
 from nbdist.ddp import TrainConfig, load_checkpoint, train
