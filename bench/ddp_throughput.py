@@ -128,7 +128,7 @@ def _rank(args: dict) -> dict:
     world = int(os.environ["WORLD_SIZE"])
     rank = int(os.environ["RANK"])
     if args["device"] == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", rank))
+        local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
         dist.init_process_group("nccl", device_id=device,

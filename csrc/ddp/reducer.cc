@@ -74,7 +74,8 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
   NBDIST_CHECK(names_.size() == params_.size(), "one name per parameter");
   rank_ = pg_->getRank();
   world_size_ = pg_->getSize();
-  use_avg_op_ = pg_->getBackendName() == "nccl";
+  // NCCL averages in the collective itself; Gloo has no AVG, so buckets are pre-divided there.
+  use_avg_op_ = params_[0].is_cuda() && pg_->getBackendName().find("nccl") != std::string::npos;
   ready_.assign(params_.size(), 0);
   unused_.assign(params_.size(), 0);
 

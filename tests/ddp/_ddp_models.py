@@ -28,7 +28,7 @@ class Block(nn.Module):
         q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
         q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
         att = (q @ k.transpose(-2, -1)) / math.sqrt(d // self.heads)
-        mask = torch.ones(t, t, dtype=torch.bool).tril()
+        mask = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()
         att = att.masked_fill(~mask, float("-inf")).softmax(-1)
         y = (att @ v).transpose(1, 2).reshape(b, t, d)
         x = x + self.drop(self.proj(y))
@@ -51,7 +51,7 @@ class TinyGPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         t = idx.shape[1]
-        x = self.drop(self.wte(idx) + self.wpe(torch.arange(t)))
+        x = self.drop(self.wte(idx) + self.wpe(torch.arange(t, device=idx.device)))
         for blk in self.blocks:
             x = blk(x)
         logits = self.lm_head(self.ln_f(x))

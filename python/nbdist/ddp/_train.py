@@ -315,10 +315,13 @@ def train(
     module = model.module if isinstance(model, DDP) else model
     device = next(module.parameters()).device
     if device.type == "cpu" and torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        # One GPU per rank, whether the launcher shows all GPUs or only this rank's.
+        local_rank = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
         module.to(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and autocast follow the current device
     if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DDPValueError("TrainConfig.precision='bf16': this GPU has no bf16; use 'fp16'")
     _ensure_process_group(device)
