@@ -56,7 +56,6 @@ class AdamW {
       g.exp_avg.push_back(at::zeros_like(p, at::MemoryFormat::Preserve));
       g.exp_avg_sq.push_back(at::zeros_like(p, at::MemoryFormat::Preserve));
       g.steps.push_back(at::zeros({}, p.options().dtype(at::kFloat)));
-      g.index.push_back(static_cast<int64_t>(order_.size()));
       order_.push_back({&g, g.params.size() - 1});
     }
   }
@@ -75,7 +74,6 @@ class AdamW {
  private:
   struct Group {
     std::vector<at::Tensor> params, exp_avg, exp_avg_sq, steps;
-    std::vector<int64_t> index;
   };
 
   void step_group(Group& g, double lr, double wd) {

@@ -1,8 +1,9 @@
+import sys
+import types
+
 import pytest
 
 pytest.importorskip("torch")
-
-import types
 
 try:
     from nbdist import launch as _launch  # the real launcher, once it is on this branch
@@ -16,4 +17,11 @@ except (ImportError, AttributeError):  # pragma: no cover - until nbdist.launch 
 @pytest.fixture(scope="session")
 def launch():
     """nbdist.launch(fn, args, nprocs) -> per-rank results (or the temporary shim)."""
+    import cloudpickle
+
+    # The rank functions live in test modules that a fresh rank process cannot import (tests/ddp
+    # is not a package on its sys.path), so they travel by value.
+    for name, module in list(sys.modules.items()):
+        if name.startswith(("test_ddp_", "_ddp_models")) and module is not None:
+            cloudpickle.register_pickle_by_value(module)
     return _launch
