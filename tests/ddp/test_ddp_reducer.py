@@ -28,11 +28,12 @@ def _identical_across_ranks(t: torch.Tensor) -> bool:
     return all(torch.equal(out[0], o) for o in out)
 
 
-def _train_ddp(name: str, grad_accum: int, bucket_cap_mb: float) -> dict:
+def _train_ddp(name: str, grad_accum: int, bucket_cap_mb: float, as_view: bool = True) -> dict:
     rank, world = _init()
     # Ranks start from different weights: DDP must replace them with rank 0's.
     model = build(name, seed=rank)
-    ddp = DDP(model, bucket_cap_mb=bucket_cap_mb, first_bucket_mb=bucket_cap_mb / 4)
+    ddp = DDP(model, bucket_cap_mb=bucket_cap_mb, first_bucket_mb=bucket_cap_mb / 4,
+              gradient_as_bucket_view=as_view)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
     batches = (gpt_batches if name == "gpt" else cnn_batches)(STEPS, BATCH)
     identical, rounds = [], []
@@ -103,8 +104,9 @@ def test_two_ranks_match_one_process(launch, name):
     assert results[0]["rebuilt"]
 
 
-def test_grad_accum_reduces_once_per_step(launch):
-    results = launch(_train_ddp, args=("gpt", 4, 0.02), nprocs=2)
+@pytest.mark.parametrize("as_view", [True, False], ids=["bucket_view", "grad_copy"])
+def test_grad_accum_reduces_once_per_step(launch, as_view):
+    results = launch(_train_ddp, args=("gpt", 4, 0.02, as_view), nprocs=2)
     ref_params, _ = _train_reference("gpt", 2)
     for res in results:
         # One bucketed all-reduce round per optimizer step, none on the no_sync micro-steps.

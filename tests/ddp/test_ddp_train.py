@@ -154,3 +154,11 @@ def test_bad_config_names_the_field():
         train(torch.nn.Linear(2, 2), [torch.zeros(2)], TrainConfig(max_steps=1, precision="fp8"))
     with pytest.raises(nbdist.DDPValueError, match=r"TrainConfig.ckpt_every=5: needs ckpt_dir"):
         train(torch.nn.Linear(2, 2), [torch.zeros(2)], TrainConfig(max_steps=1, ckpt_every=5))
+
+
+def test_unreadable_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "latest.pt"
+    path.write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(nbdist.DDPValueError, match=r"latest.pt' is not readable"):
+        load_checkpoint(str(path))
+    assert load_checkpoint(str(tmp_path / "missing.pt")) is None
