@@ -86,7 +86,8 @@ PYBIND11_MODULE(_ddp, m) {
       NBDIST_FIELD(beta1) NBDIST_FIELD(beta2) NBDIST_FIELD(eps) NBDIST_FIELD(grad_clip)
       NBDIST_FIELD(precision) NBDIST_FIELD(eval_every) NBDIST_FIELD(eval_steps)
       NBDIST_FIELD(ckpt_dir) NBDIST_FIELD(ckpt_every) NBDIST_FIELD(resume) NBDIST_FIELD(log_every)
-      NBDIST_FIELD(tokens_per_micro_batch) NBDIST_FIELD(flops_per_token) NBDIST_FIELD(peak_flops)
+      NBDIST_FIELD(tokens_per_micro_batch) NBDIST_FIELD(throughput_unit)
+      NBDIST_FIELD(flops_per_token) NBDIST_FIELD(peak_flops)
       NBDIST_FIELD(init_scale) NBDIST_FIELD(growth_factor) NBDIST_FIELD(backoff_factor)
       NBDIST_FIELD(growth_interval);
 #undef NBDIST_FIELD

@@ -303,7 +303,8 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     rec.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     const double per_step = cfg.tokens_per_micro_batch > 0 ? cfg.tokens_per_micro_batch : 1.0;
     rec.throughput = per_step * cfg.grad_accum * world / rec.seconds;
-    if (cfg.flops_per_token > 0 && cfg.peak_flops > 0 && cfg.tokens_per_micro_batch > 0)
+    if (cfg.flops_per_token > 0 && cfg.peak_flops > 0 && cfg.tokens_per_micro_batch > 0 &&
+        cfg.throughput_unit == "tokens")
       rec.mfu = cfg.flops_per_token * rec.throughput / (cfg.peak_flops * world);
 
     // 6. eval: the mean loss over every rank's eval batches
@@ -336,7 +337,9 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
                             "step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f %s",
                             static_cast<long long>(step), static_cast<long long>(cfg.max_steps),
                             rec.loss, rec.lr, rec.grad_norm, rec.seconds * 1e3, rec.throughput,
-                            cfg.tokens_per_micro_batch > 0 ? "tok/s" : "batches/s");
+                            cfg.tokens_per_micro_batch > 0
+                                ? (cfg.throughput_unit == "tokens" ? "tok/s" : "samples/s")
+                                : "batches/s");
       std::string s(line, static_cast<size_t>(std::max(0, n)));
       if (rec.mfu > 0) s += " | mfu " + std::to_string(rec.mfu * 100).substr(0, 4) + "%";
       if (fp16) s += " | scale " + std::to_string(static_cast<long long>(scale));

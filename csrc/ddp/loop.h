@@ -33,7 +33,8 @@ struct TrainConfig {
   int64_t ckpt_every = 0;       // optimizer steps between checkpoints (and after the last)
   bool resume = true;           // continue from ckpt_dir/latest.pt when it exists
   int64_t log_every = 10;       // optimizer steps between rank-0 log lines; 0 = silent
-  double tokens_per_micro_batch = 0;  // per rank; 0 = unknown (throughput in micro-batches/s)
+  double tokens_per_micro_batch = 0;  // per rank, in throughput_unit; 0 = count micro-batches
+  std::string throughput_unit = "tokens";  // "tokens" (MFU possible) or "samples"
   double flops_per_token = 0;   // model FLOPs per token (fwd+bwd); 0 = no MFU
   double peak_flops = 0;        // per device; 0 = no MFU
   double init_scale = 65536.0;  // fp16 loss scaler: initial scale
@@ -59,7 +60,7 @@ struct StepRecord {
   double scale = 1;          // loss scale used (1 without fp16)
   bool skipped = false;      // inf/nan gradients: the update was skipped (fp16)
   double seconds = 0;        // wall time of the step
-  double throughput = 0;     // tokens/s (or micro-batches/s) over all ranks
+  double throughput = 0;     // tokens/s or samples/s (or micro-batches/s) over all ranks
   double mfu = 0;            // model FLOPs utilization, 0 when unknown
   double eval_loss = -1;     // mean over ranks, -1 when no eval ran after this step
 };

@@ -301,7 +301,8 @@ def train(
         optimizer: must be None: train() uses its own AdamW (configured by ``cfg``).
 
     Each history entry has step, loss (this rank), lr, grad_norm, scale, skipped, seconds,
-    throughput (tokens/s over all ranks, or batches/s), mfu and eval_loss (or None).
+    throughput (tokens/s over all ranks for integer inputs, else samples/s), mfu and eval_loss
+    (or None).
     """
     if not isinstance(cfg, TrainConfig):
         raise DDPValueError(f"cfg must be a nbdist.ddp.TrainConfig, got {type(cfg).__name__}")
@@ -338,8 +339,13 @@ def train(
                           wrap=False))
     first = stream.first()
     lead = first[0] if isinstance(first, (list, tuple)) else first
-    tokens = lead.numel() if isinstance(lead, torch.Tensor) and not lead.is_floating_point() \
-        else 0
+    # Integer inputs are token ids (throughput in tokens/s, MFU possible); otherwise samples/s.
+    tokens, unit = 0, "tokens"
+    if isinstance(lead, torch.Tensor) and lead.dim() > 0:
+        if lead.is_floating_point():
+            tokens, unit = lead.shape[0], "samples"
+        else:
+            tokens = lead.numel()
 
     def loss_of(m: Any, batch: Any) -> torch.Tensor:
         batch = _to_device(batch, device)
@@ -368,6 +374,7 @@ def train(
     c.eval_every, c.eval_steps = cfg.eval_every, cfg.eval_steps
     c.ckpt_dir, c.ckpt_every, c.resume = cfg.ckpt_dir or "", cfg.ckpt_every, cfg.resume
     c.log_every, c.tokens_per_micro_batch = cfg.log_every, float(tokens)
+    c.throughput_unit = unit
     fpt = getattr(module, "flops_per_token", 0)
     c.flops_per_token = float(fpt() if callable(fpt) else fpt or 0)
     c.peak_flops = float(cfg.peak_flops if cfg.peak_flops is not None else _peak_flops(device))
