@@ -24,9 +24,13 @@ import socket
 import sys
 import time
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+# Ask NVML, not the CUDA runtime, whether there are GPUs: the launcher may fork the ranks, and a
+# parent that initialized CUDA cannot fork CUDA users.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # model (nanoGPT-style GPT-2 with tied embeddings and flash attention)
@@ -222,7 +226,8 @@ def _launch(args: dict, world: int, env: dict) -> dict:
     except ImportError:
         nb_launch = None
     if nb_launch is not None:
-        return nb_launch(_rank, args=(args,), nprocs=world)[0]
+        # env= as well: a pre-started zygote would not see later changes to os.environ.
+        return nb_launch(_rank, args=(args,), nprocs=world, env=env)[0]
     import torch.multiprocessing as mp
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -277,8 +282,8 @@ def main() -> int:
             runs[f"{n}_p2p_off"] = _launch(dict(base, variants=variants), n,
                                            dict(env, NCCL_P2P_DISABLE="1"))
 
-    peak = 0.0
-    if a.device == "cuda":
+    peak, name = 0.0, "cpu"
+    if a.device == "cuda":  # only now: initializing CUDA here earlier would rule out fork
         name = torch.cuda.get_device_name(0)
         peak = 989e12 if ("H100" in name or "H200" in name) else 312e12 if "A100" in name else 0.0
     rows = []
@@ -315,7 +320,7 @@ def main() -> int:
     result = dict(
         benchmark="ddp_throughput", model=model, micro_batch=a.micro_batch, warmup=a.warmup,
         steps=a.steps, device=a.device,
-        device_name=torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu",
+        device_name=name,
         torch=torch.__version__, gpus=n, wall_s=time.time() - t0, rows=rows)
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out + ".tmp", "w") as f:

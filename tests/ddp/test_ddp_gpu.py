@@ -6,8 +6,12 @@ import datetime
 import os
 
 import pytest
-import torch
-import torch.distributed as dist
+
+# NVML answers "is there a GPU?" without initializing CUDA here, so the launcher may still fork.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
 from _ddp_models import TinyGPT, flat_params, gpt_batches
 
 from nbdist.ddp import DDP, TrainConfig, train
