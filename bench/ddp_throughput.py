@@ -6,8 +6,9 @@ GPT-2 124M (vocab 50304, 12 layers, d 768, T 1024), bf16 autocast, fused AdamW, 
 same processes. For N GPUs it also runs with NCCL_P2P_DISABLE=1 (the PCIe / T4 path).
 
 Reported per variant: tokens/s (all GPUs), scaling efficiency (vs N x the 1-GPU plain loop), MFU,
-and exposed communication: (step time with gradient sync - step time under no_sync) / step time,
-i.e. the part of the all-reduce that backward did not hide.
+exposed communication (end of backward -> last bucket's all-reduce done, as a share of the step;
+for the two DDP wrappers) and communication overhead ((step with sync - step under no_sync) /
+step, which also counts backward slowed down by NCCL kernels beside it).
 
     python bench/ddp_throughput.py --out bench/results/ddp_throughput.json
     python bench/ddp_throughput.py --tiny --device cpu --out /tmp/ddp.json   # smoke test on CPU
@@ -81,13 +82,58 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _hand_loop(model, wrapped, batches, accum, steps, device, amp, no_sync_all=False):
+class _TailProbe:
+    """Exposed communication as the issue defines it: from the end of backward to the moment the
+    last bucket's all-reduce is done. Both reducers (torch's and ours) queue one final callback on
+    the autograd engine that waits for their buckets; this probe queues one callback before it
+    (from a pre-hook on the root of backward: "backward ended") which queues another after it
+    ("all buckets done"). On a GPU both are CUDA events on the current stream."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[list] = []
+        self.armed = False
+
+    def _mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def watch(self, root: torch.Tensor) -> None:
+        if not self.armed or root.grad_fn is None:
+            return
+        engine = torch.autograd.Variable._execution_engine
+
+        def all_done():
+            self.marks[-1].append(self._mark())
+
+        def backward_ended():
+            self.marks.append([self._mark()])
+            engine.queue_callback(all_done)  # runs after the reducer's callback, queued earlier
+
+        root.grad_fn.register_prehook(lambda grads: engine.queue_callback(backward_ended))
+
+    def mean_ms(self) -> float | None:
+        done = [m for m in self.marks if len(m) == 2]
+        if not done:
+            return None
+        if self.cuda:
+            return sum(a.elapsed_time(b) for a, b in done) / len(done)
+        return sum(b - a for a, b in done) / len(done) * 1e3
+
+
+def _hand_loop(model, wrapped, batches, accum, steps, device, amp, no_sync_all=False,
+               probe=None):
     """The usual hand-written loop (nanoGPT): returns seconds per step over `steps` steps."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1,
                             fused=device.type == "cuda")
     no_sync = getattr(wrapped, "no_sync", None)
 
     def one_step(i):
+        if probe is not None:
+            probe.armed = i >= steps[0]  # timed steps only
         for m in range(accum):
             x, y = batches[(i * accum + m) % len(batches)]
             last = m == accum - 1 and not no_sync_all
@@ -95,7 +141,10 @@ def _hand_loop(model, wrapped, batches, accum, steps, device, amp, no_sync_all=F
             with ctx:
                 with torch.autocast(device.type, dtype=amp):
                     loss = wrapped(x, y)[1]
-                (loss / accum).backward()
+                scaled = loss / accum
+                if last and probe is not None:
+                    probe.watch(scaled)
+                scaled.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -158,10 +207,14 @@ def _rank(args: dict) -> dict:
         m = GPT(**cfg).to(device)
         return m
 
-    def record(name, accum, sec, exposed=None, flops=0.0):
+    def record(name, accum, sec, exposed=None, flops=0.0, overhead=None):
         tps = tokens_per_step * accum / sec
+        # exposed_comm_frac: end of backward -> last bucket done, over the step time.
+        # comm_overhead_frac: (step with sync - step under no_sync) / step; it also counts
+        # compute slowed down by NCCL kernels running beside backward.
         out[f"{name}/accum{accum}"] = {"tokens_per_s": tps, "step_s": sec,
-                                       "exposed_comm_frac": exposed, "flops_per_token": flops}
+                                       "exposed_comm_frac": exposed,
+                                       "comm_overhead_frac": overhead, "flops_per_token": flops}
 
     for accum in args["accum"]:
         for variant in args["variants"]:
@@ -179,10 +232,13 @@ def _rank(args: dict) -> dict:
                         bucket_cap_mb=25)
                 else:
                     wrapped = nd.DDP(model, bucket_cap_mb=25, first_bucket_mb=1)
-                sec = _hand_loop(model, wrapped, batches, accum, steps, device, amp)
+                probe = _TailProbe(device)
+                sec = _hand_loop(model, wrapped, batches, accum, steps, device, amp, probe=probe)
                 quiet = _hand_loop(model, wrapped, batches, accum, steps, device, amp,
                                    no_sync_all=True)
-                record(variant, accum, sec, max(0.0, (sec - quiet) / sec), flops)
+                tail = probe.mean_ms()
+                record(variant, accum, sec, None if tail is None else tail / 1e3 / sec, flops,
+                       overhead=max(0.0, (sec - quiet) / sec))
             elif variant == "nbdist_train":
                 tc = nd.TrainConfig(max_steps=sum(steps), grad_accum=accum, lr=1e-4,
                                     warmup_steps=0, precision="bf16", log_every=0,
@@ -309,14 +365,15 @@ def main() -> int:
         r["vs_torch_ddp"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
 
     hdr = f"{'setting':<16}{'variant':<14}{'accum':>6}{'tokens/s':>12}{'scaling':>9}{'vs DDP':>8}" \
-          f"{'exposed':>9}{'MFU':>7}"
+          f"{'exposed':>9}{'overhead':>9}{'MFU':>7}"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
         fmt = lambda v, f: (f.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "-")  # noqa: E731
         print(f"{r['setting']:<16}{r['variant']:<14}{r['accum']:>6}{r['tokens_per_s']:>12,.0f}"
               f"{fmt(r['scaling'], '{:.1%}'):>9}{fmt(r['vs_torch_ddp'], '{:.3f}'):>8}"
-              f"{fmt(r['exposed_comm_frac'], '{:.1%}'):>9}{fmt(r['mfu'], '{:.1%}'):>7}")
+              f"{fmt(r['exposed_comm_frac'], '{:.1%}'):>9}"
+              f"{fmt(r.get('comm_overhead_frac'), '{:.1%}'):>9}{fmt(r['mfu'], '{:.1%}'):>7}")
     result = dict(
         benchmark="ddp_throughput", model=model, micro_batch=a.micro_batch, warmup=a.warmup,
         steps=a.steps, device=a.device,
