@@ -39,6 +39,21 @@ std::function<R(A...)> from_python(py::object fn) {
   };
 }
 
+// A Reducer may hold the last reference to its process group, and destroying a ProcessGroupGloo
+// joins worker threads that may need the GIL to free Python-owned tensors of finished works; so
+// the Reducer is deleted with the GIL released (as torch's own c10d bindings do).
+struct DeleteWithoutGil {
+  void operator()(Reducer* reducer) const {
+    if (PyGILState_Check()) {
+      py::gil_scoped_release release;
+      delete reducer;
+    } else {
+      delete reducer;
+    }
+  }
+};
+using ReducerHolder = std::unique_ptr<Reducer, DeleteWithoutGil>;
+
 }  // namespace
 
 PYBIND11_MODULE(_ddp, m) {
@@ -46,7 +61,7 @@ PYBIND11_MODULE(_ddp, m) {
   nbdist::bindings::register_error_translator();
   m.def("_torch_version", [] { return std::string(TORCH_VERSION); });
 
-  py::class_<Reducer>(m, "Reducer")
+  py::class_<Reducer, ReducerHolder>(m, "Reducer")
       .def(py::init([](std::vector<at::Tensor> params, std::vector<std::string> names,
                        py::object pg, int64_t bucket_cap_bytes, int64_t first_bucket_bytes,
                        bool find_unused, bool as_view) {
@@ -57,7 +72,7 @@ PYBIND11_MODULE(_ddp, m) {
              o.gradient_as_bucket_view = as_view;
              auto group = as_process_group(pg);
              py::gil_scoped_release release;
-             return std::make_unique<Reducer>(std::move(params), std::move(names), group, o);
+             return ReducerHolder(new Reducer(std::move(params), std::move(names), group, o));
            }),
            py::arg("params"), py::arg("names"), py::arg("process_group"),
            py::arg("bucket_cap_bytes"), py::arg("first_bucket_bytes"),
