@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from _ddp_models import build, cnn_batches, flat_params, gpt_batches, loss_of
 import nbdist
 from nbdist.ddp import DDP
 
-STEPS = int(os.environ.get("NBDIST_TEST_STEPS", "20"))
+STEPS = 20
 BATCH = 8  # per step, all ranks together
 
 
