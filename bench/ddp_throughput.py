@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""Training throughput: torch DDP vs nbdist.ddp.DDP vs nbdist.ddp.train, 1 and N GPUs, one run.
+
+GPT-2 124M (vocab 50304, 12 layers, d 768, T 1024), bf16 autocast, fused AdamW, grad clipping at
+1.0, micro-batch 16, grad_accum 1 and 4. Every variant runs the same model, data and step in the
+same processes. For N GPUs it also runs with NCCL_P2P_DISABLE=1 (the PCIe / T4 path).
+
+Reported per variant: tokens/s (all GPUs), scaling efficiency (vs N x the 1-GPU plain loop), MFU,
+exposed communication (end of backward -> last bucket's all-reduce done, as a share of the step;
+for the two DDP wrappers) and communication overhead ((step with sync - step under no_sync) /
+step, which also counts backward slowed down by NCCL kernels beside it).
+
+    python bench/ddp_throughput.py --out bench/results/ddp_throughput.json
+    python bench/ddp_throughput.py --tiny --device cpu --out /tmp/ddp.json   # smoke test on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import socket
+import sys
+import time
+
+# Ask NVML, not the CUDA runtime, whether there are GPUs: the launcher may fork the ranks, and a
+# parent that initialized CUDA cannot fork CUDA users.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# model (nanoGPT-style GPT-2 with tied embeddings and flash attention)
+
+
+class Block(nn.Module):
+    def __init__(self, d: int, heads: int) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.fc, self.out = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
+        q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
+        return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+
+class GPT(nn.Module):
+    def __init__(self, vocab: int, layers: int, d: int, heads: int, block: int) -> None:
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(block, d)
+        self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+        n = sum(p.numel() for p in self.parameters())
+        self.flops_per_token = 6 * n + 12 * layers * d * block  # PaLM appendix B estimate
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for blk in self.blocks:
+            x = blk(x)
+        logits = self.lm_head(self.ln_f(x))
+        return logits, F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.view(-1))
+
+
+# ---------------------------------------------------------------------------------------------
+# one rank
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _TailProbe:
+    """Exposed communication as the issue defines it: from the end of backward to the moment the
+    last bucket's all-reduce is done. Both reducers (torch's and ours) queue one final callback on
+    the autograd engine that waits for their buckets; this probe queues one callback before it
+    (from a pre-hook on the root of backward: "backward ended") which queues another after it
+    ("all buckets done"). On a GPU both are CUDA events on the current stream."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.marks: list[list] = []
+        self.armed = False
+
+    def _mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def watch(self, root: torch.Tensor) -> None:
+        if not self.armed or root.grad_fn is None:
+            return
+        engine = torch.autograd.Variable._execution_engine
+
+        def all_done():
+            self.marks[-1].append(self._mark())
+
+        def backward_ended():
+            self.marks.append([self._mark()])
+            engine.queue_callback(all_done)  # runs after the reducer's callback, queued earlier
+
+        root.grad_fn.register_prehook(lambda grads: engine.queue_callback(backward_ended))
+
+    def mean_ms(self) -> float | None:
+        done = [m for m in self.marks if len(m) == 2]
+        if not done:
+            return None
+        if self.cuda:
+            return sum(a.elapsed_time(b) for a, b in done) / len(done)
+        return sum(b - a for a, b in done) / len(done) * 1e3
+
+
+def _hand_loop(model, wrapped, batches, accum, steps, device, amp, no_sync_all=False,
+               probe=None):
+    """The usual hand-written loop (nanoGPT): returns seconds per step over `steps` steps."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1,
+                            fused=device.type == "cuda")
+    no_sync = getattr(wrapped, "no_sync", None)
+
+    def one_step(i):
+        if probe is not None:
+            probe.armed = i >= steps[0]  # timed steps only
+        for m in range(accum):
+            x, y = batches[(i * accum + m) % len(batches)]
+            last = m == accum - 1 and not no_sync_all
+            ctx = no_sync() if (no_sync is not None and not last) else _null()
+            with ctx:
+                with torch.autocast(device.type, dtype=amp):
+                    loss = wrapped(x, y)[1]
+                scaled = loss / accum
+                if last and probe is not None:
+                    probe.watch(scaled)
+                scaled.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return _time(one_step, steps, device)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _time(one_step, steps, device):
+    warm, timed = steps
+    for i in range(warm):
+        one_step(i)
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in range(timed):
+        one_step(warm + i)
+    _sync(device)
+    return (time.perf_counter() - t0) / timed
+
+
+def _rank(args: dict) -> dict:
+    import torch.distributed as dist
+
+    import nbdist.ddp as nd
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, int(os.environ["WORLD_SIZE"]))))
+    world = int(os.environ["WORLD_SIZE"])
+    rank = int(os.environ["RANK"])
+    if args["device"] == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+        dist.init_process_group("nccl", device_id=device,
+                                timeout=datetime.timedelta(seconds=120))
+        torch.backends.cuda.matmul.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
+    amp = torch.bfloat16
+    cfg = args["model"]
+    g = torch.Generator(device="cpu").manual_seed(1234 + rank)
+    batches = []
+    for _ in range(8):
+        t = torch.randint(0, cfg["vocab"], (args["micro_batch"], cfg["block"] + 1), generator=g)
+        t = t.to(device)
+        batches.append((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
+    tokens_per_step = args["micro_batch"] * cfg["block"] * world  # per micro-step, all ranks
+    steps = (args["warmup"], args["steps"])
+    out = {}
+
+    def fresh():
+        torch.manual_seed(0)
+        m = GPT(**cfg).to(device)
+        return m
+
+    def record(name, accum, sec, exposed=None, flops=0.0, overhead=None):
+        tps = tokens_per_step * accum / sec
+        # exposed_comm_frac: end of backward -> last bucket done, over the step time.
+        # comm_overhead_frac: (step with sync - step under no_sync) / step; it also counts
+        # compute slowed down by NCCL kernels running beside backward.
+        out[f"{name}/accum{accum}"] = {"tokens_per_s": tps, "step_s": sec,
+                                       "exposed_comm_frac": exposed,
+                                       "comm_overhead_frac": overhead, "flops_per_token": flops}
+
+    for accum in args["accum"]:
+        for variant in args["variants"]:
+            model = fresh()
+            flops = model.flops_per_token
+            if variant == "plain":
+                if world != 1:
+                    continue
+                record("plain", accum, _hand_loop(model, model, batches, accum, steps, device, amp),
+                       flops=flops)
+            elif variant in ("torch_ddp", "nbdist_ddp"):
+                if variant == "torch_ddp":
+                    wrapped = torch.nn.parallel.DistributedDataParallel(
+                        model, device_ids=[device.index] if device.type == "cuda" else None,
+                        bucket_cap_mb=25)
+                else:
+                    wrapped = nd.DDP(model, bucket_cap_mb=25, first_bucket_mb=1)
+                probe = _TailProbe(device)
+                sec = _hand_loop(model, wrapped, batches, accum, steps, device, amp, probe=probe)
+                quiet = _hand_loop(model, wrapped, batches, accum, steps, device, amp,
+                                   no_sync_all=True)
+                tail = probe.mean_ms()
+                record(variant, accum, sec, None if tail is None else tail / 1e3 / sec, flops,
+                       overhead=max(0.0, (sec - quiet) / sec))
+            elif variant == "nbdist_train":
+                tc = nd.TrainConfig(max_steps=sum(steps), grad_accum=accum, lr=1e-4,
+                                    warmup_steps=0, precision="bf16", log_every=0,
+                                    grad_clip=1.0, bucket_cap_mb=25)
+                hist = nd.train(model, batches, tc)
+                sec = sum(h["seconds"] for h in hist[steps[0]:]) / steps[1]
+                record(variant, accum, sec, None, flops)
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            dist.barrier()
+    dist.destroy_process_group()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# launching
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mp_worker(rank, world, port, args, q):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        q.put((rank, _rank(args)))
+    except BaseException as e:  # noqa: BLE001
+        import traceback
+        q.put((rank, f"ERROR {e}\n{traceback.format_exc()}"))
+        raise
+
+
+def _launch(args: dict, world: int, env: dict) -> dict:
+    os.environ.update(env)  # every rank inherits it (set before the ranks start NCCL)
+    try:
+        from nbdist import launch as nb_launch  # the project's launcher, when present
+    except ImportError:
+        nb_launch = None
+    if nb_launch is not None:
+        # env= as well: a pre-started zygote would not see later changes to os.environ.
+        return nb_launch(_rank, args=(args,), nprocs=world, env=env)[0]
+    import torch.multiprocessing as mp
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_mp_worker, args=(r, world, port, args, q)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = {}
+    try:
+        while len(results) < world:
+            rank, value = q.get(timeout=600)
+            if isinstance(value, str):
+                raise RuntimeError(f"rank {rank} failed: {value}")
+            results[rank] = value
+    finally:
+        for p in procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+    return results[0]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", required=True, help="JSON results path")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--gpus", type=int, default=0, help="ranks for the N-GPU runs (default: all, max 2)")
+    ap.add_argument("--micro-batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--accum", default="1,4")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--no-p2p-off", action="store_true", help="skip the NCCL_P2P_DISABLE=1 run")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model (smoke test)")
+    a = ap.parse_args()
+
+    if a.tiny:
+        model = dict(vocab=512, layers=2, d=64, heads=2, block=min(a.seq, 64))
+    else:
+        model = dict(vocab=50304, layers=12, d=768, heads=12, block=a.seq)
+    n = a.gpus or (min(2, torch.cuda.device_count()) if a.device == "cuda" else 2)
+    base = dict(device=a.device, model=model, micro_batch=a.micro_batch, warmup=a.warmup,
+                steps=a.steps, accum=[int(x) for x in a.accum.split(",")])
+    env = {"NCCL_NVLS_ENABLE": "0"}
+    runs = {}
+    t0 = time.time()
+    runs["1"] = _launch(dict(base, variants=["plain"]), 1, dict(env, NCCL_P2P_DISABLE="0"))
+    if n > 1:
+        variants = ["torch_ddp", "nbdist_ddp", "nbdist_train"]
+        runs[str(n)] = _launch(dict(base, variants=variants), n, dict(env, NCCL_P2P_DISABLE="0"))
+        if not a.no_p2p_off and a.device == "cuda":
+            runs[f"{n}_p2p_off"] = _launch(dict(base, variants=variants), n,
+                                           dict(env, NCCL_P2P_DISABLE="1"))
+
+    peak, name = 0.0, "cpu"
+    if a.device == "cuda":  # only now: initializing CUDA here earlier would rule out fork
+        name = torch.cuda.get_device_name(0)
+        peak = 989e12 if ("H100" in name or "H200" in name) else 312e12 if "A100" in name else 0.0
+    rows = []
+    for accum in base["accum"]:
+        one = runs["1"][f"plain/accum{accum}"]["tokens_per_s"]
+        rows.append(dict(setting="1 GPU", variant="plain", accum=accum, world=1,
+                         **runs["1"][f"plain/accum{accum}"]))
+        for key, world in ((str(n), n), (f"{n}_p2p_off", n)):
+            if key not in runs:
+                continue
+            for variant in ("torch_ddp", "nbdist_ddp", "nbdist_train"):
+                r = runs[key][f"{variant}/accum{accum}"]
+                rows.append(dict(setting=f"{world} GPUs" + (" P2P off" if "off" in key else ""),
+                                 variant=variant, accum=accum, world=world, **r,
+                                 scaling=r["tokens_per_s"] / (world * one)))
+    for r in rows:
+        r["mfu"] = (r["flops_per_token"] * r["tokens_per_s"] / (peak * r["world"])) if peak else None
+        r.setdefault("scaling", 1.0)
+    # Speed-ups against torch DDP in the same setting.
+    for r in rows:
+        ref = next((x for x in rows if x["setting"] == r["setting"] and x["accum"] == r["accum"]
+                    and x["variant"] == "torch_ddp"), None)
+        r["vs_torch_ddp"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
+
+    hdr = f"{'setting':<16}{'variant':<14}{'accum':>6}{'tokens/s':>12}{'scaling':>9}{'vs DDP':>8}" \
+          f"{'exposed':>9}{'overhead':>9}{'MFU':>7}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        fmt = lambda v, f: (f.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "-")  # noqa: E731
+        print(f"{r['setting']:<16}{r['variant']:<14}{r['accum']:>6}{r['tokens_per_s']:>12,.0f}"
+              f"{fmt(r['scaling'], '{:.1%}'):>9}{fmt(r['vs_torch_ddp'], '{:.3f}'):>8}"
+              f"{fmt(r['exposed_comm_frac'], '{:.1%}'):>9}"
+              f"{fmt(r.get('comm_overhead_frac'), '{:.1%}'):>9}{fmt(r['mfu'], '{:.1%}'):>7}")
+    result = dict(
+        benchmark="ddp_throughput", model=model, micro_batch=a.micro_batch, warmup=a.warmup,
+        steps=a.steps, device=a.device,
+        device_name=name,
+        torch=torch.__version__, gpus=n, wall_s=time.time() - t0, rows=rows)
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(a.out + ".tmp", a.out)
+    print(f"wrote {a.out} in {time.time() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,359 @@
+#include "ddp/loop.h"
+
+#include <ATen/autocast_mode.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <optional>
+
+#include "ddp/checkpoint.h"
+
+namespace nbdist::ddp {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Enables autocast for one forward; leaving the outermost level drops the cast-weight cache, which
+// would otherwise hold copies of weights from before the next optimizer step.
+class AutocastGuard {
+ public:
+  AutocastGuard(at::DeviceType device, std::optional<at::ScalarType> dtype) : device_(device) {
+    if (!dtype) return;
+    active_ = true;
+    prev_enabled_ = at::autocast::is_autocast_enabled(device);
+    prev_dtype_ = at::autocast::get_autocast_dtype(device);
+    at::autocast::set_autocast_enabled(device, true);
+    at::autocast::set_autocast_dtype(device, *dtype);
+    at::autocast::increment_nesting();
+  }
+  ~AutocastGuard() {
+    if (!active_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device_, prev_enabled_);
+    at::autocast::set_autocast_dtype(device_, prev_dtype_);
+  }
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+ private:
+  at::DeviceType device_;
+  bool active_ = false;
+  bool prev_enabled_ = false;
+  at::ScalarType prev_dtype_ = at::kFloat;
+};
+
+// AdamW with decoupled weight decay on tensors of >= 2 dims (not biases or norms), through torch's
+// fused kernel; the foreach math below is the fallback where no fused kernel exists.
+class AdamW {
+ public:
+  AdamW(const std::vector<at::Tensor>& params, const TrainConfig& cfg) : cfg_(cfg) {
+    for (const auto& p : params) {
+      auto& g = p.dim() >= 2 ? decay_ : no_decay_;
+      g.params.push_back(p);
+      g.exp_avg.push_back(at::zeros_like(p, at::MemoryFormat::Preserve));
+      g.exp_avg_sq.push_back(at::zeros_like(p, at::MemoryFormat::Preserve));
+      g.steps.push_back(at::zeros({}, p.options().dtype(at::kFloat)));
+      order_.push_back({&g, g.params.size() - 1});
+    }
+  }
+
+  void step(double lr) {
+    at::NoGradGuard no_grad;
+    step_group(decay_, lr, cfg_.weight_decay);
+    step_group(no_decay_, lr, 0.0);
+  }
+
+  // Optimizer state of parameter i (registration order), for checkpoints.
+  at::Tensor& exp_avg(size_t i) { return order_[i].first->exp_avg[order_[i].second]; }
+  at::Tensor& exp_avg_sq(size_t i) { return order_[i].first->exp_avg_sq[order_[i].second]; }
+  at::Tensor& state_step(size_t i) { return order_[i].first->steps[order_[i].second]; }
+
+ private:
+  struct Group {
+    std::vector<at::Tensor> params, exp_avg, exp_avg_sq, steps;
+  };
+
+  void step_group(Group& g, double lr, double wd) {
+    if (g.params.empty()) return;
+    std::vector<at::Tensor> grads;
+    for (const auto& p : g.params) grads.push_back(p.grad());
+    at::_foreach_add_(g.steps, 1);
+    if (fused_) {
+      try {
+        at::_fused_adamw_(g.params, grads, g.exp_avg, g.exp_avg_sq, {}, g.steps, lr, cfg_.beta1,
+                          cfg_.beta2, wd, cfg_.eps, false, false);
+        return;
+      } catch (const c10::NotImplementedError&) {
+        fused_ = false;  // no fused kernel for this device/dtype: the same math, unfused
+      }
+    }
+    for (size_t i = 0; i < g.params.size(); ++i) {
+      const double t = g.steps[i].item<double>();
+      auto& p = g.params[i];
+      p.mul_(1 - lr * wd);
+      g.exp_avg[i].lerp_(grads[i], 1 - cfg_.beta1);
+      g.exp_avg_sq[i].mul_(cfg_.beta2).addcmul_(grads[i], grads[i], 1 - cfg_.beta2);
+      const double bc1 = 1 - std::pow(cfg_.beta1, t);
+      const double bc2 = 1 - std::pow(cfg_.beta2, t);
+      auto denom = (g.exp_avg_sq[i].sqrt() / std::sqrt(bc2)).add_(cfg_.eps);
+      p.addcdiv_(g.exp_avg[i], denom, -lr / bc1);
+    }
+  }
+
+  TrainConfig cfg_;
+  Group decay_, no_decay_;
+  std::vector<std::pair<Group*, size_t>> order_;
+  bool fused_ = true;
+};
+
+double lr_at(const TrainConfig& cfg, int64_t step) {
+  if (step < cfg.warmup_steps) return cfg.lr * static_cast<double>(step + 1) / cfg.warmup_steps;
+  if (cfg.schedule == "constant") return cfg.lr;
+  const double span = std::max<int64_t>(1, cfg.max_steps - cfg.warmup_steps);
+  const double progress = std::min(1.0, (step - cfg.warmup_steps) / span);
+  if (cfg.schedule == "linear") return cfg.lr - (cfg.lr - cfg.min_lr) * progress;
+  return cfg.min_lr + 0.5 * (1 + std::cos(M_PI * progress)) * (cfg.lr - cfg.min_lr);
+}
+
+std::vector<at::Tensor> all_gather(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
+                                   const at::Tensor& cpu, const at::Device& device) {
+  std::vector<std::vector<at::Tensor>> out(1);
+  auto input = cpu.to(device);
+  for (int r = 0; r < pg->getSize(); ++r) out[0].push_back(at::empty_like(input));
+  std::vector<at::Tensor> in{input};
+  pg->allgather(out, in)->wait();
+  std::vector<at::Tensor> result;
+  for (auto& t : out[0]) result.push_back(t.cpu());
+  return result;
+}
+
+at::Tensor scalar(double v) { return at::scalar_tensor(v, at::kDouble); }
+
+}  // namespace
+
+std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& buffers,
+                              const TrainConfig& cfg, const TrainCallbacks& cb) {
+  const auto& params = reducer.params();
+  const auto pg = reducer.process_group();
+  const int rank = reducer.rank();
+  const int world = reducer.world_size();
+  const at::Device device = params[0].device();
+  const bool fp16 = cfg.precision == "fp16";
+  std::optional<at::ScalarType> amp;
+  if (cfg.precision == "bf16") amp = at::kBFloat16;
+  if (fp16) amp = at::kHalf;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
+  const std::string ckpt_path = cfg.ckpt_dir.empty() ? "" : cfg.ckpt_dir + "/latest.pt";
+
+  AdamW opt(params, cfg);
+  double scale = fp16 ? cfg.init_scale : 1.0;
+  int64_t good_steps = 0;  // consecutive finite steps since the scale last changed
+  int64_t step = 0;
+
+  // Resume: every rank reads the last complete checkpoint and continues where it ended.
+  if (!ckpt_path.empty() && cfg.resume) {
+    if (auto ck = load_checkpoint(ckpt_path)) {
+      auto get = [&](const std::string& key) -> at::Tensor& {
+        auto it = ck->find(key);
+        if (it == ck->end())
+          throw DDPError(ErrorKind::kInvalidInput,
+                         "checkpoint '" + ckpt_path + "' has no '" + key +
+                             "': it was written for another model or by another program");
+        return it->second;
+      };
+      const auto saved_world = get("world_size").item<int64_t>();
+      if (saved_world != world)
+        throw DDPError(ErrorKind::kInvalidInput,
+                       "checkpoint '" + ckpt_path + "' was written by " +
+                           std::to_string(saved_world) + " ranks, this run has " +
+                           std::to_string(world) + "; resume with the same number of ranks or "
+                           "pass resume=False");
+      at::NoGradGuard no_grad;
+      auto restore = [&](const at::Tensor& dst, const std::string& key) {
+        auto& src = get(key);
+        if (src.sizes() != dst.sizes())
+          throw DDPError(ErrorKind::kInvalidInput,
+                         "checkpoint '" + ckpt_path + "': '" + key + "' has shape " +
+                             c10::str(src.sizes()) + " but the model's is " +
+                             c10::str(dst.sizes()));
+        const_cast<at::Tensor&>(dst).copy_(src);
+      };
+      for (size_t i = 0; i < params.size(); ++i) {
+        restore(params[i], "param." + std::to_string(i));
+        restore(opt.exp_avg(i), "adamw.exp_avg." + std::to_string(i));
+        restore(opt.exp_avg_sq(i), "adamw.exp_avg_sq." + std::to_string(i));
+        restore(opt.state_step(i), "adamw.step." + std::to_string(i));
+      }
+      for (size_t i = 0; i < buffers.size(); ++i) restore(buffers[i], "buffer." + std::to_string(i));
+      step = get("step").item<int64_t>();
+      scale = get("scaler.scale").item<double>();
+      good_steps = get("scaler.good_steps").item<int64_t>();
+      at::Generator cpu_gen = at::globalContext().defaultGenerator(at::kCPU);
+      cpu_gen.set_state(get("rng.cpu." + std::to_string(rank)));
+      if (device.is_cuda()) {
+        at::Generator dev_gen = at::globalContext().defaultGenerator(device);
+        dev_gen.set_state(get("rng.device." + std::to_string(rank)));
+      }
+      cb.data_seek(get("data_position").item<int64_t>());
+    }
+  }
+
+  auto write_checkpoint = [&] {
+    // Each rank's RNG goes into the file so that a resumed run draws the same dropout masks.
+    auto cpu_rng = all_gather(pg, at::globalContext().defaultGenerator(at::kCPU).get_state(), device);
+    std::vector<at::Tensor> dev_rng;
+    if (device.is_cuda())
+      dev_rng = all_gather(pg, at::globalContext().defaultGenerator(device).get_state(), device);
+    if (rank != 0) return;
+    TensorMap ck;
+    for (size_t i = 0; i < params.size(); ++i) {
+      ck["param." + std::to_string(i)] = params[i];
+      ck["adamw.exp_avg." + std::to_string(i)] = opt.exp_avg(i);
+      ck["adamw.exp_avg_sq." + std::to_string(i)] = opt.exp_avg_sq(i);
+      ck["adamw.step." + std::to_string(i)] = opt.state_step(i);
+    }
+    for (size_t i = 0; i < buffers.size(); ++i) ck["buffer." + std::to_string(i)] = buffers[i];
+    for (int r = 0; r < world; ++r) {
+      ck["rng.cpu." + std::to_string(r)] = cpu_rng[r];
+      if (!dev_rng.empty()) ck["rng.device." + std::to_string(r)] = dev_rng[r];
+    }
+    ck["step"] = at::scalar_tensor(step, at::kLong);
+    ck["world_size"] = at::scalar_tensor(world, at::kLong);
+    ck["data_position"] = at::scalar_tensor(cb.data_position(), at::kLong);
+    ck["scaler.scale"] = scalar(scale);
+    ck["scaler.good_steps"] = at::scalar_tensor(good_steps, at::kLong);
+    save_checkpoint(ckpt_path, ck);
+  };
+
+  std::vector<StepRecord> history;
+  while (step < cfg.max_steps) {
+    const auto t0 = Clock::now();
+    StepRecord rec;
+    rec.lr = lr_at(cfg, step);
+    rec.scale = scale;
+
+    // 1. forward and backward on each micro-batch; only the last one all-reduces, bucket by
+    //    bucket while its backward is still running (the reducer's hooks)
+    auto loss_sum = at::zeros({}, f32);
+    for (int64_t micro = 0; micro < cfg.grad_accum; ++micro) {
+      const bool sync = micro == cfg.grad_accum - 1;
+      at::Tensor loss;
+      {
+        AutocastGuard autocast(device.type(), amp);
+        loss = cb.forward_loss(sync);
+      }
+      if (!loss.defined() || loss.numel() != 1)
+        throw DDPError(ErrorKind::kInvalidInput,
+                       "the loss must be a tensor with one element, got " +
+                           (loss.defined() ? "shape " + c10::str(loss.sizes()) : "None"));
+      loss_sum += loss.detach().to(at::kFloat).reshape({});
+      torch::autograd::backward({loss.to(at::kFloat).reshape({}) * (scale / cfg.grad_accum)});
+    }
+
+    // 2. unscale (fp16) and take the global gradient norm: the reducer already averaged the
+    //    gradients, so every rank holds the same ones and the local norm is the global norm
+    std::vector<at::Tensor> grads;
+    for (const auto& p : params) {
+      auto& g = const_cast<at::Tensor&>(p).mutable_grad();
+      if (!g.defined()) g = at::zeros_like(p);
+      grads.push_back(g);
+    }
+    if (fp16) {
+      auto found_inf = at::zeros({1}, f32);
+      at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf, at::full({}, 1.0 / scale, f32));
+    }
+    auto norm = at::linalg_vector_norm(at::stack(at::_foreach_norm(grads)), 2);
+    const auto host = at::stack({loss_sum / cfg.grad_accum, norm.to(at::kFloat)}).cpu();  // one sync
+    rec.loss = host[0].item<double>();
+    rec.grad_norm = host[1].item<double>();
+    const bool finite = std::isfinite(rec.grad_norm);
+    if (!finite && !fp16)
+      throw DDPError(ErrorKind::kFailure,
+                     "non-finite gradient at step " + std::to_string(step + 1) + " (rank " +
+                         std::to_string(rank) + " loss " + std::to_string(rec.loss) +
+                         "): lower the learning rate, check the data for inf/nan, or train with "
+                         "precision='fp16' and its loss scaler");
+
+    // 3. clip and update; a step with inf/nan gradients (fp16) is skipped on every rank alike
+    if (finite) {
+      if (cfg.grad_clip > 0 && rec.grad_norm > cfg.grad_clip)
+        at::_foreach_mul_(grads, cfg.grad_clip / (rec.grad_norm + 1e-6));
+      opt.step(rec.lr);
+    }
+    rec.skipped = !finite;
+
+    // 4. loss scaler: back off on overflow, grow after growth_interval good steps
+    if (fp16) {
+      if (!finite) {
+        scale *= cfg.backoff_factor;
+        good_steps = 0;
+      } else if (++good_steps == cfg.growth_interval) {
+        scale *= cfg.growth_factor;
+        good_steps = 0;
+      }
+    }
+
+    // 5. zero the gradients in place: they are views into the reducer's buckets
+    at::_foreach_zero_(grads);
+    ++step;
+    rec.step = step;
+    rec.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double per_step = cfg.tokens_per_micro_batch > 0 ? cfg.tokens_per_micro_batch : 1.0;
+    rec.throughput = per_step * cfg.grad_accum * world / rec.seconds;
+    if (cfg.flops_per_token > 0 && cfg.peak_flops > 0 && cfg.tokens_per_micro_batch > 0 &&
+        cfg.throughput_unit == "tokens")
+      rec.mfu = cfg.flops_per_token * rec.throughput / (cfg.peak_flops * world);
+
+    // 6. eval: the mean loss over every rank's eval batches
+    const bool last = step == cfg.max_steps;
+    if (cb.eval_loss && cfg.eval_steps > 0 && cfg.eval_every > 0 &&
+        (step % cfg.eval_every == 0 || last)) {
+      at::NoGradGuard no_grad;
+      cb.eval_reset();
+      auto sum = at::zeros({2}, f32);
+      for (int64_t i = 0; i < cfg.eval_steps; ++i) {
+        at::Tensor l;
+        {
+          AutocastGuard autocast(device.type(), amp);
+          l = cb.eval_loss();
+        }
+        if (!l.defined()) break;  // this rank's eval batches ran out
+        sum[0] += l.detach().to(at::kFloat).reshape({});
+        sum[1] += 1;
+      }
+      std::vector<at::Tensor> v{sum};
+      pg->allreduce(v)->wait();
+      auto s = v[0].cpu();
+      rec.eval_loss = s[1].item<double>() > 0 ? s[0].item<double>() / s[1].item<double>() : -1;
+    }
+
+    // 7. log (rank 0)
+    if (rank == 0 && cb.log && cfg.log_every > 0 && (step % cfg.log_every == 0 || last || step == 1)) {
+      char line[256];
+      int n = std::snprintf(line, sizeof line,
+                            "step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f %s",
+                            static_cast<long long>(step), static_cast<long long>(cfg.max_steps),
+                            rec.loss, rec.lr, rec.grad_norm, rec.seconds * 1e3, rec.throughput,
+                            cfg.tokens_per_micro_batch > 0
+                                ? (cfg.throughput_unit == "tokens" ? "tok/s" : "samples/s")
+                                : "batches/s");
+      std::string s(line, static_cast<size_t>(std::max(0, n)));
+      if (rec.mfu > 0) s += " | mfu " + std::to_string(rec.mfu * 100).substr(0, 4) + "%";
+      if (fp16) s += " | scale " + std::to_string(static_cast<long long>(scale));
+      if (rec.skipped) s += " | skipped (inf/nan)";
+      if (rec.eval_loss >= 0) s += " | eval " + std::to_string(rec.eval_loss).substr(0, 6);
+      cb.log(s);
+    }
+    history.push_back(rec);
+
+    // 8. checkpoint (rank 0 writes, atomically)
+    if (!ckpt_path.empty() && cfg.ckpt_every > 0 && (step % cfg.ckpt_every == 0 || last))
+      write_checkpoint();
+  }
+  return history;
+}
+
+}  // namespace nbdist::ddp

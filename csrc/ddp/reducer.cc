@@ -1,0 +1,366 @@
+#include "ddp/reducer.h"
+
+#include <torch/csrc/autograd/engine.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <algorithm>
+#include <sstream>
+#include <unordered_set>
+
+namespace nbdist::ddp {
+
+namespace {
+
+constexpr int kSigDims = 8;  // dims recorded exactly in the shape signature; the rest are hashed
+constexpr int kSigWidth = kSigDims + 3;  // ndim, dims..., hash of extra dims, dtype
+
+std::string shape_str(const int64_t* row) {
+  std::ostringstream s;
+  s << "[";
+  for (int64_t d = 0; d < std::min<int64_t>(row[0], kSigDims); ++d) s << (d ? ", " : "") << row[1 + d];
+  if (row[0] > kSigDims) s << ", ...";
+  s << "] " << c10::toString(static_cast<at::ScalarType>(row[kSigDims + 2]));
+  return s.str();
+}
+
+std::vector<at::Tensor> all_gather(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
+                                   const at::Tensor& input) {
+  std::vector<std::vector<at::Tensor>> out(1);
+  for (int r = 0; r < pg->getSize(); ++r) out[0].push_back(at::empty_like(input));
+  std::vector<at::Tensor> in{input};
+  pg->allgather(out, in)->wait();
+  return out[0];
+}
+
+// One broadcast per dtype: flatten, broadcast from rank 0, copy back.
+void broadcast_coalesced(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
+                         const std::vector<at::Tensor>& tensors) {
+  at::NoGradGuard no_grad;
+  std::vector<at::ScalarType> types;
+  for (const auto& t : tensors)
+    if (std::find(types.begin(), types.end(), t.scalar_type()) == types.end())
+      types.push_back(t.scalar_type());
+  for (auto type : types) {
+    std::vector<at::Tensor> group, flat;
+    for (const auto& t : tensors)
+      if (t.scalar_type() == type) {
+        group.push_back(t);
+        flat.push_back(t.reshape(-1));
+      }
+    std::vector<at::Tensor> buf{at::cat(flat)};
+    ::c10d::BroadcastOptions opts;
+    opts.rootRank = 0;
+    pg->broadcast(buf, opts)->wait();
+    int64_t offset = 0;
+    for (auto& t : group) {
+      t.copy_(buf[0].narrow(0, offset, t.numel()).view(t.sizes()));
+      offset += t.numel();
+    }
+  }
+}
+
+}  // namespace
+
+Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
+                 c10::intrusive_ptr<::c10d::ProcessGroup> pg, ReducerOptions options)
+    : params_(std::move(params)),
+      names_(std::move(names)),
+      pg_(std::move(pg)),
+      options_(options) {
+  if (!pg_) throw DDPError(ErrorKind::kInvalidInput, "the process group is not initialized");
+  if (params_.empty())
+    throw DDPError(ErrorKind::kInvalidInput, "the module has no parameters that require grad");
+  NBDIST_CHECK(names_.size() == params_.size(), "one name per parameter");
+  rank_ = pg_->getRank();
+  world_size_ = pg_->getSize();
+  // NCCL averages in the collective itself; Gloo has no AVG, so buckets are pre-divided there.
+  use_avg_op_ = params_[0].is_cuda() && pg_->getBackendName().find("nccl") != std::string::npos;
+  ready_.assign(params_.size(), 0);
+  unused_.assign(params_.size(), 0);
+
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!params_[i].requires_grad() || !params_[i].is_leaf())
+      throw DDPError(ErrorKind::kInvalidInput,
+                     "parameter '" + names_[i] + "' must be a leaf tensor that requires grad");
+    auto acc = torch::autograd::impl::grad_accumulator(params_[i]);
+    const auto index = static_cast<int64_t>(i);
+    hook_keys_.push_back(acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+        [this, index](const torch::autograd::variable_list& outputs,
+                      const torch::autograd::variable_list&) {
+          on_grad_ready(index);
+          return outputs;
+        })));
+    accumulators_.push_back(std::move(acc));
+  }
+  // Reverse registration order approximates the order in which backward produces gradients.
+  std::vector<int64_t> order(params_.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(order.size() - 1 - i);
+  build_buckets(order);
+}
+
+Reducer::~Reducer() {
+  for (size_t i = 0; i < accumulators_.size(); ++i) accumulators_[i]->del_post_hook(hook_keys_[i]);
+}
+
+void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
+                                   const std::vector<std::string>& buffer_names) {
+  std::vector<at::Tensor> all(params_);
+  all.insert(all.end(), buffers.begin(), buffers.end());
+  std::vector<std::string> all_names(names_);
+  all_names.insert(all_names.end(), buffer_names.begin(), buffer_names.end());
+  const auto device = params_[0].device();
+  const auto i64 = at::TensorOptions().dtype(at::kLong);
+
+  // The counts first: a signature gather needs equal sizes on every rank.
+  auto count = at::full({1}, static_cast<int64_t>(all.size()), i64).to(device);
+  auto counts = all_gather(pg_, count);
+  const auto n0 = counts[0].item<int64_t>();
+  for (int r = 1; r < world_size_; ++r) {
+    const auto n = counts[r].item<int64_t>();
+    if (n != n0)
+      throw DDPError(ErrorKind::kInvalidInput,
+                     "the model differs across ranks: rank " + std::to_string(r) + " has " +
+                         std::to_string(n) + " parameters and buffers, rank 0 has " +
+                         std::to_string(n0) +
+                         "; build the same model on every rank before wrapping it in DDP");
+  }
+  auto sig = at::zeros({static_cast<int64_t>(all.size()), kSigWidth}, i64);
+  auto acc = sig.accessor<int64_t, 2>();
+  for (size_t i = 0; i < all.size(); ++i) {
+    const auto sizes = all[i].sizes();
+    acc[i][0] = static_cast<int64_t>(sizes.size());
+    int64_t extra = 0;
+    for (size_t d = 0; d < sizes.size(); ++d) {
+      if (d < static_cast<size_t>(kSigDims)) acc[i][1 + d] = sizes[d];
+      else extra = extra * 1000003 + sizes[d];
+    }
+    acc[i][kSigDims + 1] = extra;
+    acc[i][kSigDims + 2] = static_cast<int64_t>(all[i].scalar_type());
+  }
+  auto sigs = all_gather(pg_, sig.to(device));
+  auto ref = sigs[0].cpu().contiguous();
+  for (int r = 1; r < world_size_; ++r) {
+    auto other = sigs[r].cpu().contiguous();
+    for (size_t i = 0; i < all.size(); ++i) {
+      const int64_t* a = ref.data_ptr<int64_t>() + i * kSigWidth;
+      const int64_t* b = other.data_ptr<int64_t>() + i * kSigWidth;
+      if (!std::equal(a, a + kSigWidth, b)) {
+        throw DDPError(ErrorKind::kInvalidInput,
+                       "the model differs across ranks: '" + all_names[i] + "' is " +
+                           shape_str(b) + " on rank " + std::to_string(r) + " but " +
+                           shape_str(a) +
+                           " on rank 0; build the same model on every rank before wrapping it "
+                           "in DDP");
+      }
+    }
+  }
+  broadcast_coalesced(pg_, all);
+}
+
+void Reducer::broadcast_buffers(const std::vector<at::Tensor>& buffers) {
+  if (world_size_ > 1 && !buffers.empty()) broadcast_coalesced(pg_, buffers);
+}
+
+void Reducer::build_buckets(const std::vector<int64_t>& order) {
+  at::NoGradGuard no_grad;
+  std::vector<Bucket> buckets;
+  int64_t cap = options_.first_bucket_bytes;
+  int64_t bytes = 0;
+  for (int64_t index : order) {
+    const auto& p = params_[index];
+    const bool fits = !buckets.empty() && !buckets.back().params.empty() &&
+                      bytes + static_cast<int64_t>(p.numel() * p.element_size()) <= cap &&
+                      params_[buckets.back().params[0]].scalar_type() == p.scalar_type() &&
+                      params_[buckets.back().params[0]].device() == p.device();
+    if (!fits) {
+      if (!buckets.empty()) cap = options_.bucket_cap_bytes;  // only the first bucket is small
+      buckets.emplace_back();
+      bytes = 0;
+    }
+    auto& b = buckets.back();
+    b.offsets.push_back(b.params.empty() ? 0 : b.offsets.back() + params_[b.params.back()].numel());
+    b.params.push_back(index);
+    bytes += static_cast<int64_t>(p.numel() * p.element_size());
+  }
+  bucket_of_.assign(params_.size(), -1);
+  slot_of_.assign(params_.size(), -1);
+  for (size_t bi = 0; bi < buckets.size(); ++bi) {
+    auto& b = buckets[bi];
+    const auto& first = params_[b.params[0]];
+    const int64_t total = b.offsets.back() + params_[b.params.back()].numel();
+    b.buffer = at::zeros({total}, first.options().requires_grad(false));
+    for (size_t s = 0; s < b.params.size(); ++s) {
+      const auto index = b.params[s];
+      bucket_of_[index] = static_cast<int64_t>(bi);
+      slot_of_[index] = static_cast<int64_t>(s);
+    }
+  }
+  buckets_ = std::move(buckets);
+  // Gradients accumulated so far (e.g. under no_sync) move into the new buckets.
+  for (size_t i = 0; i < params_.size(); ++i) {
+    auto& grad = params_[i].mutable_grad();
+    if (!grad.defined()) continue;
+    auto view = grad_view(static_cast<int64_t>(i));
+    view.copy_(grad);
+    if (options_.gradient_as_bucket_view) grad = view;
+  }
+}
+
+at::Tensor Reducer::grad_view(int64_t index) {
+  auto& b = buckets_[bucket_of_[index]];
+  const auto& p = params_[index];
+  return b.buffer.narrow(0, b.offsets[slot_of_[index]], p.numel()).view(p.sizes());
+}
+
+std::vector<std::vector<int64_t>> Reducer::bucket_indices() const {
+  std::vector<std::vector<int64_t>> out;
+  for (const auto& b : buckets_) out.push_back(b.params);
+  return out;
+}
+
+void Reducer::prepare_forward() {
+  if (!finished_) {
+    throw DDPError(ErrorKind::kFailure,
+                   "the previous backward pass did not reduce every gradient (rank " +
+                       std::to_string(rank_) + "); see the error it raised");
+  }
+  if (rebuild_pending_ && !rebuilt_) {
+    // Rank 0's observed order wins, so that every rank builds identical buckets.
+    std::vector<char> seen(params_.size(), 0);
+    std::vector<int64_t> order;
+    for (auto i : arrival_)
+      if (!seen[i]) seen[i] = 1, order.push_back(i);
+    for (int64_t i = static_cast<int64_t>(params_.size()) - 1; i >= 0; --i)
+      if (!seen[i]) order.push_back(i);
+    auto t = at::tensor(order, at::TensorOptions().dtype(at::kLong)).to(params_[0].device());
+    std::vector<at::Tensor> v{t};
+    ::c10d::BroadcastOptions opts;
+    opts.rootRank = 0;
+    if (world_size_ > 1) pg_->broadcast(v, opts)->wait();
+    auto cpu = v[0].cpu();
+    std::vector<int64_t> agreed(cpu.data_ptr<int64_t>(), cpu.data_ptr<int64_t>() + cpu.numel());
+    build_buckets(agreed);
+    rebuilt_ = true;
+    rebuild_pending_ = false;
+  }
+}
+
+void Reducer::prepare_for_backward(bool sync, const std::vector<at::Tensor>& outputs) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  armed_ = sync;
+  callback_queued_ = false;
+  if (!sync) return;
+  std::fill(ready_.begin(), ready_.end(), 0);
+  for (auto& b : buckets_) b.pending = static_cast<int64_t>(b.params.size()), b.work.reset();
+  next_bucket_ = 0;
+  std::fill(unused_.begin(), unused_.end(), 0);
+  if (!options_.find_unused_parameters) return;
+  // Walk the graph from the outputs: every AccumulateGrad node not reached is an unused param.
+  std::unordered_set<torch::autograd::Node*> seen;
+  std::vector<torch::autograd::Node*> stack;
+  for (const auto& out : outputs) {
+    if (!out.defined() || !out.requires_grad()) continue;
+    auto fn = torch::autograd::impl::gradient_edge(out).function;
+    if (fn && seen.insert(fn.get()).second) stack.push_back(fn.get());
+  }
+  while (!stack.empty()) {
+    auto* node = stack.back();
+    stack.pop_back();
+    for (const auto& edge : node->next_edges()) {
+      auto* next = edge.function.get();
+      if (next && seen.insert(next).second) stack.push_back(next);
+    }
+  }
+  for (size_t i = 0; i < params_.size(); ++i) unused_[i] = !seen.count(accumulators_[i].get());
+}
+
+void Reducer::on_grad_ready(int64_t index) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!armed_) return;
+  at::NoGradGuard no_grad;
+  if (!callback_queued_) {
+    callback_queued_ = true;
+    finished_ = false;
+    torch::autograd::Engine::get_default_engine().queue_callback([this] { finalize_backward(); });
+    // Unused params are ready from the start; they contribute zeros (or what no_sync accumulated).
+    for (size_t i = 0; i < params_.size(); ++i) {
+      if (!unused_[i]) continue;
+      auto view = grad_view(static_cast<int64_t>(i));
+      auto& grad = params_[i].mutable_grad();
+      if (!grad.defined()) view.zero_();
+      else if (!grad.is_alias_of(view)) view.copy_(grad);
+      if (options_.gradient_as_bucket_view) grad = view;
+      mark_ready_locked(static_cast<int64_t>(i));
+    }
+  }
+  auto& grad = params_[index].mutable_grad();
+  auto view = grad_view(index);
+  // After zero_grad(set_to_none=True) AccumulateGrad installs a fresh tensor: move it in.
+  if (!grad.is_alias_of(view)) {
+    view.copy_(grad);
+    if (options_.gradient_as_bucket_view) grad = view;
+  }
+  if (!rebuilt_) arrival_.push_back(index);
+  mark_ready_locked(index);
+}
+
+void Reducer::mark_ready_locked(int64_t index) {
+  if (ready_[index]) {
+    throw DDPError(ErrorKind::kFailure,
+                   "parameter '" + names_[index] +
+                       "' received its gradient twice in one backward pass (reentrant "
+                       "checkpointing or a parameter used by two graphs); use non-reentrant "
+                       "checkpointing (use_reentrant=False)");
+  }
+  ready_[index] = 1;
+  if (--buckets_[bucket_of_[index]].pending == 0) launch_ready_buckets_locked();
+}
+
+void Reducer::launch_ready_buckets_locked() {
+  while (next_bucket_ < static_cast<int64_t>(buckets_.size()) &&
+         buckets_[next_bucket_].pending == 0) {
+    auto& b = buckets_[next_bucket_++];
+    ::c10d::AllreduceOptions opts;
+    if (use_avg_op_) {
+      opts.reduceOp = ::c10d::ReduceOp(::c10d::ReduceOp::AVG);
+    } else {
+      // Pre-dividing keeps the averaged sum in range (fp16) and costs one pass over the bucket.
+      b.buffer.div_(world_size_);
+    }
+    std::vector<at::Tensor> v{b.buffer};
+    b.work = pg_->allreduce(v, opts);
+    ++allreduce_count_;
+  }
+}
+
+void Reducer::finalize_backward() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  armed_ = false;
+  std::vector<std::string> missing;
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (!ready_[i]) missing.push_back(names_[i]);
+  for (auto& b : buckets_)
+    if (b.work) b.work->wait();
+  if (!missing.empty()) {
+    std::string list;
+    for (size_t i = 0; i < missing.size() && i < 10; ++i) list += (i ? ", " : "") + missing[i];
+    if (missing.size() > 10) list += ", ... (" + std::to_string(missing.size()) + " in all)";
+    // finished_ stays false: the next forward refuses to run with half-reduced gradients.
+    throw DDPError(ErrorKind::kInvalidInput,
+                   "rank " + std::to_string(rank_) +
+                       ": these parameters received no gradient in this backward pass: " + list +
+                       ". Pass find_unused_parameters=True to DDP, or set requires_grad=False on "
+                       "parameters that do not take part in the loss");
+  }
+  if (!options_.gradient_as_bucket_view) {
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < params_.size(); ++i)
+      params_[i].mutable_grad().copy_(grad_view(static_cast<int64_t>(i)));
+  }
+  ++sync_rounds_;
+  finished_ = true;
+  if (!rebuilt_) rebuild_pending_ = true;
+}
+
+}  // namespace nbdist::ddp

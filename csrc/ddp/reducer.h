@@ -1,0 +1,115 @@
+#pragma once
+
+// The gradient reducer behind nbdist.ddp.DDP and nbdist.ddp.train.
+//
+// Gradients live in flat buckets (one tensor per bucket, parameters in reverse registration order,
+// which is roughly the order backward produces them); each parameter's .grad is a view into its
+// bucket, so an all-reduce of the bucket reduces all of them without copies. A post hook on every
+// parameter's AccumulateGrad node marks the parameter ready; when a bucket is complete its
+// all-reduce is launched right away, overlapping communication with the rest of backward. Buckets
+// are launched strictly in index order on every rank, because c10d collectives must be issued in
+// the same order everywhere. A final callback queued on the autograd engine waits for all of them.
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/node.h>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+
+namespace nbdist::ddp {
+
+NBDIST_DEFINE_ERROR(DDPError, "ddp");
+
+struct ReducerOptions {
+  int64_t bucket_cap_bytes = 25 << 20;  // bytes per bucket after the first
+  int64_t first_bucket_bytes = 1 << 20;  // bytes of the first bucket (small: starts comms early)
+  bool find_unused_parameters = false;  // traverse the graph each forward to find unused params
+  bool gradient_as_bucket_view = true;  // .grad is a view into the bucket (no copy in or out)
+};
+
+class Reducer {
+ public:
+  // params: the module's parameters that require grad, in registration order; names: for errors.
+  Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
+          c10::intrusive_ptr<::c10d::ProcessGroup> pg, ReducerOptions options);
+  ~Reducer();
+  Reducer(const Reducer&) = delete;
+  Reducer& operator=(const Reducer&) = delete;
+
+  // Checks that every rank holds the same parameter shapes/dtypes (raises naming the first
+  // mismatching parameter and ranks), then copies rank 0's params and `buffers` everywhere.
+  void verify_and_broadcast(const std::vector<at::Tensor>& buffers,
+                            const std::vector<std::string>& buffer_names);
+  // Copies rank 0's buffers to all ranks in one coalesced broadcast per dtype.
+  void broadcast_buffers(const std::vector<at::Tensor>& buffers);
+
+  // Called before each forward: rebuilds buckets once from the observed order, and fails if the
+  // previous backward ended without reducing every parameter.
+  void prepare_forward();
+  // Arms the hooks for the next backward. sync=false (no_sync) only accumulates locally.
+  // outputs: the forward's outputs, traversed to find unused params when that option is on.
+  void prepare_for_backward(bool sync, const std::vector<at::Tensor>& outputs);
+
+  int rank() const { return rank_; }
+  int world_size() const { return world_size_; }
+  // Counters for tests and benchmarks: bucket all-reduces launched, and backward passes reduced.
+  int64_t allreduce_count() const { return allreduce_count_; }
+  int64_t sync_rounds() const { return sync_rounds_; }
+  int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  // Parameter indices of each bucket, in bucket order (for tests and diagnostics).
+  std::vector<std::vector<int64_t>> bucket_indices() const;
+  bool buckets_rebuilt() const { return rebuilt_; }
+  const c10::intrusive_ptr<::c10d::ProcessGroup>& process_group() const { return pg_; }
+  const std::vector<at::Tensor>& params() const { return params_; }
+
+ private:
+  struct Bucket {
+    at::Tensor buffer;              // flat storage of all gradients in this bucket
+    std::vector<int64_t> params;    // parameter indices
+    std::vector<int64_t> offsets;   // element offset of each parameter in buffer
+    int64_t pending = 0;            // params not yet ready in the current backward
+    c10::intrusive_ptr<::c10d::Work> work;
+  };
+
+  void build_buckets(const std::vector<int64_t>& order);
+  void on_grad_ready(int64_t index);
+  void mark_ready_locked(int64_t index);
+  void launch_ready_buckets_locked();
+  void finalize_backward();
+  at::Tensor grad_view(int64_t index);
+
+  std::vector<at::Tensor> params_;
+  std::vector<std::string> names_;
+  c10::intrusive_ptr<::c10d::ProcessGroup> pg_;
+  ReducerOptions options_;
+  int rank_ = 0;
+  int world_size_ = 1;
+  bool use_avg_op_ = false;  // the backend averages (NCCL AVG); otherwise pre-divide
+
+  std::vector<c10::intrusive_ptr<torch::autograd::Node>> accumulators_;
+  std::vector<uintptr_t> hook_keys_;
+
+  std::vector<Bucket> buckets_;
+  std::vector<int64_t> bucket_of_;   // param index -> bucket
+  std::vector<int64_t> slot_of_;     // param index -> position in its bucket
+
+  std::mutex mutex_;  // hooks may run on autograd device threads
+  bool armed_ = false;        // a synchronizing backward is expected
+  bool callback_queued_ = false;
+  bool finished_ = true;      // the last armed backward completed its reduction
+  std::vector<char> ready_;
+  std::vector<char> unused_;  // found unused by the graph traversal for this backward
+  int64_t next_bucket_ = 0;
+  std::vector<int64_t> arrival_;  // order of readiness in the first synchronized backward
+  bool rebuilt_ = false;
+  bool rebuild_pending_ = false;
+  int64_t allreduce_count_ = 0;
+  int64_t sync_rounds_ = 0;
+};
+
+}  // namespace nbdist::ddp

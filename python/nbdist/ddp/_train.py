@@ -1,0 +1,401 @@
+"""nbdist.ddp.train: the data-parallel training loop (the loop itself runs in C++)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import math
+import os
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+
+from .. import _ddp
+from .._errors import DDPValueError
+from ._wrapper import DDP
+
+_PRECISIONS = ("bf16", "fp16", "fp32")
+_SCHEDULES = ("cosine", "linear", "constant")
+# Dense bf16/fp16 tensor-core peak per GPU (FLOP/s), for MFU; matched on the device name.
+_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12,
+               "T4": 65e12, "V100": 125e12}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of :func:`train`. Steps are optimizer steps; learning rates are per step.
+
+    Attributes:
+        max_steps: optimizer steps of the whole run (a resumed run counts the ones already done).
+        grad_accum: micro-batches per optimizer step (communication happens on the last one).
+        lr: peak learning rate; min_lr: final one (default lr / 10).
+        warmup_steps: linear warm-up steps; schedule: "cosine", "linear" or "constant" after it.
+        weight_decay: AdamW decoupled decay (on tensors of 2+ dims only); betas, eps: AdamW's.
+        grad_clip: max global gradient norm (0: no clipping).
+        precision: "bf16" (autocast), "fp16" (autocast + dynamic loss scaler) or "fp32".
+        eval_every, eval_steps: evaluate every N steps (and at the end) on eval_steps batches
+            per rank; the loss is averaged over ranks.
+        ckpt_dir, ckpt_every: write ckpt_dir/latest.pt every N steps (and at the end), atomically.
+        resume: continue from ckpt_dir/latest.pt when it exists.
+        log_every: rank-0 log line every N steps (0: silent). seed: base seed (rank r uses seed+r
+            for dropout; data order uses seed on every rank).
+        batch_size: micro-batch size per rank when the data is a dataset (not an iterable).
+        bucket_cap_mb, find_unused_parameters: passed to :class:`DDP` when train wraps the model.
+        init_scale, growth_interval: fp16 loss scaler (halve on inf/nan, double after N good steps).
+        peak_flops: per-device peak for MFU (default: looked up from the GPU name).
+    """
+
+    max_steps: int
+    grad_accum: int = 1
+    lr: float = 3e-4
+    min_lr: float | None = None
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    precision: str = "bf16"
+    eval_every: int = 0
+    eval_steps: int = 0
+    ckpt_dir: str | None = None
+    ckpt_every: int = 0
+    resume: bool = True
+    log_every: int = 10
+    seed: int = 0
+    batch_size: int | None = None
+    bucket_cap_mb: float = 25
+    find_unused_parameters: bool = False
+    init_scale: float = 65536.0
+    growth_interval: int = 2000
+    peak_flops: float | None = None
+
+    def validate(self) -> None:
+        def bad(field: str, why: str) -> DDPValueError:
+            return DDPValueError(f"TrainConfig.{field}={getattr(self, field)!r}: {why}")
+
+        for f in ("max_steps", "grad_accum", "growth_interval"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+                raise bad(f, "must be an integer >= 1")
+        for f in ("warmup_steps", "eval_every", "eval_steps", "ckpt_every", "log_every"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
+                raise bad(f, "must be an integer >= 0")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise bad("lr", "must be a finite number > 0")
+        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
+            raise bad("min_lr", f"must be between 0 and lr ({self.lr})")
+        if self.schedule not in _SCHEDULES:
+            raise bad("schedule", f"must be one of {_SCHEDULES}")
+        if self.precision not in _PRECISIONS:
+            raise bad("precision", f"must be one of {_PRECISIONS}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise bad("betas", "must be two numbers in [0, 1)")
+        if self.grad_clip < 0:
+            raise bad("grad_clip", "must be >= 0 (0 disables clipping)")
+        if self.ckpt_every and not self.ckpt_dir:
+            raise bad("ckpt_every", "needs ckpt_dir")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise bad("batch_size", "must be >= 1")
+
+
+def _to_device(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj
+
+
+class _BatchStream:
+    """One rank's batches with a position that checkpoints can record and restore.
+
+    A map-style dataset (or a tensor / tuple of tensors, taken as a TensorDataset) is shuffled each
+    epoch with seed + epoch, identically on all ranks, and rank r takes every world-th sample. A
+    DataLoader with a DistributedSampler is used as is (set_epoch each epoch). Any other iterable
+    is read by every rank, which keeps every world-th batch; at its end it is iterated again.
+    """
+
+    def __init__(self, source: Any, name: str, rank: int, world: int, batch_size: int | None,
+                 seed: int, wrap: bool) -> None:
+        self.name, self.rank, self.world, self.seed, self.wrap = name, rank, world, seed, wrap
+        self.position = 0  # batches this rank has taken
+        self._cached_first: Any = None
+        if isinstance(source, torch.Tensor):
+            source = torch.utils.data.TensorDataset(source)
+        elif isinstance(source, tuple) and source and all(isinstance(t, torch.Tensor)
+                                                           for t in source):
+            source = torch.utils.data.TensorDataset(*source)
+        self.source = source
+        if isinstance(source, torch.utils.data.Dataset) and hasattr(source, "__len__") and not \
+                isinstance(source, torch.utils.data.IterableDataset):
+            if batch_size is None:
+                raise DDPValueError(f"{name} is a dataset: set TrainConfig.batch_size")
+            self.mode = "dataset"
+            self.batch_size = batch_size
+            self.per_rank = len(source) // world
+            self.per_epoch = self.per_rank // batch_size
+            if self.per_epoch == 0:
+                raise DDPValueError(
+                    f"{name} has {len(source)} samples: too few for {world} ranks x batch_size "
+                    f"{batch_size} (each rank needs at least one full batch)")
+            self._perm_epoch, self._perm = -1, None
+        elif isinstance(source, Iterable):
+            sampler = getattr(source, "sampler", None)
+            self.mode = ("loader" if isinstance(sampler, torch.utils.data.DistributedSampler)
+                         else "iterable")
+            self._epoch = 0
+            self._it = iter(source)
+        else:
+            raise DDPValueError(
+                f"{name} must be an iterable of batches, a map-style dataset, or a tensor (tuple), "
+                f"got {type(source).__name__}")
+
+    def _fetch(self) -> Any:
+        if self.mode == "dataset":
+            epoch, i = divmod(self.position, self.per_epoch)
+            if epoch > 0 and not self.wrap:
+                return None
+            if epoch != self._perm_epoch:
+                g = torch.Generator().manual_seed(self.seed + epoch)
+                perm = torch.randperm(len(self.source), generator=g)
+                self._perm, self._perm_epoch = perm[self.rank::self.world][: self.per_rank], epoch
+            idx = self._perm[i * self.batch_size:(i + 1) * self.batch_size].tolist()
+            if isinstance(self.source, torch.utils.data.TensorDataset):
+                return tuple(t[idx] for t in self.source.tensors)
+            return torch.utils.data.default_collate([self.source[j] for j in idx])
+        step = 1 if self.mode == "loader" else self.world
+        keep = 0 if self.mode == "loader" else self.rank
+        batch = None
+        for k in range(step):
+            item = self._next_item()
+            if item is _END:
+                return None
+            if k == keep:
+                batch = item
+        return batch
+
+    def _next_item(self) -> Any:
+        try:
+            return next(self._it)
+        except StopIteration:
+            pass
+        if not self.wrap:
+            return _END
+        self._epoch += 1
+        if self.mode == "loader":
+            self.source.sampler.set_epoch(self._epoch)
+        self._it = iter(self.source)
+        try:
+            return next(self._it)
+        except StopIteration:
+            raise DDPValueError(f"{self.name} is empty (rank {self.rank} got no batches)") from None
+
+    def first(self) -> Any:
+        """The next batch without consuming it."""
+        if self._cached_first is None:
+            self._cached_first = self._fetch()
+            if self._cached_first is None:
+                raise DDPValueError(f"{self.name} is empty (rank {self.rank} got no batches)")
+        return self._cached_first
+
+    def next(self) -> Any:
+        if self._cached_first is not None:
+            batch, self._cached_first = self._cached_first, None
+        else:
+            batch = self._fetch()
+        if batch is not None:
+            self.position += 1
+        return batch
+
+    def seek(self, position: int) -> None:
+        self._cached_first = None
+        self.position = 0
+        if self.mode != "dataset":
+            self._epoch = 0
+            if self.mode == "loader":
+                self.source.sampler.set_epoch(0)
+            self._it = iter(self.source)
+            for _ in range(position):  # an iterable can only be replayed
+                self._fetch()
+        self.position = position
+
+    def reset(self) -> None:
+        self.seek(0)
+
+
+_END = object()
+
+
+def _call(model: Any, batch: Any) -> Any:
+    if isinstance(batch, (list, tuple)):
+        return model(*batch)
+    if isinstance(batch, dict):
+        return model(**batch)
+    return model(batch)
+
+
+def _loss_from(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor) and out.numel() == 1:
+        return out
+    if isinstance(out, dict) and isinstance(out.get("loss"), torch.Tensor):
+        return out["loss"]
+    if isinstance(out, (list, tuple)):
+        for o in reversed(out):
+            if isinstance(o, torch.Tensor) and o.numel() == 1:
+                return o
+    if isinstance(getattr(out, "loss", None), torch.Tensor):
+        return out.loss
+    raise DDPValueError(
+        f"the model's output ({type(out).__name__}) holds no scalar loss: return the loss (or "
+        "(logits, loss), or a dict with 'loss') from forward, or pass "
+        "loss_fn=lambda model, batch: ... to train()")
+
+
+def _ensure_process_group(device: torch.device) -> None:
+    if dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        dist.init_process_group(backend)
+    else:  # a plain single process (no launcher): a world of one
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+def _peak_flops(device: torch.device) -> float:
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in _PEAK_FLOPS.items() if k in name), 0.0)
+
+
+def train(
+    model: torch.nn.Module,
+    train_batches: Any,
+    cfg: TrainConfig,
+    eval_batches: Any = None,
+    loss_fn: Callable[[torch.nn.Module, Any], torch.Tensor] | None = None,
+    optimizer: Any = None,
+) -> list[dict[str, Any]]:
+    """Train ``model`` data-parallel on all ranks; returns one dict of metrics per step.
+
+    Call it in every rank (e.g. inside a function given to :func:`nbdist.launch`). The model is
+    wrapped in :class:`DDP` (unless it already is one), moved to this rank's GPU when there is one,
+    and trained by the C++ loop: micro-batches with communication on the last only, autocast,
+    the fp16 loss scaler, global-norm clipping, AdamW (fused where torch has it) with warm-up and
+    decay, eval averaged over ranks, rank-0 logging, and atomic checkpoints that ``resume``
+    continues from (the same final weights as an uninterrupted run on CPU).
+
+    Args:
+        model: the module. Without ``loss_fn`` its forward, called as ``model(*batch)`` (or
+            ``model(**batch)``), returns the loss, ``(output, loss)``, or a dict with "loss".
+        train_batches: an iterable of batches, a map-style dataset (with ``cfg.batch_size``), a
+            tensor or tuple of tensors, or a DataLoader with a DistributedSampler.
+        cfg: a :class:`TrainConfig`.
+        eval_batches: like train_batches, for eval (each eval restarts them).
+        loss_fn: ``loss_fn(model, batch) -> loss`` when the forward does not return the loss.
+        optimizer: must be None: train() uses its own AdamW (configured by ``cfg``).
+
+    Each history entry has step, loss (this rank), lr, grad_norm, scale, skipped, seconds,
+    throughput (tokens/s over all ranks for integer inputs, else samples/s), mfu and eval_loss
+    (or None).
+    """
+    if not isinstance(cfg, TrainConfig):
+        raise DDPValueError(f"cfg must be a nbdist.ddp.TrainConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    if optimizer is not None:
+        raise DDPValueError(
+            "train() runs its own AdamW (set lr, betas, weight_decay in TrainConfig); for another "
+            "optimizer write the loop yourself around nbdist.ddp.DDP")
+    if cfg.eval_every and eval_batches is None:
+        raise DDPValueError("TrainConfig.eval_every is set but no eval_batches were given")
+    module = model.module if isinstance(model, DDP) else model
+    device = next(module.parameters()).device
+    if device.type == "cpu" and torch.cuda.is_available():
+        # One GPU per rank, whether the launcher shows all GPUs or only this rank's.
+        local_rank = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+        module.to(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and autocast follow the current device
+    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DDPValueError("TrainConfig.precision='bf16': this GPU has no bf16; use 'fp16'")
+    _ensure_process_group(device)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    ddp = model if isinstance(model, DDP) else DDP(
+        module, bucket_cap_mb=cfg.bucket_cap_mb,
+        find_unused_parameters=cfg.find_unused_parameters)
+    module.train()
+
+    stream = _BatchStream(train_batches, "train_batches", rank, world, cfg.batch_size, cfg.seed,
+                          wrap=True)
+    evals = (None if eval_batches is None else
+             _BatchStream(eval_batches, "eval_batches", rank, world, cfg.batch_size, cfg.seed,
+                          wrap=False))
+    first = stream.first()
+    lead = first[0] if isinstance(first, (list, tuple)) else first
+    # Integer inputs are token ids (throughput in tokens/s, MFU possible); otherwise samples/s.
+    tokens, unit = 0, "tokens"
+    if isinstance(lead, torch.Tensor) and lead.dim() > 0:
+        if lead.is_floating_point():
+            tokens, unit = lead.shape[0], "samples"
+        else:
+            tokens = lead.numel()
+
+    def loss_of(m: Any, batch: Any) -> torch.Tensor:
+        batch = _to_device(batch, device)
+        return loss_fn(m, batch) if loss_fn is not None else _loss_from(_call(m, batch))
+
+    def forward_loss(sync: bool) -> torch.Tensor:
+        with contextlib.nullcontext() if sync else ddp.no_sync():
+            return loss_of(ddp, stream.next())
+
+    def eval_loss() -> torch.Tensor | None:
+        batch = evals.next()
+        if batch is None:
+            return None
+        module.eval()
+        try:  # the bare module: eval batch counts may differ across ranks, so no collectives
+            return loss_of(module, batch)
+        finally:
+            module.train()
+
+    c = _ddp.TrainConfig()
+    c.max_steps, c.grad_accum, c.lr = cfg.max_steps, cfg.grad_accum, float(cfg.lr)
+    c.min_lr = float(cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr)
+    c.warmup_steps, c.schedule, c.weight_decay = cfg.warmup_steps, cfg.schedule, cfg.weight_decay
+    c.beta1, c.beta2 = (float(b) for b in cfg.betas)
+    c.eps, c.grad_clip, c.precision = cfg.eps, float(cfg.grad_clip), cfg.precision
+    c.eval_every, c.eval_steps = cfg.eval_every, cfg.eval_steps
+    c.ckpt_dir, c.ckpt_every, c.resume = cfg.ckpt_dir or "", cfg.ckpt_every, cfg.resume
+    c.log_every, c.tokens_per_micro_batch = cfg.log_every, float(tokens)
+    c.throughput_unit = unit
+    fpt = getattr(module, "flops_per_token", 0)
+    c.flops_per_token = float(fpt() if callable(fpt) else fpt or 0)
+    c.peak_flops = float(cfg.peak_flops if cfg.peak_flops is not None else _peak_flops(device))
+    c.init_scale, c.growth_interval = float(cfg.init_scale), cfg.growth_interval
+    if cfg.ckpt_dir:
+        os.makedirs(cfg.ckpt_dir, exist_ok=True)
+        if rank == 0:  # temporary files of writes that died halfway
+            for stale in glob.glob(os.path.join(cfg.ckpt_dir, "latest.pt.tmp.*")):
+                os.unlink(stale)
+
+    torch.manual_seed(cfg.seed + rank)
+    return _ddp.train(
+        ddp.reducer, list(module.buffers()), c, forward_loss,
+        eval_loss if evals is not None else None,
+        (lambda: evals.reset()) if evals is not None else None,
+        lambda: stream.position, stream.seek,
+        (lambda line: print(line, flush=True)) if rank == 0 else None,
+    )
+
+
+def load_checkpoint(path: str) -> dict[str, torch.Tensor] | None:
+    """The tensors of a checkpoint written by :func:`train` (None when ``path`` does not exist).
+    Keys: param.<i> (registration order), buffer.<i>, adamw.*, step, data_position, scaler.*."""
+    return _ddp.load_checkpoint(os.fspath(path))

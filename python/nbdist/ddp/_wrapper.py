@@ -1,0 +1,133 @@
+"""nbdist.ddp.DDP: a drop-in data-parallel wrapper whose gradient reducer is C++."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from .._errors import DDPValueError
+from .. import _ddp
+
+
+def _default_group(process_group: Any) -> Any:
+    if process_group is not None:
+        return process_group
+    if not dist.is_available() or not dist.is_initialized():
+        raise DDPValueError(
+            "torch.distributed is not initialized: call "
+            "torch.distributed.init_process_group('nccl' on GPU or 'gloo' on CPU) in every rank "
+            "(nbdist.launch sets RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT for it) before "
+            "wrapping the model in nbdist.ddp.DDP"
+        )
+    return dist.distributed_c10d._get_default_group()
+
+
+def _tensors_in(obj: Any) -> list[torch.Tensor]:
+    """Every tensor in a (nested) forward output, for the unused-parameter graph walk."""
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors_in(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors_in(o)]
+    if hasattr(obj, "__dataclass_fields__"):
+        return [t for k in obj.__dataclass_fields__ for t in _tensors_in(getattr(obj, k))]
+    return []
+
+
+class DDP(torch.nn.Module):
+    """Data-parallel wrapper, a drop-in for ``torch.nn.parallel.DistributedDataParallel``.
+
+    Construction checks that every rank holds the same parameter shapes (raising
+    :class:`nbdist.DDPValueError` naming the first mismatch), then copies rank 0's parameters and
+    buffers to all ranks. During backward, gradients land in flat buckets (``.grad`` is a view into
+    them when ``gradient_as_bucket_view``) whose all-reduces start as soon as each bucket is full,
+    so communication overlaps the rest of backward; gradients come out averaged over ranks.
+
+    Args:
+        module: the model, already on this rank's device.
+        process_group: a c10d process group; default: the default group.
+        bucket_cap_mb: size of each gradient bucket after the first (MiB).
+        first_bucket_mb: size of the first bucket (MiB), small so communication starts early.
+        broadcast_buffers: copy rank 0's buffers (e.g. BatchNorm statistics) before each forward.
+        find_unused_parameters: walk the autograd graph after each forward so that parameters
+            that take no part in the loss do not block the reduction (they contribute zeros).
+            Without it such parameters raise an error naming them.
+        gradient_as_bucket_view: make ``.grad`` a view into the bucket (saves memory and copies).
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        process_group: Any = None,
+        bucket_cap_mb: float = 25,
+        first_bucket_mb: float = 1,
+        broadcast_buffers: bool = True,
+        find_unused_parameters: bool = False,
+        gradient_as_bucket_view: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(module, torch.nn.Module):
+            raise DDPValueError(f"DDP wraps a torch.nn.Module, got {type(module).__name__}")
+        for name, value in (("bucket_cap_mb", bucket_cap_mb), ("first_bucket_mb", first_bucket_mb)):
+            if not value > 0:
+                raise DDPValueError(f"DDP: {name} must be > 0 (MiB), got {value!r}")
+        group = _default_group(process_group)
+        self.module = module
+        self.broadcast_buffers = broadcast_buffers
+        self.find_unused_parameters = find_unused_parameters
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        if not named:
+            raise DDPValueError("DDP: the module has no parameters that require grad")
+        devices = {p.device for _, p in named}
+        if len(devices) > 1:
+            raise DDPValueError(
+                f"DDP: all parameters must be on one device, found {sorted(map(str, devices))}"
+            )
+        self._buffers_list = [b for _, b in module.named_buffers()]
+        self._reducer = _ddp.Reducer(
+            [p for _, p in named],
+            [n for n, _ in named],
+            group,
+            bucket_cap_bytes=int(bucket_cap_mb * 2**20),
+            first_bucket_bytes=int(first_bucket_mb * 2**20),
+            find_unused_parameters=find_unused_parameters,
+            gradient_as_bucket_view=gradient_as_bucket_view,
+        )
+        # Frozen parameters are broadcast too, so that every rank starts from rank 0's model.
+        frozen = [(n, p) for n, p in module.named_parameters() if not p.requires_grad]
+        self._reducer.verify_and_broadcast(
+            [p.data for _, p in frozen] + self._buffers_list,
+            [n for n, _ in frozen] + [n for n, _ in module.named_buffers()],
+        )
+        self._require_sync = True
+
+    @property
+    def reducer(self) -> Any:
+        """The C++ reducer (counters for tests: allreduce_count, sync_rounds, num_buckets)."""
+        return self._reducer
+
+    @contextlib.contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Accumulate gradients locally: backward passes of forwards run inside skip the
+        all-reduce; the first backward outside reduces everything accumulated."""
+        previous = self._require_sync
+        self._require_sync = False
+        try:
+            yield
+        finally:
+            self._require_sync = previous
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self._reducer.prepare_forward()
+        if self.broadcast_buffers and self._buffers_list:
+            self._reducer.broadcast_buffers(self._buffers_list)
+        out = self.module(*args, **kwargs)
+        if torch.is_grad_enabled():
+            tensors = _tensors_in(out) if self.find_unused_parameters else []
+            self._reducer.prepare_for_backward(self._require_sync, tensors)
+        return out

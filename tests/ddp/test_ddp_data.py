@@ -1,0 +1,80 @@
+"""How train() splits data across ranks (the stream runs without a process group)."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from nbdist import DDPValueError
+from nbdist.ddp import TrainConfig, train
+from nbdist.ddp._train import _BatchStream
+
+
+def _ids(stream, n):
+    return [stream.next()[0].tolist() for _ in range(n)]
+
+
+def test_dataset_shards_are_disjoint_and_reshuffled_each_epoch_alike_on_all_ranks():
+    data = torch.arange(24)
+    ranks = [_BatchStream(data, "train_batches", r, 2, 3, seed=7, wrap=True) for r in range(2)]
+    epoch0 = [_ids(s, 4) for s in ranks]  # 24 samples / 2 ranks / batch 3 = 4 batches an epoch
+    flat = [i for shard in epoch0 for batch in shard for i in batch]
+    assert sorted(flat) == list(range(24))
+    epoch1 = [_ids(s, 4) for s in ranks]
+    assert epoch1 != epoch0 and sorted(i for sh in epoch1 for b in sh for i in b) == list(range(24))
+    # Seeking to a position gives the same batches as reading up to it.
+    again = _BatchStream(data, "train_batches", 1, 2, 3, seed=7, wrap=True)
+    again.seek(5)
+    assert _ids(again, 3) == epoch1[1][1:]
+
+
+def test_iterable_batches_are_strided_across_ranks_and_replayed_on_seek():
+    batches = [(torch.tensor([i]),) for i in range(6)]
+    r0 = _BatchStream(batches, "train_batches", 0, 2, None, seed=0, wrap=True)
+    r1 = _BatchStream(batches, "train_batches", 1, 2, None, seed=0, wrap=True)
+    assert [b[0] for b in _ids(r0, 4)] == [0, 2, 4, 0]
+    assert [b[0] for b in _ids(r1, 3)] == [1, 3, 5]
+    r1.seek(2)
+    assert r1.next()[0].item() == 5
+
+
+def test_eval_stream_ends_instead_of_wrapping():
+    s = _BatchStream([(torch.tensor([1]),)], "eval_batches", 0, 1, None, seed=0, wrap=False)
+    assert s.next() is not None and s.next() is None
+    s.reset()
+    assert s.next() is not None
+
+
+def test_dataset_needs_batch_size():
+    with pytest.raises(DDPValueError, match="set TrainConfig.batch_size"):
+        _BatchStream(torch.utils.data.TensorDataset(torch.zeros(4)), "train_batches", 0, 1,
+                     None, seed=0, wrap=True)
+
+
+class _Mean(torch.nn.Module):
+    """loss = mean(w * x); eval losses are exact, so the mean over ranks can be checked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return (self.w * x).mean()
+
+
+def _eval_rank():
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    rank = dist.get_rank()
+    evals = [torch.full((2,), 10.0 * (i + 1)) for i in range(4)]  # rank 0: 10, 30; rank 1: 20, 40
+    cfg = TrainConfig(max_steps=1, lr=1e-9, precision="fp32", eval_every=1, eval_steps=2,
+                      log_every=0, weight_decay=0.0)
+    history = train(_Mean(), [torch.ones(2)] * 2, cfg, eval_batches=evals)
+    return rank, history[-1]["eval_loss"]
+
+
+def test_eval_loss_is_the_mean_over_all_ranks(launch):
+    for _, value in launch(_eval_rank, args=(), nprocs=2):
+        assert value == pytest.approx(25.0, rel=1e-5)

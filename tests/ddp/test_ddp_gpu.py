@@ -1,0 +1,84 @@
+"""GPU checks (NCCL): run on the GPU machine (bench/device.sh); skipped where CUDA is absent."""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import pytest
+
+# NVML answers "is there a GPU?" without initializing CUDA here, so the launcher may still fork.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+from _ddp_models import TinyGPT, flat_params, gpt_batches
+
+from nbdist.ddp import DDP, TrainConfig, train
+
+pytestmark = pytest.mark.gpu
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA", allow_module_level=True)
+NGPU = min(2, torch.cuda.device_count())
+
+
+def _nccl_rank(steps: int):
+    rank = int(os.environ["RANK"])
+    # One GPU per rank, whether the launcher shows all GPUs or only this rank's.
+    local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
+    torch.cuda.set_device(local)
+    device = torch.device("cuda", local)
+    dist.init_process_group("nccl", device_id=device, timeout=datetime.timedelta(seconds=60))
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.manual_seed(rank)  # rank 0's weights must win
+    model = TinyGPT().to(device)
+    ddp = DDP(model, bucket_cap_mb=0.02, first_bucket_mb=0.005)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    world = dist.get_world_size()
+    identical = True
+    for batch in gpt_batches(steps, 8):
+        x, y = (t.chunk(world)[rank].to(device) for t in batch)
+        ddp(x, y)[1].backward()
+        opt.step()
+        opt.zero_grad()
+        p = flat_params(model)
+        out = [torch.empty_like(p) for _ in range(world)]
+        dist.all_gather(out, p)
+        identical &= all(torch.equal(out[0], o) for o in out)
+    dist.destroy_process_group()
+    return flat_params(model).cpu(), identical, ddp.reducer.allreduce_count
+
+
+def test_nccl_ranks_match_one_process(launch):
+    steps = 10
+    results = launch(_nccl_rank, args=(steps,), nprocs=NGPU)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    ref = TinyGPT().cuda()
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    for x, y in gpt_batches(steps, 8):
+        ref(x.cuda(), y.cuda())[1].backward()
+        opt.step()
+        opt.zero_grad()
+    want = flat_params(ref).cpu()
+    for params, identical, launched in results:
+        assert identical and launched >= steps
+        assert float((params - want).norm() / want.norm()) < 1e-4
+
+
+def _train_rank(precision: str):
+    torch.manual_seed(0)
+    model = TinyGPT()
+    cfg = TrainConfig(max_steps=30, grad_accum=2, lr=3e-3, warmup_steps=3, precision=precision,
+                      log_every=10, init_scale=2.0**16)
+    return train(model, gpt_batches(8, 8), cfg)  # train() moves the model to this rank's GPU
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_train_on_gpu_learns(launch, precision):
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("no bf16 on this GPU")
+    for history in launch(_train_rank, args=(precision,), nprocs=NGPU):
+        assert len(history) == 30
+        assert history[-1]["loss"] < 0.8 * history[0]["loss"]

@@ -1,0 +1,182 @@
+"""nbdist.ddp.DDP against single-process training, with real Gloo ranks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from _ddp_models import build, cnn_batches, flat_params, gpt_batches, loss_of
+
+import nbdist
+from nbdist.ddp import DDP
+
+STEPS = 20
+BATCH = 8  # per step, all ranks together
+
+
+def _init() -> tuple[int, int]:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=__import__("datetime").timedelta(seconds=60))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _identical_across_ranks(t: torch.Tensor) -> bool:
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return all(torch.equal(out[0], o) for o in out)
+
+
+def _train_ddp(name: str, grad_accum: int, bucket_cap_mb: float, as_view: bool = True) -> dict:
+    rank, world = _init()
+    # Ranks start from different weights: DDP must replace them with rank 0's.
+    model = build(name, seed=rank)
+    ddp = DDP(model, bucket_cap_mb=bucket_cap_mb, first_bucket_mb=bucket_cap_mb / 4,
+              gradient_as_bucket_view=as_view)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    batches = (gpt_batches if name == "gpt" else cnn_batches)(STEPS, BATCH)
+    identical, rounds = [], []
+    for step, batch in enumerate(batches):
+        shard = [t.chunk(world)[rank] for t in batch]
+        micro = [[t.chunk(grad_accum)[m] for t in shard] for m in range(grad_accum)]
+        before = ddp.reducer.allreduce_count
+        for m in range(grad_accum):
+            if m < grad_accum - 1:
+                with ddp.no_sync():
+                    (loss_of(name, ddp, micro[m]) / grad_accum).backward()
+            else:
+                (loss_of(name, ddp, micro[m]) / grad_accum).backward()
+        rounds.append((ddp.reducer.allreduce_count - before, ddp.reducer.num_buckets))
+        opt.step()
+        opt.zero_grad()
+        identical.append(_identical_across_ranks(flat_params(model)))
+    dist.destroy_process_group()
+    return {
+        "params": flat_params(model),
+        "buffers": [b.clone() for b in model.buffers()],
+        "identical": identical,
+        "rounds": rounds,
+        "sync_rounds": ddp.reducer.sync_rounds,
+        "rebuilt": ddp.reducer.buckets_rebuilt,
+    }
+
+
+def _train_reference(name: str, world: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """One process. The gradient DDP computes is the mean over ranks of each rank's mean loss;
+    BatchNorm statistics follow rank 0's shard (DDP broadcasts rank 0's buffers)."""
+    model = build(name, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    for batch in (gpt_batches if name == "gpt" else cnn_batches)(STEPS, BATCH):
+        if name == "gpt":  # no batch statistics: the full batch at once
+            loss_of(name, model, batch).backward()
+        else:
+            for r in range(world):
+                saved = [b.clone() for b in model.buffers()]
+                (loss_of(name, model, [t.chunk(world)[r] for t in batch]) / world).backward()
+                if r > 0:
+                    for b, s in zip(model.buffers(), saved):
+                        b.copy_(s)
+        opt.step()
+        opt.zero_grad()
+    return flat_params(model), [b.clone() for b in model.buffers()]
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.mark.parametrize("name", ["gpt", "cnn"])
+def test_two_ranks_match_one_process(launch, name):
+    cap_mb = 0.02 if name == "gpt" else 0.002  # several buckets even for these tiny models
+    results = launch(_train_ddp, args=(name, 1, cap_mb), nprocs=2)
+    ref_params, ref_buffers = _train_reference(name, 2)
+    for rank, res in enumerate(results):
+        assert all(res["identical"]), f"rank params diverged at steps {res['identical']}"
+        assert _rel(res["params"], ref_params) <= 1e-5, (rank, _rel(res["params"], ref_params))
+    # Buffers follow rank 0 (the others hold their own last update until the next forward).
+    for b, rb in zip(results[0]["buffers"], ref_buffers):
+        assert torch.allclose(b.double(), rb.double(), rtol=1e-5, atol=1e-6), (b, rb)
+    assert torch.equal(results[0]["params"], results[1]["params"])
+    # Several buckets, all launched once per step, and rebuilt once from the arrival order.
+    for launched, buckets in results[0]["rounds"]:
+        assert buckets > 1 and launched == buckets
+    assert results[0]["rebuilt"]
+
+
+@pytest.mark.parametrize("as_view", [True, False], ids=["bucket_view", "grad_copy"])
+def test_grad_accum_reduces_once_per_step(launch, as_view):
+    results = launch(_train_ddp, args=("gpt", 4, 0.02, as_view), nprocs=2)
+    ref_params, _ = _train_reference("gpt", 2)
+    for res in results:
+        # One bucketed all-reduce round per optimizer step, none on the no_sync micro-steps.
+        assert res["sync_rounds"] == STEPS
+        assert all(launched == buckets for launched, buckets in res["rounds"])
+        assert _rel(res["params"], ref_params) <= 1e-5
+        assert all(res["identical"])
+
+
+def _mismatched_model() -> tuple[str, str]:
+    rank, _ = _init()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3 if rank == 0 else 5))
+    try:
+        DDP(model)
+    except nbdist.DDPValueError as e:
+        return type(e).__name__, str(e)
+    return "no error", ""
+
+
+def test_mismatched_shapes_name_the_parameter_and_rank(launch):
+    for kind, message in launch(_mismatched_model, args=(), nprocs=2):
+        assert kind == "DDPValueError"
+        assert "'1.weight'" in message and "rank 1" in message and "[5, 8]" in message
+
+
+class _TwoHeads(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(4, 4)
+        self.used = torch.nn.Linear(4, 1)
+        self.unused = torch.nn.Linear(4, 1)
+
+    def forward(self, x):
+        return self.used(self.body(x))
+
+
+def _unused_params(find_unused: bool):
+    rank, _ = _init()
+    torch.manual_seed(0)
+    model = _TwoHeads()
+    ddp = DDP(model, find_unused_parameters=find_unused)
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(rank))
+    try:
+        for _ in range(2):
+            ddp(x).sum().backward()
+    except RuntimeError as e:
+        return str(e)
+    grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    return grads, ddp.reducer.sync_rounds
+
+
+def test_unused_parameters(launch):
+    for message in launch(_unused_params, args=(False,), nprocs=2):
+        assert isinstance(message, str)
+        assert "unused.weight" in message and "find_unused_parameters=True" in message
+    results = launch(_unused_params, args=(True,), nprocs=2)
+    (g0, rounds0), (g1, _) = results
+    assert rounds0 == 2 and torch.equal(g0, g1)
+    # Reference: the mean over ranks of the two backward passes' gradients.
+    torch.manual_seed(0)
+    ref = _TwoHeads()
+    for rank in range(2):
+        x = torch.randn(6, 4, generator=torch.Generator().manual_seed(rank))
+        for _ in range(2):
+            (ref(x).sum() / 2).backward()
+    expect = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
+                        for p in ref.parameters()])
+    assert torch.allclose(g0, expect, rtol=1e-5, atol=1e-6)
+
+
+def test_uninitialized_process_group_is_a_clear_error():
+    assert not dist.is_initialized()
+    with pytest.raises(nbdist.DDPValueError, match="init_process_group"):
+        DDP(torch.nn.Linear(2, 2))

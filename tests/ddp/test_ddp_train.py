@@ -1,0 +1,164 @@
+"""nbdist.ddp.train: resume after kill -9, crash-safe checkpoints, loss scaler, bad input."""
+
+from __future__ import annotations
+
+import datetime
+import glob
+import os
+import signal
+
+import pytest
+import torch
+import torch.distributed as dist
+from _ddp_models import TinyGPT, flat_params, gpt_batches
+
+import nbdist
+from nbdist.ddp import TrainConfig, load_checkpoint, train
+
+KILL_ENV = "NBDIST_DDP_TEST_KILL_IN_CHECKPOINT_WRITE"
+
+
+def _config(ckpt_dir: str, max_steps: int, **kw) -> TrainConfig:
+    base = dict(max_steps=max_steps, grad_accum=2, lr=1e-2, warmup_steps=2, precision="fp32",
+                ckpt_dir=ckpt_dir, ckpt_every=2, log_every=0, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _run(ckpt_dir: str, max_steps: int, kill_rank: int = -1, kill_at_batch: int = -1,
+         kill_in_write: int = 0):
+    """One rank: train the tiny GPT (dropout on, so RNG state matters) and return its weights."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    rank = dist.get_rank()
+    if kill_in_write:
+        os.environ[KILL_ENV] = str(kill_in_write)  # die halfway through that write
+    torch.manual_seed(0)
+    model = TinyGPT(dropout=0.1)
+    seen = [0]
+
+    def loss_fn(m, batch):
+        seen[0] += 1
+        if rank == kill_rank and seen[0] == kill_at_batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return m(*batch)[1]
+
+    history = train(model, gpt_batches(5, 4), _config(ckpt_dir, max_steps), loss_fn=loss_fn)
+    return flat_params(model), [h["step"] for h in history]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, request):
+    launch = request.getfixturevalue("launch")
+    results = launch(_run, args=(str(tmp_path_factory.mktemp("ref")), 6), nprocs=2)
+    assert torch.equal(results[0][0], results[1][0])
+    assert results[0][1] == [1, 2, 3, 4, 5, 6]
+    return results[0][0]
+
+
+def test_resume_after_kill_matches_uninterrupted_run_bitwise(launch, tmp_path, uninterrupted):
+    with pytest.raises(Exception):  # noqa: B017 - the launcher reports the dead rank
+        # Rank 1 dies by SIGKILL in the middle of step 5 (its 9th micro-batch).
+        launch(_run, args=(str(tmp_path), 6, 1, 9), nprocs=2)
+    saved = load_checkpoint(str(tmp_path / "latest.pt"))
+    assert int(saved["step"]) in (2, 4)
+    results = launch(_run, args=(str(tmp_path), 6), nprocs=2)
+    for params, steps in results:
+        assert steps[0] == int(saved["step"]) + 1 and steps[-1] == 6  # it resumed
+        assert torch.equal(params, uninterrupted)
+
+
+def test_kill_during_checkpoint_write_keeps_previous_checkpoint(launch, tmp_path, uninterrupted):
+    with pytest.raises(Exception):  # noqa: B017 - rank 0 dies by SIGKILL mid-write
+        # The second checkpoint (after step 4) is where rank 0 dies.
+        launch(_run, args=(str(tmp_path), 6, -1, -1, 2), nprocs=2)
+    assert glob.glob(str(tmp_path / "latest.pt.tmp.*")), "the write should have died halfway"
+    saved = load_checkpoint(str(tmp_path / "latest.pt"))
+    assert int(saved["step"]) == 2
+    results = launch(_run, args=(str(tmp_path), 6), nprocs=2)
+    assert not glob.glob(str(tmp_path / "latest.pt.tmp.*"))
+    for params, steps in results:
+        assert steps == [3, 4, 5, 6] and torch.equal(params, uninterrupted)
+
+
+def _scaler_run():
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = TinyGPT()
+    seen = [0]
+    snapshots = []
+
+    def loss_fn(m, batch):
+        seen[0] += 1
+        snapshots.append(flat_params(m).clone())
+        loss = m(*batch)[1]
+        # Rank 1's step 3 (micro-batches 5, 6) overflows; the reduced gradient is inf everywhere.
+        return loss * float("inf") if rank == 1 and seen[0] == 6 else loss
+
+    cfg = TrainConfig(max_steps=8, grad_accum=2, lr=1e-2, precision="fp16", log_every=0,
+                      init_scale=1024.0, growth_interval=3, grad_clip=0.0)
+    history = train(model, gpt_batches(5, 4), cfg, loss_fn=loss_fn)
+    return history, snapshots, flat_params(model)
+
+
+def test_loss_scaler_skips_inf_steps_and_regrows(launch):
+    results = launch(_scaler_run, args=(), nprocs=2)
+    for history, snapshots, _ in results:
+        assert [h["skipped"] for h in history] == [False, False, True] + [False] * 5
+        # Scale used by each step: halved after the overflow, doubled after 3 good steps.
+        assert [h["scale"] for h in history] == [1024, 1024, 1024, 512, 512, 512, 1024, 1024]
+        # The skipped step left the weights alone: step 4 starts where step 3 started.
+        assert torch.equal(snapshots[4], snapshots[6])
+        assert not torch.equal(snapshots[2], snapshots[4])
+    assert torch.equal(results[0][2], results[1][2])
+
+
+def _bad_run(kind: str):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    torch.manual_seed(0)
+    model = TinyGPT()
+    data = gpt_batches(3, 4)
+    cfg = TrainConfig(max_steps=3, precision="fp32", log_every=0)
+    loss_fn = None
+    if kind == "nan":
+        def loss_fn(m, batch):
+            return m(*batch)[1] * float("nan")
+    elif kind == "empty":
+        data = []
+    elif kind == "empty_dataset":
+        data, cfg.batch_size = (torch.zeros(1, 16, dtype=torch.long),) * 2, 1
+    try:
+        train(model, data, cfg, loss_fn=loss_fn)
+    except nbdist.DDPError as e:
+        return type(e).__name__, str(e)
+    except RuntimeError as e:  # raised from inside backward/step: the message is what counts
+        return type(e).__name__, str(e)
+    return "no error", ""
+
+
+@pytest.mark.parametrize(
+    ("kind", "expect"),
+    [("nan", "non-finite gradient at step 1"), ("empty", "train_batches is empty"),
+     ("empty_dataset", "too few for 2 ranks")],
+)
+def test_bad_input_is_a_clear_error_on_every_rank(launch, kind, expect):
+    for name, message in launch(_bad_run, args=(kind,), nprocs=2):
+        assert expect in message, (name, message)
+
+
+def test_bad_config_names_the_field():
+    with pytest.raises(nbdist.DDPValueError, match=r"TrainConfig.precision='fp8'"):
+        train(torch.nn.Linear(2, 2), [torch.zeros(2)], TrainConfig(max_steps=1, precision="fp8"))
+    with pytest.raises(nbdist.DDPValueError, match=r"TrainConfig.ckpt_every=5: needs ckpt_dir"):
+        train(torch.nn.Linear(2, 2), [torch.zeros(2)], TrainConfig(max_steps=1, ckpt_every=5))
+
+
+def test_unreadable_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "latest.pt"
+    path.write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(nbdist.DDPValueError, match=r"latest.pt' is not readable"):
+        load_checkpoint(str(path))
+    assert load_checkpoint(str(tmp_path / "missing.pt")) is None
