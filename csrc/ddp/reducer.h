@@ -11,12 +11,14 @@
 // the same order everywhere. A final callback queued on the autograd engine waits for all of them.
 
 #include <ATen/ATen.h>
-#include <torch/csrc/autograd/node.h>
+#include <torch/csrc/autograd/function.h>  // Node; named node.h only from torch 2.12
+#include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/error.h"
@@ -91,7 +93,10 @@ class Reducer {
   int world_size_ = 1;
   bool use_avg_op_ = false;  // the backend averages (NCCL AVG); otherwise pre-divide
 
-  std::vector<c10::intrusive_ptr<torch::autograd::Node>> accumulators_;
+  // The holder of a Node changed from std::shared_ptr (torch <= 2.11) to c10::intrusive_ptr
+  // (later releases); take whatever this torch's grad_accumulator returns.
+  using NodeHolder = decltype(torch::autograd::impl::grad_accumulator(std::declval<at::Tensor>()));
+  std::vector<NodeHolder> accumulators_;
   std::vector<uintptr_t> hook_keys_;
 
   std::vector<Bucket> buckets_;
