@@ -1,22 +1,15 @@
 import sys
-import types
 
 import pytest
 
 pytest.importorskip("torch")
 
-try:
-    from nbdist import launch as _launch  # the real launcher, once it is on this branch
-
-    if isinstance(_launch, types.ModuleType):
-        _launch = _launch.launch
-except (ImportError, AttributeError):  # pragma: no cover - until nbdist.launch lands
-    from _launch_shim import launch as _launch
+from nbdist import launch as _launch  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def launch():
-    """nbdist.launch(fn, args, nprocs) -> per-rank results (or the temporary shim)."""
+    """nbdist.launch(fn, args, nprocs) -> per-rank results."""
     import cloudpickle
 
     # The rank functions live in test modules that a fresh rank process cannot import (tests/ddp

@@ -18,17 +18,6 @@ NOTEBOOK = ROOT / "notebooks" / "04_ddp_gpt.ipynb"
 @pytest.mark.slow
 def test_04_ddp_notebook_runs(monkeypatch, tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    try:
-        from nbdist import launch  # noqa: F401
-        real_launcher = True
-    except ImportError:
-        real_launcher = False
-        # Until nbdist.launch is on this branch: the ddp tests' stand-in (same contract).
-        nb.cells.insert(0, nbformat.v4.new_code_cell(
-            "import sys, nbdist\n"
-            f"sys.path.insert(0, {str(ROOT / 'tests' / 'ddp')!r})\n"
-            "from _launch_shim import launch\n"
-            "nbdist.launch = launch"))
     monkeypatch.setenv("NBDIST_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
     client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
@@ -37,5 +26,4 @@ def test_04_ddp_notebook_runs(monkeypatch, tmp_path):
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                       for o in c.get("outputs", []))
     assert "resumed at step 7, now at step 10" in outputs
-    if real_launcher:
-        assert "step     2/6 | loss" in outputs  # rank 0's log lines reach the cell
+    assert "step     2/6 | loss" in outputs  # rank 0's log lines reach the cell
