@@ -1,8 +1,10 @@
 """nbdist.Job: a handle on a launch running in the background (and, underneath, every launch).
 
-A foreground :func:`nbdist.launch` is a Job plus a loop that prints the ranks' lines and waits.
-A small driver thread runs the job's attempts (restarts, one retry on a fresh port when the
-rendezvous port was taken) so that a background job makes progress while the cell is free.
+Every launch is a Job. Its driver runs the attempts (restarts, one retry on a fresh port when the
+rendezvous port was taken): on a small thread of its own for a background job, so that it makes
+progress while the cell is free, or in the caller's thread for a foreground launch, which then
+also prints the ranks' lines (no thread hand-off between the call and the ranks, and Ctrl-C lands
+in the driver itself).
 """
 
 from __future__ import annotations
