@@ -315,6 +315,7 @@ class _Plan:
         from . import _worker
 
         fn, args, kwargs = self.fn, self.args, self.kwargs
+        handlers = _worker.stream_handlers()
         batch = []
         for r in range(self.nprocs):
             fds = sup.open_rank(r, False)
@@ -322,8 +323,11 @@ class _Plan:
             result_w = fds.result_w
 
             def child(env=env, result_w=result_w):
-                os.environ.update(env)
-                _worker.setup_rank(fresh_streams=True)
+                try:
+                    os.environ.update(env)
+                    _worker.setup_rank(fresh_streams=True, stream_handlers=handlers)
+                except BaseException as exc:
+                    return _worker.report_start_failure(exc, result_w)
                 code = _worker.run_rank(fn, args, kwargs, result_w)
                 sys.stdout.flush()
                 sys.stderr.flush()
