@@ -170,22 +170,23 @@ pid_t do_spawn(const SpawnSpec& spec) {
     int r = ::poll(pfd, npfd, -1);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) ::_exit(1);
-    if (pfd[1].revents & POLLIN) {
+    bool parent_gone = (pfd[1].revents & POLLIN) != 0;
+    if (!parent_gone && pfd[0].revents) {
+      int32_t v;
+      ssize_t n = ::read(0, &v, sizeof v);
+      // EOF: the launcher's end closed, which only its death does. It can arrive before the
+      // death signal, so it must kill too.
+      if (n == 0) parent_gone = true;
+      else if (n != sizeof v) continue;
+      else if (v > 0 && ngroups < kMaxGroups) groups[ngroups++] = v;
+      else if (v < 0)
+        for (int i = 0; i < ngroups; ++i)
+          if (groups[i] == -v) groups[i] = 0;
+    }
+    if (parent_gone) {
       for (int i = 0; i < ngroups; ++i)
         if (groups[i] > 0) ::kill(-groups[i], SIGKILL);
       ::_exit(0);
-    }
-    if (pfd[0].revents) {
-      int32_t v;
-      ssize_t n = ::read(0, &v, sizeof v);
-      if (n == 0) ::_exit(0);  // the launcher closed the pipe on purpose
-      if (n != sizeof v) continue;
-      if (v > 0 && ngroups < kMaxGroups) {
-        groups[ngroups++] = v;
-      } else if (v < 0) {
-        for (int i = 0; i < ngroups; ++i)
-          if (groups[i] == -v) groups[i] = 0;
-      }
     }
   }
 }

@@ -25,9 +25,11 @@ EXCEPTION = b"E"
 HEADER = struct.Struct("<cd")
 
 
-def setup_rank(fresh_streams: bool) -> None:
+def setup_rank(fresh_streams: bool, stream_handlers: list | None = None) -> None:
     """Signals and streams of a rank. ``fresh_streams``: replace sys.stdout/stderr (a forked
-    child of a Jupyter kernel would otherwise write into the kernel's ZMQ streams)."""
+    child of a Jupyter kernel would otherwise write into the kernel's ZMQ streams);
+    ``stream_handlers``: the parent's logging handlers on those streams (found by
+    :func:`stream_handlers` before fork, where it is cheap) to point at the new ones."""
     if fresh_streams:
         old_out, old_err = sys.stdout, sys.stderr
         sys.stdout = io.TextIOWrapper(
@@ -39,7 +41,10 @@ def setup_rank(fresh_streams: bool) -> None:
             line_buffering=True,
         )
         sys.__stdout__, sys.__stderr__ = sys.stdout, sys.stderr
-        _redirect_logging({id(old_out): sys.stdout, id(old_err): sys.stderr})
+        if stream_handlers is None:
+            stream_handlers = _stream_handlers(old_out, old_err)
+        for handler, which in stream_handlers:
+            handler.stream = sys.stdout if which == 1 else sys.stderr
     else:
         # Pipes make Python block-buffer stdout: lines would reach the cell only at exit.
         for stream in (sys.stdout, sys.stderr):
@@ -54,19 +59,31 @@ def setup_rank(fresh_streams: bool) -> None:
     faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
 
 
-def _redirect_logging(replacements: dict) -> None:
-    """Logging handlers the parent pointed at its old streams write to the rank's pipes."""
+def _stream_handlers(out=None, err=None) -> list:
+    """(handler, 1 or 2) for every logging StreamHandler writing to sys.stdout / sys.stderr.
+    Called in the parent before fork: walking every logger in a forked child costs copy-on-write
+    faults (a millisecond with torch's loggers)."""
     logging = sys.modules.get("logging")
     if logging is None:
-        return
+        return []
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    found = []
     loggers = [logging.getLogger()] + [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
     ]
     for lg in loggers:
         for h in lg.handlers:
             stream = getattr(h, "stream", None)
-            if isinstance(h, logging.StreamHandler) and id(stream) in replacements:
-                h.stream = replacements[id(stream)]
+            if isinstance(h, logging.StreamHandler) and stream is not None:
+                if stream is out:
+                    found.append((h, 1))
+                elif stream is err:
+                    found.append((h, 2))
+    return found
+
+
+stream_handlers = _stream_handlers
 
 
 def _send(fd: int, kind: bytes, payload: bytes) -> None:
@@ -139,6 +156,23 @@ def run_rank(fn, args, kwargs, result_fd: int) -> int:
     return code
 
 
+def report_start_failure(exc: BaseException, result_fd: int) -> int:
+    """A rank failed before fn ran (its set-up, unpickling the payload): send the exception like
+    one raised by fn, and write the traceback straight to fd 2 (sys.stderr may be the broken
+    part). Returns the exit code."""
+    formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    formatted = "nbdist: the rank failed before calling fn:\n" + formatted
+    try:
+        _send(result_fd, EXCEPTION, _exception_payload(exc, formatted))
+    except Exception:
+        pass
+    try:
+        os.write(2, formatted.encode("utf-8", "backslashreplace"))
+    except OSError:
+        pass
+    return 1
+
+
 def decode_outcome(data: bytes):
     """(kind, monotonic time, payload object) of a rank's result pipe; None when it is empty or
     cut short (the rank died while sending)."""
@@ -159,8 +193,11 @@ def decode_outcome(data: bytes):
 def run_payload(path: str, result_fd: int) -> int:
     import cloudpickle
 
-    with open(path, "rb") as f:
-        payload = cloudpickle.loads(f.read())
+    try:
+        with open(path, "rb") as f:
+            payload = cloudpickle.loads(f.read())
+    except BaseException as exc:  # e.g. fn's module does not import here
+        return report_start_failure(exc, result_fd)
     return run_rank(payload["fn"], payload["args"], payload["kwargs"], result_fd)
 
 

@@ -57,12 +57,16 @@ def _serve(sock: socket.socket) -> None:
                 if pid == 0:
                     code = 1
                     try:
-                        os.environ.clear()
-                        os.environ.update(req["env"])
-                        if req["cwd"]:
-                            os.chdir(req["cwd"])
-                        _worker.setup_rank(fresh_streams=True)
-                        _worker.load_sys_path(req["payload"])
+                        try:
+                            os.environ.clear()
+                            os.environ.update(req["env"])
+                            if req["cwd"]:
+                                os.chdir(req["cwd"])
+                            _worker.setup_rank(fresh_streams=True)
+                            _worker.load_sys_path(req["payload"])
+                        except BaseException as exc:
+                            code = _worker.report_start_failure(exc, res_w)
+                            os._exit(code)
                         code = _worker.run_payload(req["payload"], res_w)
                         sys.stdout.flush()
                         sys.stderr.flush()

@@ -76,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.quiet:
         print("nbdist: " + ", ".join(plan.decisions), file=sys.stderr, flush=True)
     job = Job(plan)
-    job._start()
     try:
         run_foreground(job, "[rank {rank}] ")
     except KeyboardInterrupt:

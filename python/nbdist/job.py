@@ -1,14 +1,17 @@
 """nbdist.Job: a handle on a launch running in the background (and, underneath, every launch).
 
-A foreground :func:`nbdist.launch` is a Job plus a loop that prints the ranks' lines and waits.
-A small driver thread runs the job's attempts (restarts, one retry on a fresh port when the
-rendezvous port was taken) so that a background job makes progress while the cell is free.
+Every launch is a Job. Its driver runs the attempts (restarts, one retry on a fresh port when the
+rendezvous port was taken): on a small thread of its own for a background job, so that it makes
+progress while the cell is free, or in the caller's thread for a foreground launch, which then
+also prints the ranks' lines (no thread hand-off between the call and the ranks, and Ctrl-C lands
+in the driver itself).
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import time
 import weakref
@@ -155,7 +158,10 @@ class Job(JobExtensions):
             lines.extend(sup.take_lines(max_lines))
         return lines
 
-    def _drive(self) -> None:
+    def _drive(self, show=None) -> None:
+        """Runs the attempts until the job ends. Background jobs run it on their own thread;
+        a foreground launch runs it in the caller's thread with ``show`` printing the lines
+        (no thread hand-offs on the way to the ranks, and Ctrl-C arrives right here)."""
         plan = self._plan
         port_retried = False
         restart = 0
@@ -171,11 +177,17 @@ class Job(JobExtensions):
                 self._pids = pids
                 if self._status == "starting":
                     self._status = "running"
-                sup.wait(-1.0)
+                if show is None:
+                    sup.wait(-1.0)
+                else:
+                    while not sup.done():
+                        sup.wait_activity(0.1)
+                        show(self._take_lines())
                 with self._lock:
                     self._pending.extend(sup.take_lines(1 << 30))
-                outcome = plan.collect(sup, start_error)
-                state, results, error = outcome
+                if show is not None:
+                    show(self._take_lines())
+                state, results, error = plan.collect(sup, start_error)
                 if state == "succeeded":
                     self._finish(state, results, None)
                     return
@@ -196,8 +208,34 @@ class Job(JobExtensions):
                     continue
                 self._finish("failed", None, error)
                 return
+        except KeyboardInterrupt:
+            if show is None:
+                raise
+            self._interrupted(show)
+            raise
         except BaseException as exc:  # a launcher bug or a start failure must still end the job
             self._finish("failed", None, exc)
+
+    def _interrupted(self, show) -> None:
+        """Ctrl-C in the foreground: tear every rank down (a second Ctrl-C skips the grace)."""
+        grace = self._plan.grace
+        with self._lock:
+            self._kill_grace = grace
+            sup = self._sup
+        print(f"nbdist: interrupted; stopping the ranks of job {self.id} "
+              f"(SIGTERM, then SIGKILL after {grace:g} s)", file=sys.stderr, flush=True)
+        try:
+            if sup is not None:
+                sup.kill(grace)
+                while not sup.done():
+                    sup.wait_activity(0.1)
+                    show(self._take_lines())
+        except KeyboardInterrupt:
+            if sup is not None:
+                sup.kill(0.0)
+                sup.wait(30.0)
+        show(self._take_lines())
+        self._finish("killed", None, LaunchError(f"job {self.id} was interrupted"))
 
     def _finish(self, state: str, results, error) -> None:
         self._results = results

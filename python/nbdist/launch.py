@@ -163,9 +163,32 @@ def new_job_id() -> str:
 
 # -- the fork thread ------------------------------------------------------------------------------
 
+def _fork_batch(batch: list) -> list[int]:
+    """Forks one child per (fds, keep, child) entry; returns their pids. In a child, runs
+    ``child()`` and exits with its return value (never returns)."""
+    pids: list[int] = []
+    try:
+        for fds, keep, child in batch:
+            pid = _core().fork_interpreter(fds, keep, [], signal.SIGKILL)
+            if pid == 0:
+                code = 1
+                try:
+                    code = child()
+                finally:
+                    os._exit(code)
+            pids.append(pid)
+    except BaseException:
+        for pid in pids:  # a partial batch must not outlive the failed start
+            _core().kill_group(pid, signal.SIGKILL)
+        raise
+    return pids
+
+
 class _ForkThread:
-    """The one long-lived Python thread that forks this interpreter (PR_SET_PDEATHSIG is tied to
-    the forking thread, and CPython's fork hooks must run in it)."""
+    """The long-lived Python thread that forks this interpreter for launches started off the
+    main thread (background jobs): PR_SET_PDEATHSIG is tied to the forking thread, and CPython's
+    fork hooks must run in it. The main thread lives as long as the process, so a foreground
+    launch forks there directly."""
 
     def __init__(self) -> None:
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
@@ -175,27 +198,17 @@ class _ForkThread:
     def _loop(self) -> None:
         while True:
             batch, reply = self._requests.get()
-            pids: list = []
             try:
-                for fds, keep, child in batch:
-                    pid = _core().fork_interpreter(fds, keep, [], signal.SIGKILL)
-                    if pid == 0:
-                        code = 1
-                        try:
-                            code = child()
-                        finally:
-                            os._exit(code)
-                    pids.append(pid)
-                reply.put(("ok", pids))
+                reply.put(("ok", _fork_batch(batch)))
             except BaseException as exc:
-                reply.put(("error", (exc, pids)))
+                reply.put(("error", exc))
 
     def fork_all(self, batch: list) -> list[int]:
         reply: queue.SimpleQueue = queue.SimpleQueue()
         self._requests.put((batch, reply))
         kind, value = reply.get()
         if kind == "error":
-            raise value[0]
+            raise value
         return value
 
 
@@ -279,6 +292,10 @@ class _Plan:
                 pids = self._start_zygote(sup, restart)
             else:
                 pids = self._start_spawn(sup, restart)
+        except KeyboardInterrupt:
+            sup.kill(0.0)
+            sup.seal()
+            raise
         except BaseException as exc:
             start_error = exc
             sup.kill(0.0)
@@ -309,6 +326,7 @@ class _Plan:
         from . import _worker
 
         fn, args, kwargs = self.fn, self.args, self.kwargs
+        handlers = _worker.stream_handlers()
         batch = []
         for r in range(self.nprocs):
             fds = sup.open_rank(r, False)
@@ -316,15 +334,21 @@ class _Plan:
             result_w = fds.result_w
 
             def child(env=env, result_w=result_w):
-                os.environ.update(env)
-                _worker.setup_rank(fresh_streams=True)
+                try:
+                    os.environ.update(env)
+                    _worker.setup_rank(fresh_streams=True, stream_handlers=handlers)
+                except BaseException as exc:
+                    return _worker.report_start_failure(exc, result_w)
                 code = _worker.run_rank(fn, args, kwargs, result_w)
                 sys.stdout.flush()
                 sys.stderr.flush()
                 return code
 
             batch.append(([(fds.stdout_w, 1), (fds.stderr_w, 2)], [result_w], child))
-        pids = _get_fork_thread().fork_all(batch)
+        if threading.current_thread() is threading.main_thread():
+            pids = _fork_batch(batch)
+        else:
+            pids = _get_fork_thread().fork_all(batch)
         for r, pid in enumerate(pids):
             sup.attach_rank(r, pid)
         return pids
@@ -454,7 +478,12 @@ class _Plan:
         if info and info["traceback"]:
             parts.append(f"Remote traceback of rank {grank(root.rank)}:\n"
                          + info["traceback"].rstrip())
-        tail = sup.tail(root.rank).decode("utf-8", "replace").splitlines()[-TAIL_LINES_IN_ERROR:]
+        tail = sup.tail(root.rank).decode("utf-8", "replace").splitlines()
+        fatal = [i for i, line in enumerate(tail) if line.startswith("Fatal Python error")]
+        if fatal and len(tail) - fatal[-1] <= 5 * TAIL_LINES_IN_ERROR:
+            tail = tail[fatal[-1]:]  # a crash: keep faulthandler's whole report
+        else:
+            tail = tail[-TAIL_LINES_IN_ERROR:]
         if tail and not (info and info["traceback"]):
             parts.append(f"Last output of rank {grank(root.rank)}:\n" + "\n".join(tail))
         summary = []
@@ -685,8 +714,8 @@ def _print_lines(lines, prefix: str) -> None:
 
 
 def run_foreground(job: Job, prefix: str) -> list:
-    """Prints the ranks' lines into the cell while waiting; Ctrl-C tears the ranks down and
-    re-raises KeyboardInterrupt."""
+    """Runs the job in this thread, printing the ranks' lines into the cell; Ctrl-C tears the
+    ranks down and re-raises KeyboardInterrupt."""
     offset = job._plan.node_rank * job._plan.nprocs
 
     def show(lines):
@@ -694,24 +723,7 @@ def run_foreground(job: Job, prefix: str) -> list:
             lines = [(r + offset if r >= 0 else r, s, t) for r, s, t in lines]
         _print_lines(lines, prefix)
 
-    try:
-        while not job.done():
-            sup = job._sup
-            if sup is not None and not sup.done():
-                sup.wait_activity(0.1)
-            else:
-                # Between attempts, or while the driver thread reads the outcome: sleep on the
-                # job's event rather than spin (a spinning thread starves the driver of the GIL).
-                job._done.wait(0.05)
-            show(job._take_lines())
-        show(job._take_lines())
-    except KeyboardInterrupt:
-        try:
-            job.kill(grace=job._plan.grace)
-        except KeyboardInterrupt:
-            job.kill(grace=0.0)  # a second Ctrl-C: no more grace
-        show(job._take_lines())
-        raise
+    job._drive(show)
     return job.wait()
 
 
@@ -800,8 +812,8 @@ def start_plan(plan: _Plan, background: bool, prefix: str = "[rank {rank}] ", se
     job = Job(plan)
     if setup is not None:
         setup(job)
-    job._start()
     if background:
+        job._start()
         return job
     try:
         return run_foreground(job, prefix)

@@ -136,3 +136,24 @@ def test_ranks_failing_during_start_tear_down_without_waiting_for_the_grace(meth
                           stream=False)
         assert info.value.rank == 1
         assert time.monotonic() - t0 < 60  # far below the 120 s grace
+
+
+def test_fn_that_cannot_be_unpickled_in_the_rank_is_reported(tmp_path):
+    # fn lives in a module only the launcher can import: the spawn rank fails before calling it.
+    import sys
+
+    mod = tmp_path / "only_here_mod.py"
+    mod.write_text("def f():\n    return 1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import only_here_mod
+
+        os.rename(mod, tmp_path / "gone.py")
+        with pytest.raises(nbdist.WorkerError) as info:
+            nbdist.launch(only_here_mod.f, nprocs=1, start_method="spawn", stream=False)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("only_here_mod", None)
+    err = info.value
+    assert err.rank == 0 and err.exc_type == "ModuleNotFoundError"
+    assert "before calling fn" in err.remote_traceback

@@ -120,3 +120,20 @@ def test_forked_copy_of_the_launcher_leaves_the_job_alone():
     assert job.status == "running"
     job.kill(grace=1)
     assert job.status == "killed"
+
+
+def test_logging_handlers_of_the_launcher_write_into_the_rank_output(capfd):
+    import logging
+    import sys
+
+    logger = logging.getLogger("nbdist_test_logger")
+    handler = logging.StreamHandler(sys.stderr)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        nbdist.launch(lambda: logger.info("logged in rank %s", os.environ["RANK"]), nprocs=2,
+                      start_method="fork")
+    finally:
+        logger.removeHandler(handler)
+    err = capfd.readouterr().err
+    assert "[rank 0] logged in rank 0" in err and "[rank 1] logged in rank 1" in err
