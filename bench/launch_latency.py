@@ -174,6 +174,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import nbdist
+    from nbdist._io import atomic_write_json
 
     ranks = [int(r) for r in args.ranks.split(",")]
     load_before = os.getloadavg()
@@ -183,22 +184,38 @@ def main() -> None:
         # Round-robin over the launchers, so that load changes on a shared machine hit all alike.
         entry: dict = {n: [] for n in names}
         crash: dict = {n: [] for n in names}
+        failed: dict = {}
         for name in names:
             if name.startswith("nbdist") or name == "torch.mp fork":
-                measure_entry(LAUNCHERS[name], nprocs, args.nccl)  # warm-up: zygote, threads
+                try:
+                    measure_entry(LAUNCHERS[name], nprocs, args.nccl)  # warm-up: zygote, threads
+                except Exception as exc:
+                    failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         for rep in range(max(args.repeats, args.slow_repeats)):
             for name in names:
                 if rep >= (args.slow_repeats if name in SLOW else args.repeats):
                     continue
-                entry[name].append(measure_entry(LAUNCHERS[name], nprocs, args.nccl))
-                crash[name].append(measure_crash(LAUNCHERS[name], nprocs, args.nccl))
+                if name in failed:
+                    continue
+                try:
+                    entry[name].append(measure_entry(LAUNCHERS[name], nprocs, args.nccl))
+                    crash[name].append(measure_crash(LAUNCHERS[name], nprocs, args.nccl))
+                except Exception as exc:  # a launcher that cannot run here (accelerate after
+                    # CUDA was touched, say) is a result to report, not a reason to stop
+                    failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         for name in names:
+            if not entry[name] or not crash[name]:
+                rows.append({"launcher": name, "nprocs": nprocs, "failed": failed.get(name)})
+                print(f"{name:30s} {nprocs} ranks: FAILED {failed.get(name)}", flush=True)
+                continue
             row = {"launcher": name, "nprocs": nprocs, "entry_s": entry[name],
                    "crash_s": crash[name],
                    "entry_median_ms": 1e3 * statistics.median(entry[name]),
                    "crash_median_ms": 1e3 * statistics.median(crash[name]),
                    "entry_min_ms": 1e3 * min(entry[name]),
                    "crash_min_ms": 1e3 * min(crash[name])}
+            if name in failed:
+                row["failed"] = failed[name]
             rows.append(row)
             print(f"{name:30s} {nprocs} ranks: entry {row['entry_median_ms']:9.1f} ms   "
                   f"crash->error {row['crash_median_ms']:9.1f} ms", flush=True)
@@ -206,7 +223,7 @@ def main() -> None:
     def med(name, nprocs, key):
         for r in rows:
             if r["launcher"] == name and r["nprocs"] == nprocs:
-                return r[key]
+                return r.get(key)
         return None
 
     ratios, targets = {}, {}
@@ -243,6 +260,9 @@ def main() -> None:
     print(f"{'launcher':30s} {'ranks':>5s} {'entry ms':>10s} {'(min)':>8s} "
           f"{'crash->error ms':>16s} {'(min)':>8s}   medians; min in parentheses")
     for row in rows:
+        if "entry_median_ms" not in row:
+            print(f"{row['launcher']:30s} {row['nprocs']:5d}  failed: {row.get('failed')}")
+            continue
         print(f"{row['launcher']:30s} {row['nprocs']:5d} {row['entry_median_ms']:10.1f} "
               f"{row['entry_min_ms']:8.1f} {row['crash_median_ms']:16.1f} "
               f"{row['crash_min_ms']:8.1f}")
@@ -267,10 +287,7 @@ def main() -> None:
     }
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=1)
-        os.replace(tmp, args.out)
+        atomic_write_json(args.out, result, indent=1)
         print(f"\nwrote {args.out}")
 
 
