@@ -95,7 +95,7 @@ def _send(fd: int, kind: bytes, payload: bytes) -> None:
 
 
 def _exception_payload(exc: BaseException, formatted: str) -> bytes:
-    import cloudpickle
+    from . import _pickle
 
     info = {
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
@@ -104,22 +104,22 @@ def _exception_payload(exc: BaseException, formatted: str) -> bytes:
         "exception": None,
     }
     try:
-        info["exception"] = cloudpickle.dumps(exc)
+        info["exception"] = _pickle.dumps(exc)
     except Exception:  # an unpicklable exception still reports its type, message and traceback
         pass
-    return cloudpickle.dumps(info)
+    return _pickle.dumps(info)
 
 
 def run_rank(fn, args, kwargs, result_fd: int) -> int:
     """Calls fn and sends its outcome; returns the exit code for the rank."""
-    import cloudpickle
+    from . import _pickle
 
     code = 0
     formatted = ""
     try:
         value = fn(*args, **(kwargs or {}))
         try:
-            payload = cloudpickle.dumps(value)
+            payload = _pickle.dumps(value)
         except Exception as exc:
             raise TypeError(
                 f"the return value of {getattr(fn, '__name__', fn)!r} "
@@ -128,7 +128,7 @@ def run_rank(fn, args, kwargs, result_fd: int) -> int:
         kind = RESULT
     except SystemExit as exc:
         if exc.code in (None, 0):
-            kind, payload = RESULT, cloudpickle.dumps(None)
+            kind, payload = RESULT, _pickle.dumps(None)
         else:
             formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             kind, payload = EXCEPTION, _exception_payload(exc, formatted)

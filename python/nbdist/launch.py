@@ -121,26 +121,49 @@ def gpus_lack_peer_access(indices: list[int] | None) -> bool:
         lib.nvmlShutdown()
 
 
+_fork_poisoned = False
+
+
 def cuda_initialized() -> bool:
-    """Whether this process has touched the CUDA driver (then a forked child cannot use CUDA).
+    """Whether a child forked from this process could not use CUDA.
 
     torch.cuda.is_initialized() is not enough: torch.cuda.is_available() and device_count()
-    (without PYTORCH_NVML_BASED_CUDA_CHECK) call cudaGetDeviceCount, which runs cuInit; torch then
+    (without PYTORCH_NVML_BASED_CUDA_CHECK) run cuInit through cudaGetDeviceCount, and torch then
     marks every later fork "bad" ("Cannot re-initialize CUDA in forked subprocess") while
-    is_initialized() stays False. The driver library being mapped into this process is the sign
-    that cuInit may have run; importing torch alone does not map it.
+    is_initialized() stays False. torch offers no query for that in the parent, so a throwaway
+    child is forked and asked (a few ms, only for CUDA builds of torch, and never again once the
+    answer is yes: a poisoned process stays poisoned).
     """
+    global _fork_poisoned
     torch = sys.modules.get("torch")
-    try:
-        if torch is not None and torch.cuda.is_initialized():
-            return True
-    except Exception:
-        pass
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as f:
-            return any("/libcuda.so" in line for line in f)
-    except OSError:
+    if torch is None:
         return False
+    try:
+        if torch.cuda.is_initialized():
+            return True
+        if torch.version.cuda is None:
+            return False
+    except Exception:
+        return False
+    if not _fork_poisoned:
+        _fork_poisoned = _forked_child_is_in_bad_fork(torch)
+    return _fork_poisoned
+
+
+def _forked_child_is_in_bad_fork(torch) -> bool:
+    probe = getattr(torch._C, "_cuda_isInBadFork", None)
+    if probe is None:
+        return False
+    pid = _core().fork_interpreter([], [], [], signal.SIGKILL)
+    if pid == 0:
+        code = 1
+        try:
+            code = 3 if probe() else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3
+
 
 
 def free_port(addr: str = "127.0.0.1") -> int:
@@ -530,7 +553,7 @@ def _check_gpus(gpus) -> list[int] | None:
         try:
             gpus = [int(g) for g in gpus.split(",") if g.strip()]
         except ValueError:
-            raise LaunchValueError(f"gpus must be GPU indices like [0, 1] or '0,1', got {gpus!r}")
+            raise LaunchValueError(f"gpus must be GPU indices like [0, 1] or '0,1', got {gpus!r}") from None
     if isinstance(gpus, int) and not isinstance(gpus, bool):
         gpus = [gpus]
     try:
@@ -680,10 +703,10 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
 def _write_payload(job_dir: str, fn, args, kwargs) -> str:
     import pickle
 
-    import cloudpickle
+    from ._pickle import dumps
 
     try:
-        data = cloudpickle.dumps({"fn": fn, "args": tuple(args), "kwargs": dict(kwargs or {})})
+        data = dumps({"fn": fn, "args": tuple(args), "kwargs": dict(kwargs or {})})
     except Exception as exc:
         raise LaunchValueError(
             f"fn, args and kwargs must be picklable for the spawn and zygote start methods "

@@ -126,8 +126,7 @@ class NbdistMagics(Magics):
     def nbdist(self, line: str, cell: str):
         """Run the cell in nbdist ranks: ``%%nbdist [--bg] [--proc NAME] [--gpus 0,1]
         [--nprocs N] [--log-dir D] [--push x,y] [--start-method M] [--timeout S]``."""
-        import cloudpickle
-
+        from . import _pickle
         from ._errors import NbdistValueError
         from .job import _registry
         from .launch import launch
@@ -144,12 +143,12 @@ class NbdistMagics(Magics):
                              f"{', '.join(missing)}")
         pushed = {n: ns[n] for n in args.push}
         try:
-            blob = cloudpickle.dumps(pushed)
+            blob = _pickle.dumps(pushed)
         except Exception as exc:
             bad = []
             for n, v in pushed.items():
                 try:
-                    cloudpickle.dumps(v)
+                    _pickle.dumps(v)
                 except Exception:
                     bad.append(f"{n} ({type(v).__name__})")
             raise UsageError(f"%%nbdist: --push: cannot send {', '.join(bad) or 'the variables'}"
