@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .launch import _plan, run_foreground
     from .job import Job
+    from .launch import _plan, run_foreground
 
     args = _parser().parse_args(argv)
     if args.command == "experiment":

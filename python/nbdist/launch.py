@@ -553,7 +553,8 @@ def _check_gpus(gpus) -> list[int] | None:
         try:
             gpus = [int(g) for g in gpus.split(",") if g.strip()]
         except ValueError:
-            raise LaunchValueError(f"gpus must be GPU indices like [0, 1] or '0,1', got {gpus!r}") from None
+            raise LaunchValueError(
+                f"gpus must be GPU indices like [0, 1] or '0,1', got {gpus!r}") from None
     if isinstance(gpus, int) and not isinstance(gpus, bool):
         gpus = [gpus]
     try:

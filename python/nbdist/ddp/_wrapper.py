@@ -9,8 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .._errors import DDPValueError
 from .. import _ddp
+from .._errors import DDPValueError
 
 
 def _default_group(process_group: Any) -> Any:
