@@ -121,48 +121,38 @@ def gpus_lack_peer_access(indices: list[int] | None) -> bool:
         lib.nvmlShutdown()
 
 
-_fork_poisoned = False
-
-
 def cuda_initialized() -> bool:
     """Whether a child forked from this process could not use CUDA.
 
     torch.cuda.is_initialized() is not enough: torch.cuda.is_available() and device_count()
-    (without PYTORCH_NVML_BASED_CUDA_CHECK) run cuInit through cudaGetDeviceCount, and torch then
-    marks every later fork "bad" ("Cannot re-initialize CUDA in forked subprocess") while
-    is_initialized() stays False. torch offers no query for that in the parent, so a throwaway
-    child is forked and asked (a few ms, only for CUDA builds of torch, and never again once the
-    answer is yes: a poisoned process stays poisoned).
+    (without PYTORCH_NVML_BASED_CUDA_CHECK) run cuInit through cudaGetDeviceCount, and a forked
+    child then cannot use CUDA ("Cannot re-initialize CUDA in forked subprocess") while
+    is_initialized() stays False; other libraries (CuPy, JAX) can run cuInit too. So the driver
+    itself is asked, without initialising it: cuDeviceGetCount answers
+    CUDA_ERROR_NOT_INITIALIZED (3) until cuInit ran. A driver not even loaded was never
+    initialised. (A throwaway fork asking torch was the first version: 30-40 ms a launch.)
     """
-    global _fork_poisoned
     torch = sys.modules.get("torch")
-    if torch is None:
-        return False
     try:
-        if torch.cuda.is_initialized():
+        if torch is not None and torch.cuda.is_initialized():
             return True
-        if torch.version.cuda is None:
-            return False
     except Exception:
-        return False
-    if not _fork_poisoned:
-        _fork_poisoned = _forked_child_is_in_bad_fork(torch)
-    return _fork_poisoned
+        pass
+    return _cuda_driver_initialized()
 
 
-def _forked_child_is_in_bad_fork(torch) -> bool:
-    probe = getattr(torch._C, "_cuda_isInBadFork", None)
-    if probe is None:
+def _cuda_driver_initialized() -> bool:
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1", mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    except OSError:
         return False
-    pid = _core().fork_interpreter([], [], [], signal.SIGKILL)
-    if pid == 0:
-        code = 1
-        try:
-            code = 3 if probe() else 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3
+    count = ctypes.c_int(0)
+    try:
+        return lib.cuDeviceGetCount(ctypes.byref(count)) != 3  # CUDA_ERROR_NOT_INITIALIZED
+    except AttributeError:
+        return False
 
 
 

@@ -68,9 +68,40 @@ def nccl_rank():
     return t[0].item()
 
 
-@pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_nccl_allreduce_across_all_gpus(method):
+FORK_IN_CLEAN_PARENT = textwrap.dedent("""
+import os
+import nbdist
+
+def nccl_rank():
+    import torch
+    import torch.distributed as dist
+
+    local = int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(local)
+    dist.init_process_group("nccl")
+    t = torch.ones(1 << 20, device=f"cuda:{local}")
+    dist.all_reduce(t)
+    torch.cuda.synchronize()
+    dist.destroy_process_group()
+    return t[0].item()
+
+print("FORK_RESULTS", nbdist.launch(nccl_rank, start_method="fork"))
+""")
+
+
+def test_nccl_allreduce_across_all_gpus_fork():
+    # This pytest process has run cuInit (torch.cuda.is_available in the skip marks), after which
+    # no forked child can use CUDA and nbdist refuses fork; a parent that never touched CUDA can.
+    n = visible_gpu_count()
+    res = subprocess.run([sys.executable, "-c", FORK_IN_CLEAN_PARENT], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert f"FORK_RESULTS {[float(n)] * n}" in res.stdout
+    assert "start method fork" in res.stdout
+
+
+def test_nccl_allreduce_across_all_gpus_spawn():
     import nbdist
 
     n = visible_gpu_count()
-    assert nbdist.launch(nccl_rank, start_method=method) == [float(n)] * n
+    assert nbdist.launch(nccl_rank, start_method="spawn") == [float(n)] * n
