@@ -11,11 +11,29 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
+// Stable sort of candidate indices. Units hold a handful of candidates: an insertion sort needs
+// no temporary buffer, where std::stable_sort allocates one per call.
+template <class Less>
+void stable_sort_idx(std::vector<int32_t>* idx, Less less) {
+  if (idx->size() > 32) {
+    std::stable_sort(idx->begin(), idx->end(), less);
+    return;
+  }
+  int32_t* a = idx->data();
+  const size_t n = idx->size();
+  for (size_t i = 1; i < n; ++i) {
+    const int32_t x = a[i];
+    size_t j = i;
+    for (; j > 0 && less(x, a[j - 1]); --j) a[j] = a[j - 1];
+    a[j] = x;
+  }
+}
+
 std::vector<int32_t> order_by_score(const std::vector<double>& s) {
   std::vector<int32_t> idx(s.size());
   std::iota(idx.begin(), idx.end(), 0);
   // Stable: equal scores keep first-appearance order, which is the documented tie-break.
-  std::stable_sort(idx.begin(), idx.end(), [&s](int32_t a, int32_t b) { return s[a] > s[b]; });
+  stable_sort_idx(&idx, [&s](int32_t a, int32_t b) { return s[a] > s[b]; });
   return idx;
 }
 
@@ -171,7 +189,7 @@ std::vector<int32_t> rank_candidates(const AlgoSpec& spec, const UnitCandidates&
       }
       std::vector<int32_t> idx(n);
       std::iota(idx.begin(), idx.end(), 0);
-      std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
+      stable_sort_idx(&idx, [&](int32_t a, int32_t b) {
         const size_t na = u.cands[a].gen_logprobs.size(), nb = u.cands[b].gen_logprobs.size();
         if (na != nb) return na > nb;
         return best[a] > best[b];
@@ -203,7 +221,7 @@ std::vector<int32_t> rank_candidates(const AlgoSpec& spec, const UnitCandidates&
         const std::vector<double> s = candidate_scores(spec, u);
         std::vector<int32_t> idx(n);
         std::iota(idx.begin(), idx.end(), 0);
-        std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
+        stable_sort_idx(&idx, [&](int32_t a, int32_t b) {
           const bool ca = cand_shape[a] == best_shape, cb = cand_shape[b] == best_shape;
           if (ca != cb) return ca;
           return s[a] > s[b];
