@@ -2,6 +2,7 @@
 
 #include <array>
 #include <cmath>
+#include <algorithm>
 #include <functional>
 #include <string_view>
 #include <limits>
@@ -62,6 +63,7 @@ int Decoder::add(const SampleBatch& b) {
   // Validate everything first: a bad record must not leave half a batch ingested.
   std::vector<int> unit_of(n);
   std::vector<int> tf_of(n);
+  std::vector<uint32_t> run_start(n);  // first sample of the run of equal keys that i is in
   // Samples of one (unit, augmentation) share their key: resolve each distinct key once.
   std::vector<Transform> tfs;
   // Open addressing over the distinct keys seen so far (no node allocation per key).
@@ -81,7 +83,9 @@ int Decoder::add(const SampleBatch& b) {
     if (i > 0 && key == b.keys[i - 1]) {  // samples of one prompt usually arrive together
       unit_of[i] = unit_of[i - 1];
       tf_of[i] = tf_of[i - 1];
+      run_start[i] = run_start[i - 1];
     } else {
+      run_start[i] = static_cast<uint32_t>(i);
       size_t slot = hasher(key) & (cap - 1);
       while (slots[slot] >= 0 && seen[slots[slot]].key != key) slot = (slot + 1) & (cap - 1);
       if (slots[slot] >= 0) {
@@ -130,6 +134,9 @@ int Decoder::add(const SampleBatch& b) {
   }
   int invalid = 0;
   Grid g, orig;  // scratch buffers, reused across samples
+  // Per text sample: its candidate index, or -DecodeStatus when it did not decode.
+  std::vector<int32_t> outcome(n, 0);
+  constexpr size_t kDupWindow = 8;
   for (size_t i = 0; i < n; ++i) {
     UnitCandidates& u = units_[unit_of[i]];
     const bool from_text = b.is_text[i];
@@ -137,14 +144,47 @@ int Decoder::add(const SampleBatch& b) {
 #if defined(__GNUC__)
     // Texts live in scattered Python objects: start fetching the next ones while decoding this.
     if (i + 2 < n && b.is_text[i + 2]) {
-      __builtin_prefetch(b.texts[i + 2].data());
-      __builtin_prefetch(b.texts[i + 2].data() + 64);
+      const char* t = b.texts[i + 2].data();
+      for (size_t off = 0; off < b.texts[i + 2].size(); off += 64) __builtin_prefetch(t + off);
     }
 #endif
+    const double* aug = nullptr;
+    size_t n_aug = 0;
+    if (any_aug && b.aug_offsets[i + 1] > b.aug_offsets[i]) {
+      aug = b.aug_values.data() + b.aug_offsets[i];
+      n_aug = static_cast<size_t>(b.aug_offsets[i + 1] - b.aug_offsets[i]);
+    }
+    if (from_text) {
+      // Replies to one prompt often repeat word for word: a text equal to one of the last few
+      // of its run (same key, so same unit and augmentation) takes that sample's outcome
+      // without decoding, de-augmenting or hashing again.
+      bool dup = false;
+      for (size_t j = std::max<size_t>(run_start[i], i >= kDupWindow ? i - kDupWindow : 0); j < i;
+           ++j) {
+        if (!b.is_text[j] || b.texts[j] != b.texts[i]) continue;
+        outcome[i] = outcome[j];
+        dup = true;
+        break;
+      }
+      if (dup) {
+        ++n_samples_;
+        if (outcome[i] < 0) {
+          ++decode_failures_[-outcome[i]];
+          u.add_invalid();
+          ++invalid;
+        } else {
+          u.add_existing(outcome[i], b.logprobs[i], aug, n_aug);
+        }
+        continue;
+      }
+    }
     if (from_text) {
       const DecodeStatus st = decode_text(fmt_, table_, b.texts[i], &g);
       ok = st == DecodeStatus::kOk;
-      if (!ok) ++decode_failures_[static_cast<int>(st)];
+      if (!ok) {
+        ++decode_failures_[static_cast<int>(st)];
+        outcome[i] = -static_cast<int32_t>(st);
+      }
     } else {
       ok = is_valid_grid(b.grids[i]);
     }
@@ -161,14 +201,9 @@ int Decoder::add(const SampleBatch& b) {
     if (moves) {
       invert_valid_into(tf, tf.has_perm ? inv_perm[tf_of[i]].data() : nullptr, seen_grid, &orig);
     }
-    const double* aug = nullptr;
-    size_t n_aug = 0;
-    if (any_aug && b.aug_offsets[i + 1] > b.aug_offsets[i]) {
-      aug = b.aug_values.data() + b.aug_offsets[i];
-      n_aug = static_cast<size_t>(b.aug_offsets[i + 1] - b.aug_offsets[i]);
-    }
     const size_t before = u.cands.size();
     const int c = u.add(moves ? orig : seen_grid, b.logprobs[i], aug, n_aug);
+    outcome[i] = c;
     const int unit_i = unit_of[i];
     if (u.cands.size() != before && truth_index_[unit_i] < 0 && truth_[unit_i] &&
         u.cands[c].hash == truth_hash_[unit_i] && u.cands[c].grid == *truth_[unit_i]) {

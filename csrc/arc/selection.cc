@@ -87,6 +87,11 @@ int UnitCandidates::add(const Grid& g, double logprob, const double* aug, size_t
     cands.back().grid = g;
     cands.back().hash = h;
   }
+  add_existing(idx, logprob, aug, n_aug);
+  return idx;
+}
+
+void UnitCandidates::add_existing(int idx, double logprob, const double* aug, size_t n_aug) {
   Candidate& c = cands[idx];
   c.gen_logprobs.push_back(logprob);
   if (aug != nullptr && !c.has_aug) {
@@ -94,7 +99,6 @@ int UnitCandidates::add(const Grid& g, double logprob, const double* aug, size_t
     c.aug_logprobs.assign(aug, aug + n_aug);
   }
   sample_cand.push_back(idx);
-  return idx;
 }
 
 void UnitCandidates::add_invalid() {

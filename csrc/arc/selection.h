@@ -29,6 +29,8 @@ struct UnitCandidates {
   int find(const Grid& g, uint64_t hash) const;
   // Adds one valid sample and returns its candidate index (g is copied only when it is new).
   int add(const Grid& g, double logprob, const double* aug, size_t n_aug);
+  // Adds one more sample of candidate idx (known to be its grid).
+  void add_existing(int idx, double logprob, const double* aug, size_t n_aug);
   void add_invalid();
 };
 
