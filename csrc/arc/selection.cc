@@ -94,9 +94,11 @@ int UnitCandidates::add(const Grid& g, double logprob, const double* aug, size_t
 void UnitCandidates::add_existing(int idx, double logprob, const double* aug, size_t n_aug) {
   Candidate& c = cands[idx];
   c.gen_logprobs.push_back(logprob);
+  c.gen_prob_sum += std::exp(logprob);
   if (aug != nullptr && !c.has_aug) {
     c.has_aug = true;
     c.aug_logprobs.assign(aug, aug + n_aug);
+    for (size_t j = 0; j < n_aug; ++j) c.aug_prob_sum += std::exp(aug[j]);
   }
   sample_cand.push_back(idx);
 }
@@ -126,9 +128,7 @@ std::vector<double> candidate_scores(const AlgoSpec& spec, const UnitCandidates&
       break;
     case Algo::kProbSum:
       for (size_t i = 0; i < n; ++i) {
-        double acc = 0.0;
-        for (double l : u.cands[i].gen_logprobs) acc += std::exp(l);
-        s[i] = acc;
+        s[i] = u.cands[i].gen_prob_sum;  // the sum over exp(gen_logprobs), in order
       }
       break;
     case Algo::kMaxAugProb:
@@ -141,13 +141,16 @@ std::vector<double> candidate_scores(const AlgoSpec& spec, const UnitCandidates&
           s[i] = kNegInf;
           continue;
         }
+        if (spec.algo == Algo::kSumAugProb) {
+          s[i] = c.aug_prob_sum;  // the sum over exp(aug_logprobs), in order
+          continue;
+        }
         double acc = spec.algo == Algo::kMaxAugProb   ? kNegInf
                      : spec.algo == Algo::kMinAugProb ? std::numeric_limits<double>::infinity()
                                                       : 0.0;
         for (double a : c.aug_logprobs) {
           if (spec.algo == Algo::kMaxAugProb) acc = std::max(acc, a);
           else if (spec.algo == Algo::kMinAugProb) acc = std::min(acc, a);
-          else if (spec.algo == Algo::kSumAugProb) acc += std::exp(a);
           else acc += a;
         }
         s[i] = acc;

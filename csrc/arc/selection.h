@@ -18,6 +18,10 @@ struct Candidate {
   std::vector<double> gen_logprobs;  // one per sample that produced this grid, in add order
   bool has_aug = false;
   std::vector<double> aug_logprobs;  // re-scores from the first sample that carried any
+  // Running sums of exp() over the two lists, accumulated in list order as samples arrive, so
+  // that probsum and sum_aug_prob cost no exp() per call and give the very same doubles.
+  double gen_prob_sum = 0.0;
+  double aug_prob_sum = 0.0;
 };
 
 struct UnitCandidates {
