@@ -320,7 +320,22 @@ void bind_arc(py::module_& m) {
              b.grids.resize(n);
              b.logprobs.resize(n);
              bool any_aug = false;
+             // Once a conversion may run Python code (__float__, tolist, __iter__), the records
+             // may change under us: from then on each record is read afresh, and every object
+             // viewed so far is held, so no view can outlive its str.
              bool ran_python = false;
+             std::vector<py::object> pinned;
+             auto pin_record = [&](Py_ssize_t j) {
+               PyObject** f = &fields[static_cast<size_t>(j) * kNumFields];
+               for (int k = 0; k < kNumFields; ++k) {
+                 if (f[k]) pinned.push_back(py::reinterpret_borrow<py::object>(f[k]));
+               }
+             };
+             auto before_python = [&](Py_ssize_t i) {
+               if (ran_python) return;
+               for (Py_ssize_t j = 0; j <= i; ++j) pin_record(j);
+               ran_python = true;
+             };
              b.aug_offsets.reserve(n + 1);
              b.aug_offsets.push_back(0);
              for (Py_ssize_t i = 0; i < n; ++i) {
@@ -328,7 +343,7 @@ void bind_arc(py::module_& m) {
                  PyObject** ahead = &fields[static_cast<size_t>(i + kAhead) * kNumFields];
                  for (int f = 0; f < kNumFields; ++f) prefetch(ahead[f]);
                }
-               if (i + kAhead / 2 < n) {
+               if (!ran_python && i + kAhead / 2 < n) {
                  // The list header arrived by now; its item array and items are next.
                  PyObject* a = fields[static_cast<size_t>(i + kAhead / 2) * kNumFields + 4];
                  if (a && PyList_CheckExact(a) && PyList_GET_SIZE(a) > 0) {
@@ -349,6 +364,7 @@ void bind_arc(py::module_& m) {
                  is_dict[i] = PyDict_Check(r);
                  std::fill(fl, fl + kNumFields, nullptr);
                  if (is_dict[i]) read_fields(r, fl);
+                 pin_record(i);
                }
                if (!is_dict[i]) throw py::type_error(py::str("{} not a dict").format(i));
                PyObject *key = fl[0], *text = fl[1], *grid = fl[2], *lp = fl[3], *aug = fl[4];
@@ -359,7 +375,7 @@ void bind_arc(py::module_& m) {
                if (PyFloat_CheckExact(lp)) {
                  b.logprobs[i] = PyFloat_AS_DOUBLE(lp);
                } else {
-                 ran_python = true;
+                 before_python(i);
                  b.logprobs[i] = PyFloat_AsDouble(lp);
                }
                if (b.logprobs[i] == -1.0 && PyErr_Occurred()) {
@@ -372,11 +388,11 @@ void bind_arc(py::module_& m) {
                    throw py::type_error(py::str("{} text").format(i));
                  }
                } else {
-                 ran_python = true;  // rows may be any sequence, read through Python
+                 before_python(i);  // rows may be any sequence, read through Python
                  b.grids[i] = grid_from_py(grid);
                }
                if (aug && aug != Py_None) {
-                 ran_python = ran_python || !(PyList_CheckExact(aug) || PyTuple_CheckExact(aug));
+                 if (!PyList_CheckExact(aug) && !PyTuple_CheckExact(aug)) before_python(i);
                  PyObject* vals = PySequence_Fast(aug, "");
                  if (!vals) {
                    PyErr_Clear();
@@ -384,13 +400,14 @@ void bind_arc(py::module_& m) {
                  }
                  const Py_ssize_t m = PySequence_Fast_GET_SIZE(vals);
                  if (b.aug_values.capacity() == 0) b.aug_values.reserve(static_cast<size_t>(m) * n);
-                 for (Py_ssize_t j = 0; j < m; ++j) {
+                 // The live size: a __float__ may shrink the list while it is read.
+                 for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(vals); ++j) {
                    PyObject* item = PySequence_Fast_GET_ITEM(vals, j);
                    double v;
                    if (PyFloat_CheckExact(item)) {
                      v = PyFloat_AS_DOUBLE(item);
                    } else {
-                     ran_python = true;
+                     before_python(i);
                      v = PyFloat_AsDouble(item);
                    }
                    if (v == -1.0 && PyErr_Occurred()) {
@@ -401,7 +418,7 @@ void bind_arc(py::module_& m) {
                    b.aug_values.push_back(v);
                  }
                  Py_DECREF(vals);
-                 any_aug = any_aug || m > 0;
+                 any_aug = any_aug || b.aug_values.size() > static_cast<size_t>(b.aug_offsets.back());
                }
                b.aug_offsets.push_back(static_cast<int64_t>(b.aug_values.size()));
              }

@@ -174,3 +174,24 @@ def test_batch_equals_one_by_one_with_repeated_replies(ds):
     for u, key in enumerate(keys):
         assert batch.candidates(key) == single.candidates(key)
         assert batch._dec.sample_candidates(u) == single._dec.sample_candidates(u)
+
+
+def test_records_changed_by_a_conversion_are_read_as_changed():
+    # A logprob whose __float__ rewrites a later record (dropping the only reference to its
+    # text): that record is read as it is after the change, and nothing dangles.
+    fmt = GridFormatter()
+    records = [{"key": "t_0", "text": "".join(["1", "2\n"]), "logprob": None},
+               {"key": "t_0", "text": "".join(["3", "4\n"]), "logprob": -0.5}]
+
+    class Rewrites:
+        def __float__(self):
+            records[1]["text"] = "".join(["5", "6\n", "78\n"])
+            records[1]["logprob"] = -0.25
+            return -1.0
+
+    records[0]["logprob"] = Rewrites()
+    dec = Decoder(fmt, ["t_0"])
+    assert dec.add_many(records) == 0
+    assert dec.candidates("t_0") == [
+        {"grid": [[1, 2]], "logprobs": [-1.0], "aug_logprobs": None},
+        {"grid": [[5, 6], [7, 8]], "logprobs": [-0.25], "aug_logprobs": None}]
