@@ -1,11 +1,11 @@
 #include "arc/decoder.h"
 
+#include <algorithm>
 #include <array>
 #include <cmath>
-#include <algorithm>
 #include <functional>
-#include <string_view>
 #include <limits>
+#include <string_view>
 
 namespace nbdist::arc {
 
