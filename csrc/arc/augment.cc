@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <type_traits>
 
 namespace nbdist::arc {
 
@@ -17,7 +18,8 @@ struct IndexMap {
 
 template <class T>
 void move_cells_into(const std::vector<T>& in, int h, int w, int channels, bool transpose,
-                     int rot, bool forward, std::vector<T>* out, int* out_h, int* out_w) {
+                     int rot, bool forward, std::vector<T>* out, int* out_h, int* out_w,
+                     const uint8_t* recolour = nullptr) {
   // Primitive steps in application order: true = transpose, false = rot90 counter-clockwise.
   bool steps[5];
   int n_steps = 0;
@@ -57,6 +59,13 @@ void move_cells_into(const std::vector<T>& in, int h, int w, int channels, bool 
   const T* base = in.data();
   for (int r = 0; r < sh; ++r) {
     ptrdiff_t src = origin + row_step * r;
+    if constexpr (std::is_same_v<T, uint8_t>) {
+      if (recolour != nullptr) {
+        // Grids: the colour map rides along with the move, no second pass.
+        for (int c = 0; c < sw; ++c, src += col_step) *dst++ = recolour[base[src]];
+        continue;
+      }
+    }
     if (channels == 1) {
       for (int c = 0; c < sw; ++c, src += col_step) *dst++ = base[src];
     } else {
@@ -228,6 +237,19 @@ void invert_into(const Transform& t, const Grid& g, Grid* out) {
   if (t.has_perm) {
     const auto inv = t.inverse_perm();
     for (auto& c : out->cells) c = c < kNumColours ? inv[c] : c;
+  }
+}
+
+void invert_valid_into(const Transform& t, const uint8_t* inverse_perm, const Grid& g,
+                       Grid* out) {
+  if (t.transpose || t.rot != 0) {
+    move_cells_into(g.cells, g.h, g.w, 1, t.transpose, t.rot, false, &out->cells, &out->h,
+                    &out->w, inverse_perm);
+    return;
+  }
+  *out = g;
+  if (inverse_perm != nullptr) {
+    for (auto& c : out->cells) c = inverse_perm[c];
   }
 }
 

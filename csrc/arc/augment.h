@@ -42,6 +42,10 @@ Grid apply(const Transform& t, const Grid& g);
 Grid invert(const Transform& t, const Grid& g);
 // invert() into a caller-owned grid whose buffer is reused (no allocation once it is big enough).
 void invert_into(const Transform& t, const Grid& g, Grid* out);
+// invert_into for a grid whose cells are all 0..9, given t's inverse colour map (10 entries, or
+// nullptr when t has none): moves and recolours in one pass (the decoder's hot path).
+void invert_valid_into(const Transform& t, const uint8_t* inverse_perm, const Grid& g,
+                       Grid* out);
 
 // Per-cell score arrays of shape (h, w, channels), row-major. channels == 10 means one score per
 // colour, and the colour permutation then permutes the channels; channels == 1 moves cells only.

@@ -1,8 +1,11 @@
 #include "arc/decoder.h"
 
+#include <algorithm>
+#include <array>
 #include <cmath>
-#include <string_view>
+#include <functional>
 #include <limits>
+#include <string_view>
 
 namespace nbdist::arc {
 
@@ -32,10 +35,15 @@ Decoder::Decoder(std::vector<std::string> unit_keys, std::vector<int32_t> unit_t
   }
   units_.resize(unit_keys_.size());
   truth_.resize(unit_keys_.size());
+  truth_hash_.resize(unit_keys_.size(), 0);
+  truth_index_.resize(unit_keys_.size(), -1);
+  table_ = make_decode_table(fmt_);
 }
 
 void Decoder::set_truth(int unit, Grid truth) {
   if (unit < 0 || unit >= n_units()) throw ArcError(ErrorKind::kInvalidInput, "unit out of range");
+  truth_hash_[unit] = grid_hash(truth);
+  truth_index_[unit] = units_[unit].find(truth, truth_hash_[unit]);
   truth_[unit] = std::move(truth);
 }
 
@@ -55,35 +63,52 @@ int Decoder::add(const SampleBatch& b) {
   // Validate everything first: a bad record must not leave half a batch ingested.
   std::vector<int> unit_of(n);
   std::vector<int> tf_of(n);
+  std::vector<uint32_t> run_start(n);  // first sample of the run of equal keys that i is in
   // Samples of one (unit, augmentation) share their key: resolve each distinct key once.
   std::vector<Transform> tfs;
-  std::unordered_map<std::string_view, std::pair<int, int>> seen;
-  seen.reserve(n / 2 + 1);
+  // Open addressing over the distinct keys seen so far (no node allocation per key).
+  struct Seen {
+    std::string_view key;
+    int unit, tf;
+  };
+  std::vector<Seen> seen;
+  size_t cap = 16;
+  while (cap < n) cap <<= 1;  // load factor <= 1/2 even when every key is distinct
+  cap <<= 1;
+  std::vector<int32_t> slots(cap, -1);
+  const std::hash<std::string_view> hasher;
   std::string unit;
   for (size_t i = 0; i < n; ++i) {
     const std::string_view key = b.keys[i];
     if (i > 0 && key == b.keys[i - 1]) {  // samples of one prompt usually arrive together
       unit_of[i] = unit_of[i - 1];
       tf_of[i] = tf_of[i - 1];
-    } else if (auto sit = seen.find(key); sit != seen.end()) {
-      unit_of[i] = sit->second.first;
-      tf_of[i] = sit->second.second;
+      run_start[i] = run_start[i - 1];
     } else {
-      const size_t dot = key.find('.');
-      unit.assign(key.substr(0, dot));
-      auto it = unit_index_.find(unit);
-      if (it == unit_index_.end()) {
-        throw ArcError(ErrorKind::kInvalidInput, where(i) + ": unknown unit '" + unit + "'");
+      run_start[i] = static_cast<uint32_t>(i);
+      size_t slot = hasher(key) & (cap - 1);
+      while (slots[slot] >= 0 && seen[slots[slot]].key != key) slot = (slot + 1) & (cap - 1);
+      if (slots[slot] >= 0) {
+        unit_of[i] = seen[slots[slot]].unit;
+        tf_of[i] = seen[slots[slot]].tf;
+      } else {
+        const size_t dot = key.find('.');
+        unit.assign(key.substr(0, dot));
+        auto it = unit_index_.find(unit);
+        if (it == unit_index_.end()) {
+          throw ArcError(ErrorKind::kInvalidInput, where(i) + ": unknown unit '" + unit + "'");
+        }
+        unit_of[i] = it->second;
+        try {
+          tfs.push_back(parse_suffix(dot == std::string_view::npos ? std::string_view()
+                                                                    : key.substr(dot)));
+        } catch (const ArcError& e) {
+          throw ArcError(ErrorKind::kInvalidInput, where(i) + ": " + e.what());
+        }
+        tf_of[i] = static_cast<int>(tfs.size()) - 1;
+        slots[slot] = static_cast<int32_t>(seen.size());
+        seen.push_back(Seen{key, unit_of[i], tf_of[i]});
       }
-      unit_of[i] = it->second;
-      try {
-        tfs.push_back(parse_suffix(dot == std::string_view::npos ? std::string_view()
-                                                                  : key.substr(dot)));
-      } catch (const ArcError& e) {
-        throw ArcError(ErrorKind::kInvalidInput, where(i) + ": " + e.what());
-      }
-      tf_of[i] = static_cast<int>(tfs.size()) - 1;
-      seen.emplace(key, std::make_pair(unit_of[i], tf_of[i]));
     }
     if (std::isnan(b.logprobs[i]) || b.logprobs[i] == std::numeric_limits<double>::infinity()) {
       throw ArcError(ErrorKind::kInvalidInput, where(i) + ": logprob must be a number below +inf");
@@ -103,26 +128,63 @@ int Decoder::add(const SampleBatch& b) {
       }
     }
   }
-  // Text decoding undoes the colour permutation as it reads, leaving only cell moves to do.
   std::vector<std::array<uint8_t, kNumColours>> inv_perm(tfs.size());
-  std::vector<Transform> moves_only(tfs.size());
   for (size_t t = 0; t < tfs.size(); ++t) {
-    inv_perm[t] = tfs[t].inverse_perm();
-    moves_only[t] = tfs[t];
-    moves_only[t].has_perm = false;
+    if (tfs[t].has_perm) inv_perm[t] = tfs[t].inverse_perm();
   }
   int invalid = 0;
   Grid g, orig;  // scratch buffers, reused across samples
+  // Per text sample: its candidate index, or -DecodeStatus when it did not decode.
+  std::vector<int32_t> outcome(n, 0);
+  constexpr size_t kDupWindow = 8;
   for (size_t i = 0; i < n; ++i) {
     UnitCandidates& u = units_[unit_of[i]];
     const bool from_text = b.is_text[i];
     bool ok;
+#if defined(__GNUC__)
+    // Texts live in scattered Python objects: start fetching the next ones while decoding this.
+    if (i + 2 < n && b.is_text[i + 2]) {
+      const char* t = b.texts[i + 2].data();
+      for (size_t off = 0; off < b.texts[i + 2].size(); off += 64) __builtin_prefetch(t + off);
+    }
+#endif
+    const double* aug = nullptr;
+    size_t n_aug = 0;
+    if (any_aug && b.aug_offsets[i + 1] > b.aug_offsets[i]) {
+      aug = b.aug_values.data() + b.aug_offsets[i];
+      n_aug = static_cast<size_t>(b.aug_offsets[i + 1] - b.aug_offsets[i]);
+    }
     if (from_text) {
-      const int t = tf_of[i];
-      const DecodeStatus st =
-          decode_text(fmt_, b.texts[i], &g, tfs[t].has_perm ? inv_perm[t].data() : nullptr);
+      // Replies to one prompt often repeat word for word: a text equal to one of the last few
+      // of its run (same key, so same unit and augmentation) takes that sample's outcome
+      // without decoding, de-augmenting or hashing again.
+      bool dup = false;
+      for (size_t j = std::max<size_t>(run_start[i], i >= kDupWindow ? i - kDupWindow : 0); j < i;
+           ++j) {
+        if (!b.is_text[j] || b.texts[j] != b.texts[i]) continue;
+        outcome[i] = outcome[j];
+        dup = true;
+        break;
+      }
+      if (dup) {
+        ++n_samples_;
+        if (outcome[i] < 0) {
+          ++decode_failures_[-outcome[i]];
+          u.add_invalid();
+          ++invalid;
+        } else {
+          u.add_existing(outcome[i], b.logprobs[i], aug, n_aug);
+        }
+        continue;
+      }
+    }
+    if (from_text) {
+      const DecodeStatus st = decode_text(fmt_, table_, b.texts[i], &g);
       ok = st == DecodeStatus::kOk;
-      if (!ok) ++decode_failures_[static_cast<int>(st)];
+      if (!ok) {
+        ++decode_failures_[static_cast<int>(st)];
+        outcome[i] = -static_cast<int32_t>(st);
+      }
     } else {
       ok = is_valid_grid(b.grids[i]);
     }
@@ -132,17 +194,21 @@ int Decoder::add(const SampleBatch& b) {
       ++invalid;
       continue;
     }
-    const Transform& tf = from_text ? moves_only[tf_of[i]] : tfs[tf_of[i]];
+    // One pass undoes the cell moves and the colour permutation together.
+    const Transform& tf = tfs[tf_of[i]];
     const bool moves = tf.transpose || tf.rot != 0 || tf.has_perm;
     const Grid& seen_grid = from_text ? g : b.grids[i];
-    if (moves) invert_into(tf, seen_grid, &orig);
-    const double* aug = nullptr;
-    size_t n_aug = 0;
-    if (any_aug && b.aug_offsets[i + 1] > b.aug_offsets[i]) {
-      aug = b.aug_values.data() + b.aug_offsets[i];
-      n_aug = static_cast<size_t>(b.aug_offsets[i + 1] - b.aug_offsets[i]);
+    if (moves) {
+      invert_valid_into(tf, tf.has_perm ? inv_perm[tf_of[i]].data() : nullptr, seen_grid, &orig);
     }
-    u.add(moves ? orig : seen_grid, b.logprobs[i], aug, n_aug);
+    const size_t before = u.cands.size();
+    const int c = u.add(moves ? orig : seen_grid, b.logprobs[i], aug, n_aug);
+    outcome[i] = c;
+    const int unit_i = unit_of[i];
+    if (u.cands.size() != before && truth_index_[unit_i] < 0 && truth_[unit_i] &&
+        u.cands[c].hash == truth_hash_[unit_i] && u.cands[c].grid == *truth_[unit_i]) {
+      truth_index_[unit_i] = c;
+    }
   }
   n_invalid_ += invalid;
   return invalid;
@@ -161,12 +227,6 @@ std::vector<std::vector<const Grid*>> Decoder::select(const AlgoSpec& spec) cons
     }
   }
   return out;
-}
-
-int Decoder::truth_index(int unit) const {
-  const auto& t = truth_.at(unit);
-  if (!t) return -1;
-  return units_[unit].find(*t, grid_hash(*t));
 }
 
 AlgoStats Decoder::evaluate(const AlgoSpec& spec) const {

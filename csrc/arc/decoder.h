@@ -61,7 +61,8 @@ class Decoder {
   int n_guesses() const { return n_guesses_; }
   const UnitCandidates& unit(int i) const { return units_.at(i); }
   const std::string& unit_key(int i) const { return unit_keys_.at(i); }
-  int truth_index(int unit) const;  // candidate index of the truth, -1 when absent or unknown
+  // Candidate index of the truth, -1 when absent or unknown.
+  int truth_index(int unit) const { return truth_index_.at(unit); }
   bool has_truth(int unit) const { return truth_.at(unit).has_value(); }
   int64_t n_samples() const { return n_samples_; }
   int64_t n_invalid() const { return n_invalid_; }
@@ -76,6 +77,11 @@ class Decoder {
   TextFormat fmt_;
   std::vector<UnitCandidates> units_;
   std::vector<std::optional<Grid>> truth_;
+  std::vector<uint64_t> truth_hash_;
+  // Candidate index of each unit's truth (-1: absent or unknown), kept current as candidates
+  // arrive, so scoring never re-hashes or re-compares truths.
+  std::vector<int32_t> truth_index_;
+  DecodeTable table_;  // fmt_'s byte table, built once
   int64_t n_samples_ = 0;
   int64_t n_invalid_ = 0;
   std::array<int64_t, 6> decode_failures_{};  // indexed by DecodeStatus

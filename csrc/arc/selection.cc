@@ -11,11 +11,29 @@ namespace {
 
 constexpr double kNegInf = -std::numeric_limits<double>::infinity();
 
+// Stable sort of candidate indices. Units hold a handful of candidates: an insertion sort needs
+// no temporary buffer, where std::stable_sort allocates one per call.
+template <class Less>
+void stable_sort_idx(std::vector<int32_t>* idx, Less less) {
+  if (idx->size() > 32) {
+    std::stable_sort(idx->begin(), idx->end(), less);
+    return;
+  }
+  int32_t* a = idx->data();
+  const size_t n = idx->size();
+  for (size_t i = 1; i < n; ++i) {
+    const int32_t x = a[i];
+    size_t j = i;
+    for (; j > 0 && less(x, a[j - 1]); --j) a[j] = a[j - 1];
+    a[j] = x;
+  }
+}
+
 std::vector<int32_t> order_by_score(const std::vector<double>& s) {
   std::vector<int32_t> idx(s.size());
   std::iota(idx.begin(), idx.end(), 0);
   // Stable: equal scores keep first-appearance order, which is the documented tie-break.
-  std::stable_sort(idx.begin(), idx.end(), [&s](int32_t a, int32_t b) { return s[a] > s[b]; });
+  stable_sort_idx(&idx, [&s](int32_t a, int32_t b) { return s[a] > s[b]; });
   return idx;
 }
 
@@ -69,14 +87,20 @@ int UnitCandidates::add(const Grid& g, double logprob, const double* aug, size_t
     cands.back().grid = g;
     cands.back().hash = h;
   }
+  add_existing(idx, logprob, aug, n_aug);
+  return idx;
+}
+
+void UnitCandidates::add_existing(int idx, double logprob, const double* aug, size_t n_aug) {
   Candidate& c = cands[idx];
   c.gen_logprobs.push_back(logprob);
+  c.gen_prob_sum += std::exp(logprob);
   if (aug != nullptr && !c.has_aug) {
     c.has_aug = true;
     c.aug_logprobs.assign(aug, aug + n_aug);
+    for (size_t j = 0; j < n_aug; ++j) c.aug_prob_sum += std::exp(aug[j]);
   }
   sample_cand.push_back(idx);
-  return idx;
 }
 
 void UnitCandidates::add_invalid() {
@@ -104,9 +128,7 @@ std::vector<double> candidate_scores(const AlgoSpec& spec, const UnitCandidates&
       break;
     case Algo::kProbSum:
       for (size_t i = 0; i < n; ++i) {
-        double acc = 0.0;
-        for (double l : u.cands[i].gen_logprobs) acc += std::exp(l);
-        s[i] = acc;
+        s[i] = u.cands[i].gen_prob_sum;  // the sum over exp(gen_logprobs), in order
       }
       break;
     case Algo::kMaxAugProb:
@@ -119,13 +141,16 @@ std::vector<double> candidate_scores(const AlgoSpec& spec, const UnitCandidates&
           s[i] = kNegInf;
           continue;
         }
+        if (spec.algo == Algo::kSumAugProb) {
+          s[i] = c.aug_prob_sum;  // the sum over exp(aug_logprobs), in order
+          continue;
+        }
         double acc = spec.algo == Algo::kMaxAugProb   ? kNegInf
                      : spec.algo == Algo::kMinAugProb ? std::numeric_limits<double>::infinity()
                                                       : 0.0;
         for (double a : c.aug_logprobs) {
           if (spec.algo == Algo::kMaxAugProb) acc = std::max(acc, a);
           else if (spec.algo == Algo::kMinAugProb) acc = std::min(acc, a);
-          else if (spec.algo == Algo::kSumAugProb) acc += std::exp(a);
           else acc += a;
         }
         s[i] = acc;
@@ -171,7 +196,7 @@ std::vector<int32_t> rank_candidates(const AlgoSpec& spec, const UnitCandidates&
       }
       std::vector<int32_t> idx(n);
       std::iota(idx.begin(), idx.end(), 0);
-      std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
+      stable_sort_idx(&idx, [&](int32_t a, int32_t b) {
         const size_t na = u.cands[a].gen_logprobs.size(), nb = u.cands[b].gen_logprobs.size();
         if (na != nb) return na > nb;
         return best[a] > best[b];
@@ -203,7 +228,7 @@ std::vector<int32_t> rank_candidates(const AlgoSpec& spec, const UnitCandidates&
         const std::vector<double> s = candidate_scores(spec, u);
         std::vector<int32_t> idx(n);
         std::iota(idx.begin(), idx.end(), 0);
-        std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) {
+        stable_sort_idx(&idx, [&](int32_t a, int32_t b) {
           const bool ca = cand_shape[a] == best_shape, cb = cand_shape[b] == best_shape;
           if (ca != cb) return ca;
           return s[a] > s[b];

@@ -18,6 +18,10 @@ struct Candidate {
   std::vector<double> gen_logprobs;  // one per sample that produced this grid, in add order
   bool has_aug = false;
   std::vector<double> aug_logprobs;  // re-scores from the first sample that carried any
+  // Running sums of exp() over the two lists, accumulated in list order as samples arrive, so
+  // that probsum and sum_aug_prob cost no exp() per call and give the very same doubles.
+  double gen_prob_sum = 0.0;
+  double aug_prob_sum = 0.0;
 };
 
 struct UnitCandidates {
@@ -29,6 +33,8 @@ struct UnitCandidates {
   int find(const Grid& g, uint64_t hash) const;
   // Adds one valid sample and returns its candidate index (g is copied only when it is new).
   int add(const Grid& g, double logprob, const double* aug, size_t n_aug);
+  // Adds one more sample of candidate idx (known to be its grid).
+  void add_existing(int idx, double logprob, const double* aug, size_t n_aug);
   void add_invalid();
 };
 

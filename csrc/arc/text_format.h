@@ -5,6 +5,7 @@
 // after the first end_marker is ignored: it is what the model generated past its answer).
 
 #include <array>
+#include <cstdint>
 #include <string>
 #include <string_view>
 
@@ -28,6 +29,18 @@ const char* decode_status_name(DecodeStatus s);
 // permutation costs nothing extra.
 DecodeStatus decode_text(const TextFormat& fmt, std::string_view text, Grid* out,
                          const uint8_t* recolour = nullptr);
+
+// The byte -> colour table of a format. Bulk decoding builds it once per batch: rebuilding it per
+// text cost as much as decoding a small grid.
+struct DecodeTable {
+  int8_t lut[256];         // colour, kRowEnd, kEnd, or -1 for any other byte
+  bool one_pass = false;   // one-byte row end and end marker: a single scan finds both
+  bool contiguous = false; // the alphabet is ten consecutive bytes (rows are checked 16 at a time)
+  uint8_t first = 0;       // the alphabet's first byte when contiguous
+};
+DecodeTable make_decode_table(const TextFormat& fmt);
+DecodeStatus decode_text(const TextFormat& fmt, const DecodeTable& table, std::string_view text,
+                         Grid* out, const uint8_t* recolour = nullptr);
 
 std::string encode_grid(const TextFormat& fmt, const Grid& g);
 

@@ -153,6 +153,39 @@ void read_fields(PyObject* dict, PyObject** fields) {
   }
 }
 
+inline void prefetch(const void* p) {
+#if defined(__GNUC__)
+  __builtin_prefetch(p);
+#endif
+}
+
+// Starts fetching the hash table that PyDict_Next walks (a small dict's fits in three lines).
+inline void prefetch_dict_table(PyObject* dict) {
+  const char* keys = reinterpret_cast<const char*>(reinterpret_cast<PyDictObject*>(dict)->ma_keys);
+  prefetch(keys);
+  prefetch(keys + 64);
+  prefetch(keys + 128);
+}
+
+// A str's UTF-8 bytes; compact ASCII strs (all keys and model texts in practice) are read in
+// place without a call. False when obj is not a str (or cannot be encoded).
+inline bool str_view(PyObject* obj, std::string_view* out) {
+  if (!PyUnicode_Check(obj)) return false;
+  if (PyUnicode_IS_COMPACT_ASCII(obj)) {
+    *out = std::string_view(static_cast<const char*>(PyUnicode_DATA(obj)),
+                            static_cast<size_t>(PyUnicode_GET_LENGTH(obj)));
+    return true;
+  }
+  Py_ssize_t size = 0;
+  const char* data = PyUnicode_AsUTF8AndSize(obj, &size);
+  if (!data) {
+    PyErr_Clear();
+    return false;
+  }
+  *out = std::string_view(data, static_cast<size_t>(size));
+  return true;
+}
+
 }  // namespace
 
 void bind_arc(py::module_& m) {
@@ -239,62 +272,127 @@ void bind_arc(py::module_& m) {
              d.set_truth(unit, std::move(g[0]));
            })
       .def("set_truths",
-           [](arc::Decoder& d, std::vector<int> units, py::list grids) {
-             if (static_cast<size_t>(PyList_GET_SIZE(grids.ptr())) != units.size()) {
+           [](arc::Decoder& d, std::vector<int> units, py::bytes cells,
+              std::vector<int32_t> shapes) {
+             std::vector<Grid> grids = grids_from_buffer(cells, shapes);
+             if (grids.size() != units.size()) {
                throw arc::ArcError(ErrorKind::kInvalidInput, "one truth per unit");
              }
              for (size_t i = 0; i < units.size(); ++i) {
-               Grid g = grid_from_py(PyList_GET_ITEM(grids.ptr(), i));
-               if (!arc::is_valid_grid(g)) {
+               if (units[i] < 0 || units[i] >= d.n_units()) {
+                 throw arc::ArcError(ErrorKind::kInvalidInput, "unit out of range");
+               }
+               if (!arc::is_valid_grid(grids[i])) {
                  throw arc::ArcError(ErrorKind::kInvalidInput,
                                      "truth of unit " + d.unit_key(units[i]) + " is not a grid");
                }
-               d.set_truth(units[i], std::move(g));
+               d.set_truth(units[i], std::move(grids[i]));
              }
            })
       .def("add_records",
            [](arc::Decoder& d, py::list records) {
              // Field extraction only; the Python layer words the errors (KeyError/TypeError
-             // carry the record index as their first argument).
-             arc::SampleBatch b;
+             // carry the record index as their first argument). The GIL stays held (this is
+             // CPU work, not a wait): the viewed strs stay alive.
+             //
+             // Records are scattered Python objects, so reading them is bound by memory
+             // latency: pass 1 reads every dict's fields while prefetching the dicts ahead,
+             // pass 2 (in order, raising at the first bad record) reads the field objects while
+             // prefetching those ahead.
              const Py_ssize_t n = PyList_GET_SIZE(records.ptr());
+             PyObject** items = PySequence_Fast_ITEMS(records.ptr());
+             constexpr Py_ssize_t kAhead = 8;
+             std::vector<PyObject*> fields(static_cast<size_t>(n) * kNumFields, nullptr);
+             std::vector<uint8_t> is_dict(n);
+             for (Py_ssize_t i = 0; i < n; ++i) {
+               if (i + 2 * kAhead < n) prefetch(items[i + 2 * kAhead]);
+               if (i + kAhead < n && PyDict_CheckExact(items[i + kAhead])) {
+                 prefetch_dict_table(items[i + kAhead]);
+               }
+               PyObject* r = items[i];
+               is_dict[i] = PyDict_Check(r);
+               if (is_dict[i]) read_fields(r, &fields[static_cast<size_t>(i) * kNumFields]);
+             }
+             arc::SampleBatch b;
              b.is_text.resize(n);
              b.keys.resize(n);
              b.texts.resize(n);
              b.grids.resize(n);
              b.logprobs.resize(n);
-             // The GIL stays held (this is CPU work, not a wait): the viewed strs stay alive.
              bool any_aug = false;
+             // Once a conversion may run Python code (__float__, tolist, __iter__), the records
+             // may change under us: from then on each record is read afresh, and every object
+             // viewed so far is held, so no view can outlive its str.
+             bool ran_python = false;
+             std::vector<py::object> pinned;
+             auto pin_record = [&](Py_ssize_t j) {
+               PyObject** f = &fields[static_cast<size_t>(j) * kNumFields];
+               for (int k = 0; k < kNumFields; ++k) {
+                 if (f[k]) pinned.push_back(py::reinterpret_borrow<py::object>(f[k]));
+               }
+             };
+             auto before_python = [&](Py_ssize_t i) {
+               if (ran_python) return;
+               for (Py_ssize_t j = 0; j <= i; ++j) pin_record(j);
+               ran_python = true;
+             };
              b.aug_offsets.reserve(n + 1);
              b.aug_offsets.push_back(0);
              for (Py_ssize_t i = 0; i < n; ++i) {
-               PyObject* r = PyList_GET_ITEM(records.ptr(), i);
-               if (!PyDict_Check(r)) throw py::type_error(py::str("{} not a dict").format(i));
-               PyObject* fields[kNumFields] = {};
-               read_fields(r, fields);
-               PyObject *key = fields[0], *text = fields[1], *grid = fields[2], *lp = fields[3],
-                        *aug = fields[4];
+               if (i + kAhead < n) {
+                 PyObject** ahead = &fields[static_cast<size_t>(i + kAhead) * kNumFields];
+                 for (int f = 0; f < kNumFields; ++f) prefetch(ahead[f]);
+               }
+               if (!ran_python && i + kAhead / 2 < n) {
+                 // The list header arrived by now; its item array and items are next.
+                 PyObject* a = fields[static_cast<size_t>(i + kAhead / 2) * kNumFields + 4];
+                 if (a && PyList_CheckExact(a) && PyList_GET_SIZE(a) > 0) {
+                   PyObject** it = reinterpret_cast<PyListObject*>(a)->ob_item;
+                   prefetch(it);
+                   prefetch(it[0]);
+                   prefetch(it[PyList_GET_SIZE(a) - 1]);
+                 }
+               }
+               PyObject** fl = &fields[static_cast<size_t>(i) * kNumFields];
+               if (ran_python) {
+                 // A conversion ran Python code (__float__, tolist, __iter__), which may have
+                 // changed the records: read this one afresh instead of trusting pass 1.
+                 if (i >= PyList_GET_SIZE(records.ptr())) {
+                   throw py::value_error("records changed while being added");
+                 }
+                 PyObject* r = PyList_GET_ITEM(records.ptr(), i);
+                 is_dict[i] = PyDict_Check(r);
+                 std::fill(fl, fl + kNumFields, nullptr);
+                 if (is_dict[i]) read_fields(r, fl);
+                 pin_record(i);
+               }
+               if (!is_dict[i]) throw py::type_error(py::str("{} not a dict").format(i));
+               PyObject *key = fl[0], *text = fl[1], *grid = fl[2], *lp = fl[3], *aug = fl[4];
                if (!key || !lp) throw py::key_error(py::str("{} key/logprob").format(i));
                const bool has_text = text && text != Py_None, has_grid = grid && grid != Py_None;
                if (has_text == has_grid) throw py::value_error(py::str("{} text/grid").format(i));
-               Py_ssize_t size = 0;
-               const char* data = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &size) : nullptr;
-               if (!data) throw py::type_error(py::str("{} key").format(i));
-               b.keys[i] = std::string_view(data, size);
-               b.logprobs[i] = PyFloat_CheckExact(lp) ? PyFloat_AS_DOUBLE(lp) : PyFloat_AsDouble(lp);
+               if (!str_view(key, &b.keys[i])) throw py::type_error(py::str("{} key").format(i));
+               if (PyFloat_CheckExact(lp)) {
+                 b.logprobs[i] = PyFloat_AS_DOUBLE(lp);
+               } else {
+                 before_python(i);
+                 b.logprobs[i] = PyFloat_AsDouble(lp);
+               }
                if (b.logprobs[i] == -1.0 && PyErr_Occurred()) {
                  PyErr_Clear();
                  throw py::type_error(py::str("{} logprob").format(i));
                }
                b.is_text[i] = has_text;
                if (has_text) {
-                 data = PyUnicode_Check(text) ? PyUnicode_AsUTF8AndSize(text, &size) : nullptr;
-                 if (!data) throw py::type_error(py::str("{} text").format(i));
-                 b.texts[i] = std::string_view(data, size);
+                 if (!str_view(text, &b.texts[i])) {
+                   throw py::type_error(py::str("{} text").format(i));
+                 }
                } else {
+                 before_python(i);  // rows may be any sequence, read through Python
                  b.grids[i] = grid_from_py(grid);
                }
                if (aug && aug != Py_None) {
+                 if (!PyList_CheckExact(aug) && !PyTuple_CheckExact(aug)) before_python(i);
                  PyObject* vals = PySequence_Fast(aug, "");
                  if (!vals) {
                    PyErr_Clear();
@@ -302,10 +400,16 @@ void bind_arc(py::module_& m) {
                  }
                  const Py_ssize_t m = PySequence_Fast_GET_SIZE(vals);
                  if (b.aug_values.capacity() == 0) b.aug_values.reserve(static_cast<size_t>(m) * n);
-                 for (Py_ssize_t j = 0; j < m; ++j) {
+                 // The live size: a __float__ may shrink the list while it is read.
+                 for (Py_ssize_t j = 0; j < PySequence_Fast_GET_SIZE(vals); ++j) {
                    PyObject* item = PySequence_Fast_GET_ITEM(vals, j);
-                   const double v =
-                       PyFloat_CheckExact(item) ? PyFloat_AS_DOUBLE(item) : PyFloat_AsDouble(item);
+                   double v;
+                   if (PyFloat_CheckExact(item)) {
+                     v = PyFloat_AS_DOUBLE(item);
+                   } else {
+                     before_python(i);
+                     v = PyFloat_AsDouble(item);
+                   }
                    if (v == -1.0 && PyErr_Occurred()) {
                      PyErr_Clear();
                      Py_DECREF(vals);
@@ -314,7 +418,7 @@ void bind_arc(py::module_& m) {
                    b.aug_values.push_back(v);
                  }
                  Py_DECREF(vals);
-                 any_aug = any_aug || m > 0;
+                 any_aug = any_aug || b.aug_values.size() > static_cast<size_t>(b.aug_offsets.back());
                }
                b.aug_offsets.push_back(static_cast<int64_t>(b.aug_values.size()));
              }
@@ -328,28 +432,51 @@ void bind_arc(py::module_& m) {
              return arc::candidate_scores(make_spec(algo, cs, b), d.unit(unit));
            })
       .def("select_grids",
-           [](const arc::Decoder& d, int algo, bool cs, double b, py::dict cache) {
-             // {unit key: [grid lists]}; `cache` (owned by the Python Decoder) memoises each
-             // candidate's list form, keyed by unit * 2^32 + candidate, across algorithms.
+           [](const arc::Decoder& d, int algo, bool cs, double b, py::list cache,
+              py::list keys) {
+             // {unit key: [grid lists]}; `keys` holds the unit keys as strs and `cache` (both
+             // owned by the Python Decoder) memoises each candidate's list form across
+             // algorithms: cache[unit][candidate], None until first asked for. Candidates are
+             // only ever appended, so an entry never goes stale.
              const arc::AlgoSpec spec = make_spec(algo, cs, b);
+             if (PyList_GET_SIZE(keys.ptr()) != d.n_units()) {
+               throw arc::ArcError(ErrorKind::kInvalidInput, "one key per unit");
+             }
+             while (PyList_GET_SIZE(cache.ptr()) < d.n_units()) cache.append(py::none());
              py::dict out;
              for (int u = 0; u < d.n_units(); ++u) {
                const std::vector<int32_t> r = d.rank(spec, u);
                const size_t k = std::min(r.size(), static_cast<size_t>(d.n_guesses()));
-               py::list grids(k);
-               for (size_t j = 0; j < k; ++j) {
-                 py::int_ id((static_cast<int64_t>(u) << 32) | r[j]);
-                 PyObject* hit = PyDict_GetItemWithError(cache.ptr(), id.ptr());
-                 if (hit) {
-                   grids[j] = py::reinterpret_borrow<py::object>(hit);
-                 } else {
-                   if (PyErr_Occurred()) throw py::error_already_set();
-                   py::list g = grid_to_py(d.unit(u).cands[r[j]].grid);
-                   cache[id] = g;
-                   grids[j] = g;
+               const auto& cands = d.unit(u).cands;
+               PyObject* memo = PyList_GET_ITEM(cache.ptr(), u);
+               if (k > 0 && (memo == Py_None ||
+                             PyList_GET_SIZE(memo) < static_cast<Py_ssize_t>(cands.size()))) {
+                 py::list grown(cands.size());
+                 const Py_ssize_t had = memo == Py_None ? 0 : PyList_GET_SIZE(memo);
+                 for (size_t c = 0; c < cands.size(); ++c) {
+                   PyObject* v = static_cast<Py_ssize_t>(c) < had ? PyList_GET_ITEM(memo, c)
+                                                                   : Py_None;
+                   Py_INCREF(v);
+                   PyList_SET_ITEM(grown.ptr(), c, v);
                  }
+                 PyList_SetItem(cache.ptr(), u, grown.release().ptr());  // steals
+                 memo = PyList_GET_ITEM(cache.ptr(), u);
                }
-               out[py::str(d.unit_key(u))] = grids;
+               PyObject* grids = PyList_New(static_cast<Py_ssize_t>(k));
+               if (!grids) throw py::error_already_set();
+               py::object grids_owner = py::reinterpret_steal<py::object>(grids);
+               for (size_t j = 0; j < k; ++j) {
+                 PyObject* g = PyList_GET_ITEM(memo, r[j]);
+                 if (g == Py_None) {
+                   g = grid_to_py(cands[r[j]].grid).release().ptr();
+                   PyList_SetItem(memo, r[j], g);  // steals the new reference
+                 }
+                 Py_INCREF(g);
+                 PyList_SET_ITEM(grids, j, g);
+               }
+               if (PyDict_SetItem(out.ptr(), PyList_GET_ITEM(keys.ptr(), u), grids) < 0) {
+                 throw py::error_already_set();
+               }
              }
              return out;
            })

@@ -141,3 +141,57 @@ def test_unsplit_and_per_file_datasets_give_the_same_units(arc_data):
     (row,) = dec.benchmark_selection_algos(["vote"], verbose=False)
     assert row["score"] == pytest.approx(1.0 / len(from_dir.tasks[key.rpartition("_")[0]]["test"]))
     assert row["n_tasks"] == len(from_dir.tasks)
+
+
+def test_batch_equals_one_by_one_with_repeated_replies(ds):
+    # A batch reuses the outcome of a reply repeated word for word under one key (decoded
+    # once); adding the same records one call at a time decodes each. Both must agree on
+    # every candidate, log-prob, sample order, re-score and failure count.
+    import random
+
+    rng = random.Random(5)
+    fmt = GridFormatter()
+    split = ds.split_multi_replies()
+    keys = split.keys[:40]
+    records = []
+    for key in keys:
+        truth = split.truth(key)
+        other = [[(v + 1) % 10 for v in row] for row in truth]
+        for _ in range(3):
+            aug = Augmentation.random(rng, keep_background=rng.random() < 0.5)
+            texts = [fmt.fmt_reply(aug.apply_grid(truth)), fmt.fmt_reply(aug.apply_grid(other)),
+                     "12\n3\n", "", "1x\n"]
+            for _ in range(rng.randint(1, 12)):
+                t = rng.choice(texts)
+                aug_lp = [rng.uniform(-3, 0) for _ in range(2)] if rng.random() < 0.7 else None
+                records.append({"key": key + aug.suffix, "text": t,
+                                "logprob": rng.uniform(-4, 0), "aug_logprobs": aug_lp})
+    batch = Decoder(fmt, keys)
+    single = Decoder(fmt, keys)
+    assert batch.add_many(records) == sum(not single.add(**r) for r in records)
+    assert batch.n_invalid == single.n_invalid > 0
+    assert batch.decode_failures == single.decode_failures
+    for u, key in enumerate(keys):
+        assert batch.candidates(key) == single.candidates(key)
+        assert batch._dec.sample_candidates(u) == single._dec.sample_candidates(u)
+
+
+def test_records_changed_by_a_conversion_are_read_as_changed():
+    # A logprob whose __float__ rewrites a later record (dropping the only reference to its
+    # text): that record is read as it is after the change, and nothing dangles.
+    fmt = GridFormatter()
+    records = [{"key": "t_0", "text": "".join(["1", "2\n"]), "logprob": None},
+               {"key": "t_0", "text": "".join(["3", "4\n"]), "logprob": -0.5}]
+
+    class Rewrites:
+        def __float__(self):
+            records[1]["text"] = "".join(["5", "6\n", "78\n"])
+            records[1]["logprob"] = -0.25
+            return -1.0
+
+    records[0]["logprob"] = Rewrites()
+    dec = Decoder(fmt, ["t_0"])
+    assert dec.add_many(records) == 0
+    assert dec.candidates("t_0") == [
+        {"grid": [[1, 2]], "logprobs": [-1.0], "aug_logprobs": None},
+        {"grid": [[5, 6], [7, 8]], "logprobs": [-0.25], "aug_logprobs": None}]

@@ -81,6 +81,30 @@ def test_decoding_matches_the_python_reference_on_random_text(ref):
     assert sum(g is not None for g in grids) > 500
 
 
+@pytest.mark.parametrize("alphabet", ["0123456789", "abcdefghij", "0123456798"])
+def test_decoding_wide_rows_matches_the_python_reference(ref, alphabet):
+    # Rows of known width are checked 16 bytes at a time when the alphabet is ten consecutive
+    # bytes in order (the first two here); symbols just outside that range, a misplaced row
+    # end and an early end marker must all be caught exactly as the reference does.
+    rng = random.Random(len(alphabet) + ord(alphabet[-1]))
+    fmt = GridFormatter(alphabet=alphabet)
+    lo, hi = chr(ord(min(alphabet)) - 1), chr(ord(max(alphabet)) + 1)
+    texts = []
+    for _ in range(1500):
+        h, w = rng.randint(1, 30), rng.randint(1, 30)
+        rows = ["".join(rng.choice(alphabet) for _ in range(w)) for _ in range(h)]
+        t = "".join(r + "\n" for r in rows) + fmt.end_marker
+        if rng.random() < 0.6:
+            i = rng.randrange(len(t))
+            t = t[:i] + rng.choice([lo, hi, "\n", "x", fmt.end_marker or "\n", ""]) + t[i + 1:]
+        if rng.random() < 0.1:
+            t = t + rng.choice(alphabet) * rng.randint(1, 40) + "\n"
+        texts.append(t)
+    grids, _ = fmt.decode_many(texts)
+    assert grids == [ref.decode_text(t, alphabet, "\n", fmt.end_marker) for t in texts]
+    assert 300 < sum(g is not None for g in grids) < 1400
+
+
 def test_bad_formatter_configs_are_rejected():
     with pytest.raises(nbdist.ArcValueError, match="alphabet"):
         GridFormatter(alphabet="012345678")

@@ -17,7 +17,7 @@ from typing import Any
 
 from .._errors import ArcValueError
 from .._io import atomic_write_json
-from ._grids import Grid, check_grid, grid_problem
+from ._grids import Grid, check_grid, grid_problem, pack
 
 EMPTY_ATTEMPT: Grid = [[0]]
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
@@ -168,8 +168,9 @@ class ArcDataset:
         """The same tasks keyed per test: task ``k`` with n tests gives ``k_0 .. k_{n-1}``."""
         ds = ArcDataset.__new__(ArcDataset)
         ds.source, ds.tasks, ds.split = self.source, self.tasks, True
-        if "_units_cache" in self.__dict__:
-            ds.__dict__["_units_cache"] = self.__dict__["_units_cache"]
+        for cache in ("_units_cache", "_decoder_cache"):
+            if cache in self.__dict__:
+                ds.__dict__[cache] = self.__dict__[cache]
         ds._solutions_known = self._solutions_known
         return ds
 
@@ -190,6 +191,22 @@ class ArcDataset:
                      for i in range(len(t["test"]))]
             self.__dict__["_units_cache"] = units
         return units
+
+    def _decoder_inputs(self) -> tuple[list[str], list[int], list[int], bytes, list[int]]:
+        # (unit keys, task index per unit, units with a known truth, their truths packed),
+        # computed once like _units(): a Decoder per run then costs no grid conversion.
+        cached = self.__dict__.get("_decoder_cache")
+        if cached is None:
+            units = self._units()
+            task_ids: dict[str, int] = {}
+            keys = [key for key, _, _ in units]
+            tasks = [task_ids.setdefault(tid, len(task_ids)) for _, tid, _ in units]
+            known = [(u, t["output"]) for u, t in enumerate(
+                t for task in self.tasks.values() for t in task["test"]) if "output" in t]
+            cells, shapes = pack([g for _, g in known])  # validated when loaded
+            cached = (keys, tasks, [u for u, _ in known], cells, shapes)
+            self.__dict__["_decoder_cache"] = cached
+        return cached
 
     @property
     def keys(self) -> list[str]:

@@ -53,28 +53,25 @@ class Decoder:
         self.prob_baseline = float(prob_baseline)
         self.dataset = dataset_or_unit_keys if isinstance(dataset_or_unit_keys,
                                                           ArcDataset) else None
-        task_ids: dict[str, int] = {}
+        truths = None
         if self.dataset is not None:
-            units = self.dataset._units()
-            keys = [key for key, _, _ in units]
-            tasks = [task_ids.setdefault(tid, len(task_ids)) for _, tid, _ in units]
+            keys, tasks, *truths = self.dataset._decoder_inputs()
         else:
+            task_ids: dict[str, int] = {}
             keys = [str(k) for k in dataset_or_unit_keys]
             tasks = [task_ids.setdefault(_task_of(k), len(task_ids)) for k in keys]
-        self.unit_keys: list[str] = keys
+        self.unit_keys: list[str] = list(keys)
         self._unit_index = {k: i for i, k in enumerate(keys)}
-        self._grid_cache: dict[int, Grid] = {}
+        # Per unit, the list forms of its candidates' grids (see run_selection_algo).
+        self._grid_cache: list[list[Grid | None] | None] = []
         f = self.formatter
         try:
             self._dec = _core.arc.Decoder(keys, tasks, n_guesses, f.alphabet, f.row_end,
                                           f.end_marker)
         except ValueError as e:
             raise ArcValueError(f"Decoder: {e}") from None
-        if self.dataset is not None:
-            truths = [t.get("output") for task in self.dataset.tasks.values() for t in task["test"]]
-            known = [(i, t) for i, t in enumerate(truths) if t is not None]
-            if known:  # validated when the dataset was loaded
-                self._dec.set_truths([i for i, _ in known], [t for _, t in known])
+        if truths and truths[0]:
+            self._dec.set_truths(*truths)
 
     # ---------------------------------------------------------------- ingest
     def set_truth(self, unit_key: str, grid: Any) -> None:
@@ -128,7 +125,7 @@ class Decoder:
 
         The grid lists are shared between calls (that is what makes comparing many algorithms
         cheap): copy one before changing it."""
-        return self._dec.select_grids(*self._spec(name), self._grid_cache)
+        return self._dec.select_grids(*self._spec(name), self._grid_cache, self.unit_keys)
 
     def ranking(self, unit_key: str, name: str) -> list[dict[str, Any]]:
         """The full ranking of one unit: dicts with grid, score (None for order-based
