@@ -7,6 +7,7 @@ pump and the teardown live in C++ (``nbdist._core.launch``).
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import secrets
@@ -39,36 +40,28 @@ def _core():
 
 # -- GPUs, without initializing CUDA in this process ----------------------------------------------
 
-_NO_NVML: list = []  # remembers that the driver library is absent (checked once per process)
-
-
-def _nvml():
+@functools.cache
+def _nvml_gpus():
+    """(NVML library, device handles), initialised once per process and kept: nvmlInit costs
+    milliseconds on VM hosts, and GPUs don't come and go under a running kernel. (None, []) when
+    the driver library is absent or refuses to start."""
     import ctypes
 
-    if _NO_NVML:
-        return None
     try:
         lib = ctypes.CDLL("libnvidia-ml.so.1")
     except OSError:
-        _NO_NVML.append(True)
-        return None
+        return None, []
     if lib.nvmlInit_v2() != 0:
-        return None
-    return lib
-
-
-def _nvml_devices(lib) -> list:
-    import ctypes
-
+        return None, []
     count = ctypes.c_uint(0)
     if lib.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
-        return []
+        return lib, []
     handles = []
     for i in range(count.value):
         h = ctypes.c_void_p()
         if lib.nvmlDeviceGetHandleByIndex_v2(i, ctypes.byref(h)) == 0:
             handles.append(h)
-    return handles
+    return lib, handles
 
 
 def visible_gpu_count() -> int:
@@ -80,11 +73,14 @@ def visible_gpu_count() -> int:
         if not entries or entries[0].strip().startswith("-"):
             return 0
         return len(entries)
-    lib = _nvml()
+    lib, handles = _nvml_gpus()
     if lib is not None:
-        n = len(_nvml_devices(lib))
-        lib.nvmlShutdown()
-        return n
+        return len(handles)
+    return _nvidia_smi_gpu_count()
+
+
+@functools.cache
+def _nvidia_smi_gpu_count() -> int:
     import shutil
     import subprocess
 
@@ -100,25 +96,26 @@ def visible_gpu_count() -> int:
 def gpus_lack_peer_access(indices: list[int] | None) -> bool:
     """True when some pair of the GPUs cannot reach each other peer-to-peer (e.g. Kaggle 2xT4),
     where NCCL's P2P transport hangs or fails; asked of NVML, never of CUDA."""
+    return _pairs_lack_peer_access(None if indices is None else tuple(indices))
+
+
+@functools.cache
+def _pairs_lack_peer_access(indices: tuple | None) -> bool:
     import ctypes
 
-    lib = _nvml()
+    lib, handles = _nvml_gpus()
     if lib is None:
         return False
-    try:
-        handles = _nvml_devices(lib)
-        if indices is not None:
-            handles = [handles[i] for i in indices if 0 <= i < len(handles)]
-        for i in range(len(handles)):
-            for j in range(i + 1, len(handles)):
-                status = ctypes.c_int(0)
-                # NVML_P2P_CAPS_INDEX_READ = 0; NVML_P2P_STATUS_OK = 0
-                rc = lib.nvmlDeviceGetP2PStatus(handles[i], handles[j], 0, ctypes.byref(status))
-                if rc == 0 and status.value != 0:
-                    return True
-        return False
-    finally:
-        lib.nvmlShutdown()
+    if indices is not None:
+        handles = [handles[i] for i in indices if 0 <= i < len(handles)]
+    for i in range(len(handles)):
+        for j in range(i + 1, len(handles)):
+            status = ctypes.c_int(0)
+            # NVML_P2P_CAPS_INDEX_READ = 0; NVML_P2P_STATUS_OK = 0
+            rc = lib.nvmlDeviceGetP2PStatus(handles[i], handles[j], 0, ctypes.byref(status))
+            if rc == 0 and status.value != 0:
+                return True
+    return False
 
 
 def cuda_initialized() -> bool:
