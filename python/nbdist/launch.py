@@ -286,6 +286,10 @@ class _Plan:
         )
         with job._lock:
             job._sup = sup
+            # "running" before the first rank starts: a rank's output (or its log line) must
+            # never be observable while the job still says "starting".
+            if job._status == "starting":
+                job._status = "running"
             if job._kill_grace is not None:
                 sup.kill(job._kill_grace)
         if restart:
