@@ -14,7 +14,7 @@ import nbdist
 import pytest
 
 from . import helpers
-from .conftest import alive
+from support import alive
 
 
 def read_when_complete(path: str, within: float = 60.0) -> str:

@@ -9,7 +9,7 @@ import pytest
 import nbdist
 from nbdist._core import launch as core
 
-from .conftest import processes_with_job_ids  # noqa: F401
+from support import processes_with_job_ids  # noqa: F401
 
 SCRIPT = """
 import os, sys, torch, torch.distributed as dist

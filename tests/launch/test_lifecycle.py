@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .conftest import processes_with_job_ids, wait_gone
+from support import processes_with_job_ids, wait_gone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
