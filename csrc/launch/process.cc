@@ -292,6 +292,16 @@ class Reaper {
     send(pgid);
   }
 
+  int control_fd() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ensure_running();
+    // A duplicate: the reaper may be restarted (and write_ replaced) while the caller forks.
+    int fd = ::fcntl(write_.get(), F_DUPFD_CLOEXEC, 3);
+    if (fd < 0) throw LaunchSystemError("fcntl(F_DUPFD_CLOEXEC) of the reaper pipe", errno);
+    register_parent_fd(fd);
+    return fd;
+  }
+
   void untrack(pid_t pgid) {
     std::lock_guard<std::mutex> lock(mu_);
     groups_.erase(std::remove(groups_.begin(), groups_.end(), pgid), groups_.end());
@@ -324,6 +334,7 @@ class Reaper {
 }  // namespace
 
 void reaper_track(pid_t pgid) { Reaper::instance().track(pgid); }
+int reaper_control_fd() { return Reaper::instance().control_fd(); }
 void reaper_untrack(pid_t pgid) { Reaper::instance().untrack(pgid); }
 
 std::string signal_name(int sig) {
