@@ -16,6 +16,9 @@ from support import ROOT, cell_text, execute_notebook, wait_gone
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
+# A real kernel per test: a stuck cell fails the test in minutes (each takes ~10 s here).
+pytestmark = pytest.mark.timeout(150)
+
 
 def notebook(cells):
     nb = nbformat.v4.new_notebook(metadata={"kernelspec": {
