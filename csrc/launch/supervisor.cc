@@ -344,9 +344,13 @@ void Supervisor::on_child_ready(Rank& r) {
   // The rank is a zombie now, so its pid (= its group id) cannot be reused yet: sweep the
   // grandchildren first, then reap.
   siginfo_t info{};
-  if (::waitid(P_PID, static_cast<id_t>(r.status.pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 ||
-      info.si_pid == 0)
+  if (::waitid(P_PID, static_cast<id_t>(r.status.pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+    // Reaped by someone else before we looked (a stray waitpid(-1) in user code): its pidfd
+    // stays readable forever, so the rank must end here or the job never would.
+    if (errno == ECHILD) on_exit(r, 0, true);
     return;
+  }
+  if (info.si_pid == 0) return;
   kill_group(r.status.pid, SIGKILL);
   int st = 0;
   pid_t got = ::waitpid(r.status.pid, &st, WNOHANG);

@@ -3,6 +3,7 @@ descriptor of its supervisor (epoll, wake-up eventfd, pidfds, pipes, log files) 
 long kernel session can keep hundreds of finished job handles."""
 
 import os
+import time
 
 import nbdist
 
@@ -38,3 +39,39 @@ def test_failed_job_error_keeps_its_tail_after_release():
     assert isinstance(err, nbdist.WorkerError) and err.signal == "SIGSEGV"
     assert "Segmentation fault" in str(err)  # read from the supervisor's tail after the job ended
     assert "Segmentation fault" in job.logs(rank=1)
+
+
+def test_rank_reaped_by_someone_else_still_ends_the_job(tmp_path):
+    """User code in the kernel that reaps children itself (waitpid) can take a rank's exit
+    status before the supervisor reads it: the job must still end (the rank counts as lost)
+    instead of waiting forever. Whoever wins the race, the job ends."""
+    import threading
+
+    go = tmp_path / "go"
+    job = nbdist.launch(helpers.wait_then_exit, (str(go),), nprocs=1, start_method="fork",
+                        background=True)
+    deadline = time.monotonic() + 60
+    while not job.pids and time.monotonic() < deadline:
+        time.sleep(0.01)
+    (pid,) = job.pids
+    stolen = []
+
+    def steal():
+        try:
+            stolen.append(os.waitpid(pid, 0))
+        except ChildProcessError:
+            stolen.append(None)  # the supervisor won the race
+
+    thief = threading.Thread(target=steal)
+    thief.start()
+    time.sleep(0.2)  # the thief is blocked in waitpid before the rank exits
+    go.touch()
+    err = None
+    try:
+        job.wait(timeout=60)
+    except nbdist.NbdistTimeoutError:
+        raise AssertionError("the job never ended after its rank was reaped") from None
+    except nbdist.WorkerError as exc:
+        err = exc  # the thief won: the rank's exit status is unknown
+    thief.join(10)
+    assert stolen and (err is None) == (stolen[0] is None), (stolen, err)
