@@ -190,8 +190,12 @@ void Supervisor::attach_rank(int rank, pid_t pid) {
       add_epoll(r.pidfd.get(), make_tag(rank, kPidfd));
     }
   }
-  // A rank attached after the teardown began (it was being started) goes down at once.
-  if (teardown_) kill_group(pid, SIGKILL);
+  if (r.status_before_attach) {
+    on_exit(r, r.wait_status_before_attach, r.lost_before_attach);
+  } else if (teardown_) {
+    // A rank attached after the teardown began (it was being started) goes down at once.
+    kill_group(pid, SIGKILL);
+  }
   wake();
 }
 
@@ -335,7 +339,15 @@ void Supervisor::read_status(Rank& r) {
   ssize_t n = ::read(r.status_r.get(), &st, sizeof st);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   remove_fd(r.status_r);
-  if (!r.status.attached || r.status.exited) return;
+  if (r.status.exited) return;
+  if (!r.status.attached) {
+    // Dropping it would leave the rank running forever as far as we know: the job would never
+    // end (its status pipe is gone and an external rank has no pidfd).
+    r.status_before_attach = true;
+    r.lost_before_attach = n != sizeof st;
+    r.wait_status_before_attach = n == sizeof st ? st : 0;
+    return;
+  }
   on_exit(r, n == sizeof st ? st : 0, n != sizeof st);
 }
 

@@ -112,6 +112,11 @@ class Supervisor {
     bool external = false;
     bool reported_failure = false;  // sent an exception result: it exits by itself
     bool reported_after_teardown = false;  // that exception came after the teardown began
+    // A zygote may reap a short rank and report its status before attach_rank() runs (the
+    // launcher still waiting for the zygote's reply): kept here and applied at attach.
+    bool status_before_attach = false;
+    bool lost_before_attach = false;
+    int wait_status_before_attach = 0;
     std::string partial[3];
     std::string tail, result, dump;
   };

@@ -75,3 +75,26 @@ def test_rank_reaped_by_someone_else_still_ends_the_job(tmp_path):
         err = exc  # the thief won: the rank's exit status is unknown
     thief.join(10)
     assert stolen and (err is None) == (stolen[0] is None), (stolen, err)
+
+
+def test_zygote_status_arriving_before_attach_is_kept(tmp_path):
+    """A zygote can fork a short rank, reap it and write its exit status before the launcher has
+    attached the rank (it is still reading the zygote's reply). The status read early must be
+    applied at attach, or the job waits forever (the hang seen in the notebook tests)."""
+    import struct
+    import subprocess
+
+    from nbdist._core import launch as core
+
+    sup = core.Supervisor(job_id="early", log_dir=str(tmp_path), nranks=1, tail_bytes=1024,
+                          line_queue_bytes=1 << 20, stream=False, grace_s=1.0, timeout_s=0.0,
+                          dump_wait_s=1.0)
+    fds = sup.open_rank(0, True)
+    os.write(fds.status_w, struct.pack("i", 0))  # what the zygote writes: exit code 0
+    time.sleep(0.5)  # the supervisor reads it now, before the attach below
+    proc = subprocess.Popen(["true"])  # a real pid, already reaped (as the zygote's rank was)
+    proc.wait()
+    sup.attach_rank(0, proc.pid)
+    sup.seal()
+    assert sup.wait(30.0), "the job never ended: the status read before attach was dropped"
+    assert sup.state().name == "succeeded"
