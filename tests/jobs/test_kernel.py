@@ -10,7 +10,6 @@ import signal
 import time
 
 import pytest
-
 from support import ROOT, cell_text, execute_notebook, wait_gone
 
 nbformat = pytest.importorskip("nbformat")

@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-
 from support import processes_with_job_ids, wait_gone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
