@@ -115,13 +115,14 @@ void bind_launch(py::module_& m) {
       py::arg("fds") = std::vector<std::pair<int, int>>{}, py::arg("death_signal") = 9,
       py::arg("new_process_group") = true, py::call_guard<py::gil_scoped_release>());
   m.def("fork_interpreter", &fork_interpreter, py::arg("fds"), py::arg("keep"),
-        py::arg("close_fds"), py::arg("death_signal"));
+        py::arg("close_fds"), py::arg("death_signal"), py::arg("track_fd") = -1);
   m.def("signal_name", &signal_name, py::arg("sig"));
   m.def("describe_wait_status", &describe_wait_status, py::arg("status"));
   m.def("kill_group", &kill_group, py::arg("pgid"), py::arg("sig"));
   m.def("monotonic_now", &monotonic_now);
   m.def("reaper_track", &reaper_track, py::arg("pgid"));
   m.def("reaper_untrack", &reaper_untrack, py::arg("pgid"));
+  m.def("reaper_control_fd", &reaper_control_fd);
   m.def("register_parent_fd", &register_parent_fd, py::arg("fd"));
   m.def("unregister_parent_fd", &unregister_parent_fd, py::arg("fd"));
 }

@@ -146,6 +146,32 @@ pid_t do_spawn(const SpawnSpec& spec) {
   throw LaunchSystemError(what, f.err);
 }
 
+// Reads every track (+pgid) / untrack (-pgid) message already in the control pipe into groups.
+// Returns false at EOF (the launcher's end is closed: it died).
+bool reaper_read(pid_t* groups, int& ngroups, int max_groups, bool drain) {
+  for (;;) {
+    int32_t v;
+    ssize_t n = ::read(0, &v, sizeof v);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) return false;
+    if (n != sizeof v) return true;  // EAGAIN while draining (4-byte writes arrive whole)
+    if (v > 0) {
+      // Reuse the slots of finished groups: a long kernel session starts far more than
+      // max_groups ranks over its life.
+      int i = 0;
+      while (i < ngroups && groups[i] != 0) ++i;
+      if (i < max_groups) {
+        groups[i] = v;
+        if (i == ngroups) ++ngroups;
+      }
+    } else if (v < 0) {
+      for (int i = 0; i < ngroups; ++i)
+        if (groups[i] == -v) groups[i] = 0;
+    }
+    if (!drain) return true;
+  }
+}
+
 [[noreturn]] void reaper_main(int control, pid_t parent) {
   // Own group: a Ctrl-C sent to the launcher's group must not take the reaper down first.
   ::setpgid(0, 0);
@@ -153,9 +179,10 @@ pid_t do_spawn(const SpawnSpec& spec) {
   sigemptyset(&set);
   sigaddset(&set, SIGUSR1);
   ::sigprocmask(SIG_BLOCK, &set, nullptr);
-  if (::prctl(PR_SET_PDEATHSIG, SIGUSR1) != 0 || ::getppid() != parent) {
-    ::_exit(0);  // the parent is already gone: its ranks die by their own PDEATHSIG
-  }
+  // The launcher may die before the death signal is armed. Its ranks die by their own
+  // PDEATHSIG, but their children only by our kill: so the groups it already sent are still
+  // read from the pipe and killed, never skipped.
+  bool orphaned = ::prctl(PR_SET_PDEATHSIG, SIGUSR1) != 0 || ::getppid() != parent;
   // Keep nothing of the parent's open (listening sockets, other jobs' pipes) but the control pipe.
   if (::dup2(control, 0) < 0) ::_exit(1);
   if (::syscall(SYS_close_range, 1, ~0U, 0) != 0)
@@ -165,30 +192,25 @@ pid_t do_spawn(const SpawnSpec& spec) {
   static pid_t groups[kMaxGroups];
   int ngroups = 0;
   struct pollfd pfd[2] = {{0, POLLIN, 0}, {sfd, POLLIN, 0}};
-  int npfd = 2;
-  for (;;) {
-    int r = ::poll(pfd, npfd, -1);
+  bool parent_gone = orphaned;
+  while (!parent_gone) {
+    int r = ::poll(pfd, 2, -1);
     if (r < 0 && errno == EINTR) continue;
     if (r < 0) ::_exit(1);
-    bool parent_gone = (pfd[1].revents & POLLIN) != 0;
-    if (!parent_gone && pfd[0].revents) {
-      int32_t v;
-      ssize_t n = ::read(0, &v, sizeof v);
-      // EOF: the launcher's end closed, which only its death does. It can arrive before the
-      // death signal, so it must kill too.
-      if (n == 0) parent_gone = true;
-      else if (n != sizeof v) continue;
-      else if (v > 0 && ngroups < kMaxGroups) groups[ngroups++] = v;
-      else if (v < 0)
-        for (int i = 0; i < ngroups; ++i)
-          if (groups[i] == -v) groups[i] = 0;
-    }
-    if (parent_gone) {
-      for (int i = 0; i < ngroups; ++i)
-        if (groups[i] > 0) ::kill(-groups[i], SIGKILL);
-      ::_exit(0);
-    }
+    parent_gone = (pfd[1].revents & POLLIN) != 0;
+    // EOF: the launcher's end closed, which only its death does. It can arrive before the
+    // death signal, so it must kill too.
+    if (!parent_gone && pfd[0].revents && !reaper_read(groups, ngroups, kMaxGroups, false))
+      parent_gone = true;
   }
+  // Groups the launcher sent just before it died (a rank started a moment earlier) may still
+  // wait in the pipe next to the death signal: read them all first. Non-blocking: a process
+  // forked by user code in the launcher could hold the write end open forever.
+  ::fcntl(0, F_SETFL, ::fcntl(0, F_GETFL) | O_NONBLOCK);
+  reaper_read(groups, ngroups, kMaxGroups, true);
+  for (int i = 0; i < ngroups; ++i)
+    if (groups[i] > 0) ::kill(-groups[i], SIGKILL);
+  ::_exit(0);
 }
 
 pid_t do_spawn_reaper(int control) {
@@ -270,6 +292,16 @@ class Reaper {
     send(pgid);
   }
 
+  int control_fd() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ensure_running();
+    // A duplicate: the reaper may be restarted (and write_ replaced) while the caller forks.
+    int fd = ::fcntl(write_.get(), F_DUPFD_CLOEXEC, 3);
+    if (fd < 0) throw LaunchSystemError("fcntl(F_DUPFD_CLOEXEC) of the reaper pipe", errno);
+    register_parent_fd(fd);
+    return fd;
+  }
+
   void untrack(pid_t pgid) {
     std::lock_guard<std::mutex> lock(mu_);
     groups_.erase(std::remove(groups_.begin(), groups_.end(), pgid), groups_.end());
@@ -302,6 +334,7 @@ class Reaper {
 }  // namespace
 
 void reaper_track(pid_t pgid) { Reaper::instance().track(pgid); }
+int reaper_control_fd() { return Reaper::instance().control_fd(); }
 void reaper_untrack(pid_t pgid) { Reaper::instance().untrack(pgid); }
 
 std::string signal_name(int sig) {

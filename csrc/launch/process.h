@@ -46,6 +46,11 @@ pid_t spawn(const SpawnSpec& spec);
 // PDEATHSIG alone kills the ranks; the reaper is what takes their grandchildren with them.
 void reaper_track(pid_t pgid);
 void reaper_untrack(pid_t pgid);
+// A duplicate of the write end of the reaper's control pipe (the reaper started if needed),
+// registered as a launcher descriptor; the caller closes it (unregister_parent_fd, close). A rank
+// forked with it (fork_interpreter's track_fd) tracks its own group before running anything, so
+// its children are covered even when this process dies before the rank is attached.
+int reaper_control_fd();
 
 // "SIGSEGV" etc.; "signal 42" when the number has no name.
 std::string signal_name(int sig);

@@ -16,7 +16,7 @@
 namespace nbdist::launch {
 
 pid_t fork_interpreter(const std::vector<std::pair<int, int>>& fds, const std::vector<int>& keep,
-                       const std::vector<int>& close_fds, int death_signal) {
+                       const std::vector<int>& close_fds, int death_signal, int track_fd) {
   // Taken before fork: another thread could hold the registry lock at the moment of fork.
   std::vector<int> to_close = parent_fds_snapshot();
   to_close.insert(to_close.end(), close_fds.begin(), close_fds.end());
@@ -40,6 +40,13 @@ pid_t fork_interpreter(const std::vector<std::pair<int, int>>& fds, const std::v
   if (death_signal != 0) {
     ::prctl(PR_SET_PDEATHSIG, death_signal);
     if (::getppid() != parent) ::_exit(1);  // orphaned before the death signal was armed
+  }
+  if (track_fd >= 0) {
+    // One 4-byte write is atomic on a pipe; the launcher's own track message may follow (a
+    // duplicate the reaper tolerates).
+    int32_t self = static_cast<int32_t>(::getpid());
+    ssize_t ignored = ::write(track_fd, &self, sizeof self);
+    (void)ignored;
   }
   std::vector<int> moved;
   for (auto& p : fds) moved.push_back(::fcntl(p.first, F_DUPFD_CLOEXEC, max_target + 1));

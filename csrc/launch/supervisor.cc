@@ -81,9 +81,27 @@ Supervisor::~Supervisor() {
       sealed_ = true;
     }
     stop_ = true;
+    wake();  // under mu_: the loop thread closes the eventfd under it when the job ends
   }
-  wake();
-  if (thread_ && thread_->joinable()) thread_->join();
+  join_thread();
+}
+
+void Supervisor::join_thread() {
+  std::lock_guard<std::mutex> lock(join_mu_);
+  if (thread_ && thread_->joinable() && thread_->get_id() != std::this_thread::get_id())
+    thread_->join();
+}
+
+void Supervisor::release_resources() {
+  // A finished job stays readable (results, tails, dumps, lines) for as long as the user keeps
+  // its handle, which can be the rest of a long kernel session: it must not hold descriptors.
+  // Called under mu_ by the loop thread, which exits right after; every wake() runs under mu_.
+  for (auto& r : ranks_)
+    for (auto* fd : {&r.out_r, &r.err_r, &r.res_r, &r.status_r, &r.pidfd, &r.out_w, &r.err_w,
+                     &r.res_w, &r.status_w, &r.log})
+      fd->reset();
+  epoll_.reset();
+  wake_fd_.reset();
 }
 
 void Supervisor::add_epoll(int fd, uint64_t tag) {
@@ -100,6 +118,7 @@ void Supervisor::remove_fd(UniqueFd& fd) {
 }
 
 void Supervisor::wake() {
+  if (!wake_fd_.valid()) return;  // done: the loop is gone and the descriptor closed
   uint64_t one = 1;
   ssize_t ignored = ::write(wake_fd_.get(), &one, sizeof one);
   (void)ignored;
@@ -171,8 +190,12 @@ void Supervisor::attach_rank(int rank, pid_t pid) {
       add_epoll(r.pidfd.get(), make_tag(rank, kPidfd));
     }
   }
-  // A rank attached after the teardown began (it was being started) goes down at once.
-  if (teardown_) kill_group(pid, SIGKILL);
+  if (r.status_before_attach) {
+    on_exit(r, r.wait_status_before_attach, r.lost_before_attach);
+  } else if (teardown_) {
+    // A rank attached after the teardown began (it was being started) goes down at once.
+    kill_group(pid, SIGKILL);
+  }
   wake();
 }
 
@@ -214,6 +237,7 @@ void Supervisor::loop() {
     check_timers();
     check_done();
     if (done_ || stop_) {
+      if (done_) release_resources();
       cv_.notify_all();
       return;
     }
@@ -297,6 +321,10 @@ void Supervisor::read_result(Rank& r) {
       // others now instead of after its exit, which costs milliseconds for a large process.
       if (!r.reported_failure && r.result[0] == 'E') {
         r.reported_failure = true;
+        // Raised after another rank's failure began the teardown (a collective whose peer
+        // went away): collateral, not a cause. Results are read in the order they arrive, so
+        // the first failure always starts the teardown before a consequence is read.
+        r.reported_after_teardown = teardown_;
         if (!teardown_) begin_teardown(JobState::kFailed, opt_.grace_s);
       }
       continue;
@@ -311,7 +339,15 @@ void Supervisor::read_status(Rank& r) {
   ssize_t n = ::read(r.status_r.get(), &st, sizeof st);
   if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
   remove_fd(r.status_r);
-  if (!r.status.attached || r.status.exited) return;
+  if (r.status.exited) return;
+  if (!r.status.attached) {
+    // Dropping it would leave the rank running forever as far as we know: the job would never
+    // end (its status pipe is gone and an external rank has no pidfd).
+    r.status_before_attach = true;
+    r.lost_before_attach = n != sizeof st;
+    r.wait_status_before_attach = n == sizeof st ? st : 0;
+    return;
+  }
   on_exit(r, n == sizeof st ? st : 0, n != sizeof st);
 }
 
@@ -320,9 +356,13 @@ void Supervisor::on_child_ready(Rank& r) {
   // The rank is a zombie now, so its pid (= its group id) cannot be reused yet: sweep the
   // grandchildren first, then reap.
   siginfo_t info{};
-  if (::waitid(P_PID, static_cast<id_t>(r.status.pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0 ||
-      info.si_pid == 0)
+  if (::waitid(P_PID, static_cast<id_t>(r.status.pid), &info, WEXITED | WNOHANG | WNOWAIT) != 0) {
+    // Reaped by someone else before we looked (a stray waitpid(-1) in user code): its pidfd
+    // stays readable forever, so the rank must end here or the job never would.
+    if (errno == ECHILD) on_exit(r, 0, true);
     return;
+  }
+  if (info.si_pid == 0) return;
   kill_group(r.status.pid, SIGKILL);
   int st = 0;
   pid_t got = ::waitpid(r.status.pid, &st, WNOHANG);
@@ -338,7 +378,7 @@ void Supervisor::on_exit(Rank& r, int wait_status, bool lost) {
   r.status.wait_status = wait_status;
   r.status.lost = lost;
   r.status.exit_time = monotonic_now();
-  r.status.after_teardown = teardown_ && !r.reported_failure;
+  r.status.after_teardown = r.reported_failure ? r.reported_after_teardown : teardown_;
   // Everything the rank wrote is in the pipes now; read it all before closing them.
   for (int i = 0; i < 1024; ++i) {
     size_t before = r.tail.size() + r.result.size();
@@ -426,9 +466,15 @@ bool Supervisor::wait(double timeout_s) {
   std::unique_lock<std::mutex> lock(mu_);
   if (timeout_s < 0) {
     cv_.wait(lock, [this] { return done_; });
+    lock.unlock();
+    join_thread();
     return true;
   }
-  return cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [this] { return done_; });
+  bool finished =
+      cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [this] { return done_; });
+  lock.unlock();
+  if (finished) join_thread();
+  return finished;
 }
 
 bool Supervisor::wait_activity(double timeout_s) {
@@ -438,8 +484,13 @@ bool Supervisor::wait_activity(double timeout_s) {
 }
 
 bool Supervisor::done() {
-  std::lock_guard<std::mutex> lock(mu_);
-  return done_;
+  bool finished;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    finished = done_;
+  }
+  if (finished) join_thread();
+  return finished;
 }
 
 std::vector<Line> Supervisor::take_lines(size_t max_lines) {

@@ -111,6 +111,12 @@ class Supervisor {
     UniqueFd log;
     bool external = false;
     bool reported_failure = false;  // sent an exception result: it exits by itself
+    bool reported_after_teardown = false;  // that exception came after the teardown began
+    // A zygote may reap a short rank and report its status before attach_rank() runs (the
+    // launcher still waiting for the zygote's reply): kept here and applied at attach.
+    bool status_before_attach = false;
+    bool lost_before_attach = false;
+    int wait_status_before_attach = 0;
     std::string partial[3];
     std::string tail, result, dump;
   };
@@ -130,6 +136,8 @@ class Supervisor {
   void add_epoll(int fd, uint64_t tag);
   void remove_fd(UniqueFd& fd);
   void wake();
+  void release_resources();
+  void join_thread();
 
   SupervisorOptions opt_;
   std::mutex mu_;
@@ -153,6 +161,7 @@ class Supervisor {
   bool killed_hard_ = false;
   pid_t owner_pid_ = 0;  // the process that created it; a forked copy must not touch the ranks
   std::unique_ptr<std::thread> thread_;
+  std::mutex join_mu_;  // the loop thread is joined once, by whichever caller first sees done
 };
 
 double monotonic_now();

@@ -41,13 +41,16 @@ def _serve(sock: socket.socket) -> None:
                 if not msg:
                     os._exit(0)  # the kernel closed the socket
                 req = pickle.loads(msg)
-                out_w, err_w, res_w, status_w = fds
+                out_w, err_w, res_w, status_w, track_w = fds
                 keep_open = [st for _, st in children.values()] + list(children)
                 try:
+                    # track_w: the kernel's reaper pipe. The rank tracks its own group there
+                    # before running anything, so its children die with the kernel even when
+                    # the kernel dies before it has heard this pid.
                     pid = _core.launch.fork_interpreter(
                         [(out_w, 1), (err_w, 2)], [res_w],
-                        [sock.fileno(), status_w, *keep_open, *_selector_fds(sel)],
-                        signal.SIGKILL,
+                        [sock.fileno(), status_w, track_w, *keep_open, *_selector_fds(sel)],
+                        signal.SIGKILL, track_w,
                     )
                 except Exception as exc:  # report, never die: other jobs use this zygote
                     for fd in fds:
@@ -72,7 +75,7 @@ def _serve(sock: socket.socket) -> None:
                         sys.stderr.flush()
                     finally:
                         os._exit(code)
-                for fd in (out_w, err_w, res_w):
+                for fd in (out_w, err_w, res_w, track_w):
                     os.close(fd)
                 pidfd = os.pidfd_open(pid)
                 children[pidfd] = (pid, status_w)

@@ -175,8 +175,6 @@ class Job(JobExtensions):
                         return
                 sup, pids, start_error = plan.start_attempt(restart, self)
                 self._pids = pids
-                if self._status == "starting":
-                    self._status = "running"
                 if show is None:
                     sup.wait(-1.0)
                 else:

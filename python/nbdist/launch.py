@@ -177,9 +177,11 @@ def _fork_batch(batch: list) -> list[int]:
     """Forks one child per (fds, keep, child) entry; returns their pids. In a child, runs
     ``child()`` and exits with its return value (never returns)."""
     pids: list[int] = []
+    core = _core()
+    track_fd = core.reaper_control_fd()
     try:
         for fds, keep, child in batch:
-            pid = _core().fork_interpreter(fds, keep, [], signal.SIGKILL)
+            pid = core.fork_interpreter(fds, keep, [], signal.SIGKILL, track_fd)
             if pid == 0:
                 code = 1
                 try:
@@ -189,8 +191,11 @@ def _fork_batch(batch: list) -> list[int]:
             pids.append(pid)
     except BaseException:
         for pid in pids:  # a partial batch must not outlive the failed start
-            _core().kill_group(pid, signal.SIGKILL)
+            core.kill_group(pid, signal.SIGKILL)
         raise
+    finally:
+        core.unregister_parent_fd(track_fd)
+        os.close(track_fd)
     return pids
 
 
@@ -286,6 +291,10 @@ class _Plan:
         )
         with job._lock:
             job._sup = sup
+            # "running" before the first rank starts: a rank's output (or its log line) must
+            # never be observable while the job still says "starting".
+            if job._status == "starting":
+                job._status = "running"
             if job._kill_grace is not None:
                 sup.kill(job._kill_grace)
         if restart:
@@ -369,14 +378,21 @@ class _Plan:
         zygote = get_zygote()
         base = dict(os.environ)
         pids = []
-        for r in range(self.nprocs):
-            fds = sup.open_rank(r, True)
-            env = dict(base)
-            env.update(self.rank_env(r, restart))
-            pid = zygote.fork_rank(self.payload_path, env, self.cwd,
-                                   [fds.stdout_w, fds.stderr_w, fds.result_w, fds.status_w])
-            sup.attach_rank(r, pid)
-            pids.append(pid)
+        core = _core()
+        track_fd = core.reaper_control_fd()  # this process's reaper, even for zygote children
+        try:
+            for r in range(self.nprocs):
+                fds = sup.open_rank(r, True)
+                env = dict(base)
+                env.update(self.rank_env(r, restart))
+                pid = zygote.fork_rank(self.payload_path, env, self.cwd,
+                                       [fds.stdout_w, fds.stderr_w, fds.result_w, fds.status_w,
+                                        track_fd])
+                sup.attach_rank(r, pid)
+                pids.append(pid)
+        finally:
+            core.unregister_parent_fd(track_fd)
+            os.close(track_fd)
         return pids
 
     # -- outcome ----------------------------------------------------------------------------

@@ -10,11 +10,12 @@ import signal
 import threading
 import time
 
-import nbdist
 import pytest
+from support import alive
+
+import nbdist
 
 from . import helpers
-from .conftest import alive
 
 
 def read_when_complete(path: str, within: float = 60.0) -> str:

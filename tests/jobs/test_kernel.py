@@ -10,13 +10,13 @@ import signal
 import time
 
 import pytest
-
-from .conftest import wait_gone
+from support import ROOT, cell_text, execute_notebook, wait_gone
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# A real kernel per test: a stuck cell fails the test in minutes (each takes ~10 s here).
+pytestmark = pytest.mark.timeout(150)
 
 
 def notebook(cells):
@@ -31,15 +31,7 @@ def notebook(cells):
 
 
 def outputs(cell) -> str:
-    parts = []
-    for o in cell.outputs:
-        if o["output_type"] == "stream":
-            parts.append(o["text"])
-        elif o["output_type"] in ("execute_result", "display_data"):
-            parts.append(o["data"].get("text/plain", ""))
-        elif o["output_type"] == "error":
-            parts.append(f"{o['ename']}: {o['evalue']}")
-    return "".join(parts)
+    return cell_text(cell, errors=True)
 
 
 def html_of(cell) -> str:
@@ -71,8 +63,7 @@ MAGIC_CELLS = [
 
 def test_magic_in_a_real_kernel():
     nb = notebook(MAGIC_CELLS)
-    nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
-                            resources={"metadata": {"path": ROOT}}).execute()
+    execute_notebook(nb, ROOT, timeout=240)
     c = nb.cells
     assert "started in the background (2 ranks); p0.wait() waits for it" in outputs(c[2])
     assert "[20, 21]" in outputs(c[3])
@@ -119,8 +110,7 @@ def started_pids(cell) -> tuple[set[int], str]:
 def test_kernel_shutdown_leaves_no_process(tmp_path, monkeypatch):
     monkeypatch.setenv("NBDIST_TEST_DIR", str(tmp_path))
     nb = notebook(LEAVE_RUNNING)
-    nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
-                            resources={"metadata": {"path": ROOT}}).execute()
+    execute_notebook(nb, ROOT, timeout=240)
     pids, job_id = started_pids(nb.cells[2])
     assert len(pids) == 3  # rank, the rank's child, the load
     # execute() shut the kernel down; everything it started must be gone

@@ -5,11 +5,10 @@ import subprocess
 import sys
 
 import pytest
+from support import processes_with_job_ids  # noqa: F401
 
 import nbdist
 from nbdist._core import launch as core
-
-from .conftest import processes_with_job_ids  # noqa: F401
 
 SCRIPT = """
 import os, sys, torch, torch.distributed as dist

@@ -7,8 +7,7 @@ import sys
 import time
 
 import pytest
-
-from .conftest import processes_with_job_ids, wait_gone
+from support import processes_with_job_ids, wait_gone
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -52,3 +51,46 @@ def test_sigkill_of_launcher_takes_ranks_and_grandchildren_within_2s(tmp_path, r
     proc.kill()
     proc.communicate(timeout=10)
     assert wait_gone({job_id}, pids, within=2.0) == []
+
+
+UNATTACHED_RANK = """
+import os, signal, subprocess, sys, time
+from nbdist import _core
+
+core = _core.launch
+pid_file, track = sys.argv[1], sys.argv[2] == "track"
+fd = core.reaper_control_fd()  # starts this process's reaper
+if core.fork_interpreter([], [], [], signal.SIGKILL, fd if track else -1) == 0:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open(pid_file + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {child.pid}")
+    os.rename(pid_file + ".tmp", pid_file)
+    time.sleep(600)
+    os._exit(0)
+time.sleep(600)  # dies here, before it ever attaches (tracks) the rank
+"""
+
+
+@pytest.mark.parametrize("track", ["track", "no-track"])
+def test_launcher_killed_before_attaching_a_rank_still_takes_its_children(tmp_path, request,
+                                                                          track):
+    """The window between a rank's fork and its attach: a rank forked with the reaper's pipe
+    (fork and zygote start methods) tracks its own group first, so a launcher killed in that
+    window still takes the rank's children. Without it (no-track) they would survive."""
+    pid_file = tmp_path / "pids"
+    proc = subprocess.Popen([sys.executable, "-c", UNATTACHED_RANK, str(pid_file), track])
+    deadline = time.monotonic() + 60
+    while not pid_file.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the rank did not start"
+        time.sleep(0.05)
+    pids = {int(p) for p in pid_file.read_text().split()}
+    request.node.extra_pids = pids
+    proc.kill()
+    proc.wait(timeout=10)
+    left = wait_gone(set(), pids, within=5.0)
+    for pid in left:
+        os.kill(pid[0], signal.SIGKILL)
+    if track == "track":
+        assert left == []
+    else:
+        assert [p for p, _ in left] != []

@@ -7,11 +7,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from support import ROOT, cell_text, execute_notebook, run_notebook_file
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytest.importorskip("nbclient")
 
 CELLS = [
     "import os, nbdist",
@@ -38,14 +37,11 @@ def run_cells(cells, timeout=300):
         metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
                                  "language": "python"}},
     )
-    client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                                     resources={"metadata": {"path": ROOT}})
-    client.execute()
-    return nb
+    return execute_notebook(nb, ROOT, timeout)
 
 
 def text_of(cell) -> str:
-    return "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+    return cell_text(cell, results=False)
 
 
 def test_cell_functions_and_lambdas_with_every_start_method_before_and_after_torch():
@@ -60,10 +56,7 @@ def test_cell_functions_and_lambdas_with_every_start_method_before_and_after_tor
 
 def test_notebook_01_launch_executes():
     path = os.path.join(ROOT, "notebooks", "01_launch.ipynb")
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": os.path.dirname(path)}})
-    client.execute()
+    nb = run_notebook_file(path)
     outputs = "\n".join(text_of(c) for c in nb.cells if c.cell_type == "code")
     assert "root cause: rank 1 ValueError - bad batch on rank 1" in outputs
     assert "[rank 1] rank 1/" in outputs
