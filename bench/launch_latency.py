@@ -17,7 +17,6 @@ Prints a table (medians) and the target ratios, and writes everything to --out a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import socket

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+
 from nbdist.experiment import ExperimentConfigError, draw, validate
 
 FG = """

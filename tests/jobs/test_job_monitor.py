@@ -12,8 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-import nbdist
 import pytest
+
+import nbdist
 
 from . import helpers
 

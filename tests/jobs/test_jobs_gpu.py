@@ -7,8 +7,9 @@ from __future__ import annotations
 import os
 import time
 
-import nbdist
 import pytest
+
+import nbdist
 from nbdist.launch import visible_gpu_count
 
 pytestmark = pytest.mark.gpu

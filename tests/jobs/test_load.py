@@ -8,8 +8,9 @@ import os
 import sys
 import time
 
-import nbdist
 import pytest
+
+import nbdist
 
 from . import helpers
 

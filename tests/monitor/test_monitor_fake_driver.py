@@ -8,8 +8,8 @@ P_i(t) = 100 + 50 i + 10 t watts, with an energy counter that is its exact integ
 """
 
 import csv
-import os
 import math
+import os
 import statistics
 import time
 
