@@ -310,7 +310,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", required=True, help="JSON results path")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--gpus", type=int, default=0, help="ranks for the N-GPU runs (default: all, max 2)")
+    ap.add_argument("--gpus", type=int, default=0,
+                    help="ranks for the N-GPU runs (default: all, max 2)")
     ap.add_argument("--micro-batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--accum", default="1,4")
@@ -356,7 +357,8 @@ def main() -> int:
                                  variant=variant, accum=accum, world=world, **r,
                                  scaling=r["tokens_per_s"] / (world * one)))
     for r in rows:
-        r["mfu"] = (r["flops_per_token"] * r["tokens_per_s"] / (peak * r["world"])) if peak else None
+        r["mfu"] = (r["flops_per_token"] * r["tokens_per_s"] / (peak * r["world"])
+                    if peak else None)
         r.setdefault("scaling", 1.0)
     # Speed-ups against torch DDP in the same setting.
     for r in rows:
@@ -369,7 +371,9 @@ def main() -> int:
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
-        fmt = lambda v, f: (f.format(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "-")  # noqa: E731
+        def fmt(v, f):
+            missing = v is None or (isinstance(v, float) and math.isnan(v))
+            return "-" if missing else f.format(v)
         print(f"{r['setting']:<16}{r['variant']:<14}{r['accum']:>6}{r['tokens_per_s']:>12,.0f}"
               f"{fmt(r['scaling'], '{:.1%}'):>9}{fmt(r['vs_torch_ddp'], '{:.3f}'):>8}"
               f"{fmt(r['exposed_comm_frac'], '{:.1%}'):>9}"

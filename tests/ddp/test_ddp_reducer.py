@@ -35,7 +35,7 @@ def _train_ddp(name: str, grad_accum: int, bucket_cap_mb: float, as_view: bool =
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
     batches = (gpt_batches if name == "gpt" else cnn_batches)(STEPS, BATCH)
     identical, rounds = [], []
-    for step, batch in enumerate(batches):
+    for batch in batches:
         shard = [t.chunk(world)[rank] for t in batch]
         micro = [[t.chunk(grad_accum)[m] for t in shard] for m in range(grad_accum)]
         before = ddp.reducer.allreduce_count
