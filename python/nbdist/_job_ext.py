@@ -7,7 +7,6 @@ Kept apart from job.py (the launcher's driver) as a mixin so both can change ind
 
 from __future__ import annotations
 
-import asyncio
 import html
 import os
 import sys
@@ -109,6 +108,9 @@ class JobExtensions:
     # -- asyncio -------------------------------------------------------------------------------
 
     async def _wait_async(self):
+        # Imported here: asyncio is a third of `import nbdist`, which every spawned rank pays.
+        import asyncio
+
         while not self._done.is_set():
             await asyncio.sleep(0.05)
         return self.wait()
