@@ -13,13 +13,14 @@ GPU it runs on CPU (then both jobs share the cores; still a valid latency compar
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from nbdist._io import atomic_write_json
 
 WORK = r'''
 import sys, time
@@ -126,9 +127,7 @@ def main() -> None:
         result["methods"][name] = {"wall_s_median": wall, "first_line_s_median": first,
                                    "runs": runs}
         print(f"{name:<36} {wall:>8.2f} {first:>13.3f}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    atomic_write_json(args.out, result, indent=2)
     print(f"wrote {args.out}")
 
 

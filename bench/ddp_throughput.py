@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import socket
@@ -32,6 +31,8 @@ os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+
+from nbdist._io import atomic_write_json  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # model (nanoGPT-style GPT-2 with tied embeddings and flash attention)
@@ -383,12 +384,7 @@ def main() -> int:
         steps=a.steps, device=a.device,
         device_name=name,
         torch=torch.__version__, gpus=n, wall_s=time.time() - t0, rows=rows)
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(a.out + ".tmp", a.out)
+    atomic_write_json(a.out, result, indent=1)
     print(f"wrote {a.out} in {time.time() - t0:.0f} s")
     return 0
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import json
 import os
 import platform
 import resource
@@ -36,6 +35,7 @@ import subprocess
 import threading
 import time
 
+from nbdist._io import atomic_write_json
 from nbdist.monitor import Monitor
 
 
@@ -271,12 +271,7 @@ def main() -> None:
               f"like-for-like pynvml: {peer['overhead_pct_of_core']:.3f} %; target < 1 %: "
               f"{'met' if result['nbdist_under_1pct'] else 'NOT met'}")
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, args.out)
+        atomic_write_json(args.out, result, indent=2)
         print(f"wrote {args.out}")
 
 
