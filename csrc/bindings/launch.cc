@@ -75,11 +75,12 @@ void bind_launch(py::module_& m) {
       .def("attach_rank", &Supervisor::attach_rank, py::arg("rank"), py::arg("pid"))
       .def("seal", &Supervisor::seal)
       .def("kill", &Supervisor::kill, py::arg("grace_s"), py::call_guard<py::gil_scoped_release>())
-      .def("wait", &Supervisor::wait, py::arg("timeout_s"),
+      .def("wait", &Supervisor::wait, py::arg("timeout_s"), py::arg("or_failed") = false,
            py::call_guard<py::gil_scoped_release>())
       .def("wait_activity", &Supervisor::wait_activity, py::arg("timeout_s"),
-           py::call_guard<py::gil_scoped_release>())
+           py::arg("or_failed") = false, py::call_guard<py::gil_scoped_release>())
       .def("done", &Supervisor::done)
+      .def("failed", &Supervisor::failed)
       .def("take_lines",
            [](Supervisor& s, size_t max_lines) {
              std::vector<Line> lines;

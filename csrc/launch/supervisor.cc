@@ -325,6 +325,7 @@ void Supervisor::read_result(Rank& r) {
         // went away): collateral, not a cause. Results are read in the order they arrive, so
         // the first failure always starts the teardown before a consequence is read.
         r.reported_after_teardown = teardown_;
+        r.status.after_teardown = teardown_;  // known now, before the rank has exited
         if (!teardown_) begin_teardown(JobState::kFailed, opt_.grace_s);
       }
       continue;
@@ -411,8 +412,10 @@ void Supervisor::begin_teardown(JobState state, double grace_s) {
   }
   teardown_ = true;
   final_state_ = state;
+  failed_ = state == JobState::kFailed;
   dump_until_ = 0;
   int sig = grace_s > 0 ? SIGTERM : SIGKILL;
+  if (failed_) cv_.notify_all();  // waiters may report the failure while the ranks go down
   // A rank that reported its exception is exiting by itself: a SIGTERM now would replace its
   // exit code with a signal (the SIGKILL after the grace still covers a hang on its way out).
   for (auto& r : ranks_)
@@ -462,25 +465,31 @@ void Supervisor::check_done() {
   done_ = true;
 }
 
-bool Supervisor::wait(double timeout_s) {
+bool Supervisor::wait(double timeout_s, bool or_failed) {
   std::unique_lock<std::mutex> lock(mu_);
+  auto ready = [this, or_failed] { return done_ || (or_failed && failed_); };
+  bool finished;
   if (timeout_s < 0) {
-    cv_.wait(lock, [this] { return done_; });
-    lock.unlock();
-    join_thread();
-    return true;
+    cv_.wait(lock, ready);
+    finished = true;
+  } else {
+    finished = cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), ready);
   }
-  bool finished =
-      cv_.wait_for(lock, std::chrono::duration<double>(timeout_s), [this] { return done_; });
+  bool joinable = done_;
   lock.unlock();
-  if (finished) join_thread();
+  if (joinable) join_thread();
   return finished;
 }
 
-bool Supervisor::wait_activity(double timeout_s) {
+bool Supervisor::wait_activity(double timeout_s, bool or_failed) {
   std::unique_lock<std::mutex> lock(mu_);
   return cv_.wait_for(lock, std::chrono::duration<double>(std::max(0.0, timeout_s)),
-                      [this] { return done_ || !lines_.empty(); });
+                      [this, or_failed] { return done_ || (or_failed && failed_) || !lines_.empty(); });
+}
+
+bool Supervisor::failed() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return failed_;
 }
 
 bool Supervisor::done() {

@@ -88,9 +88,14 @@ class Supervisor {
   // failed. Safe to call at any time and more than once.
   void kill(double grace_s);
 
-  bool wait(double timeout_s);           // true when done
-  bool wait_activity(double timeout_s);  // true when done or lines are waiting
+  // true when done; `or_failed`: also when a failure began the teardown (the ranks may still be
+  // on their way out: the caller can report the error without waiting for them).
+  bool wait(double timeout_s, bool or_failed = false);
+  // true when done (or failed, with `or_failed`) or lines are waiting
+  bool wait_activity(double timeout_s, bool or_failed = false);
   bool done();
+  // A rank failed and the teardown of the others began (stays true once the job is done).
+  bool failed();
   std::vector<Line> take_lines(size_t max_lines);
   void set_stream(bool on);
 
@@ -149,6 +154,7 @@ class Supervisor {
   UniqueFd epoll_, wake_fd_;
   bool sealed_ = false;
   bool done_ = false;
+  bool failed_ = false;  // a failure began the teardown
   bool stop_ = false;
   bool teardown_ = false;
   bool kill_request_ = false;

@@ -2,7 +2,9 @@
 
 The outcome travels on its own pipe (never on stdout): one byte (``R`` result, ``E`` exception),
 the rank's CLOCK_MONOTONIC time as a little-endian double (the supervisor uses it to find the rank
-that failed first), then a cloudpickle payload.
+that failed first), the payload's length (u64), then the cloudpickle payload. The length lets the
+launcher tell a complete exception from one still arriving when it reports a failure before the
+rank has exited.
 
 ``python -m nbdist._worker PAYLOAD`` is the ``spawn`` start method: it reads the cloudpickled
 payload file written by the launcher. The ``fork`` and ``zygote`` methods call :func:`run_rank`
@@ -22,7 +24,7 @@ import traceback
 
 RESULT = b"R"
 EXCEPTION = b"E"
-HEADER = struct.Struct("<cd")
+HEADER = struct.Struct("<cdQ")
 
 
 def setup_rank(fresh_streams: bool, stream_handlers: list | None = None) -> None:
@@ -87,14 +89,16 @@ stream_handlers = _stream_handlers
 
 
 def _send(fd: int, kind: bytes, payload: bytes) -> None:
-    data = HEADER.pack(kind, time.monotonic()) + payload
+    data = HEADER.pack(kind, time.monotonic(), len(payload)) + payload
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
         view = view[n:]
 
 
-def _exception_payload(exc: BaseException, formatted: str) -> bytes:
+def _exception_payload(exc: BaseException, formatted: str, exit_code: int) -> bytes:
+    """``exit_code``: what the rank is about to exit with, so that the launcher can report the
+    failure before the process is gone (tearing down a CUDA context takes a while)."""
     from . import _pickle
 
     info = {
@@ -102,6 +106,7 @@ def _exception_payload(exc: BaseException, formatted: str) -> bytes:
         "message": str(exc),
         "traceback": formatted,
         "exception": None,
+        "exit_code": exit_code,
     }
     try:
         info["exception"] = _pickle.dumps(exc)
@@ -131,11 +136,11 @@ def run_rank(fn, args, kwargs, result_fd: int) -> int:
             kind, payload = RESULT, _pickle.dumps(None)
         else:
             formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-            kind, payload = EXCEPTION, _exception_payload(exc, formatted)
             code = exc.code if isinstance(exc.code, int) else 1
+            kind, payload = EXCEPTION, _exception_payload(exc, formatted, code)
     except BaseException as exc:  # KeyboardInterrupt in a rank is a failure like any other
         formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        kind, payload = EXCEPTION, _exception_payload(exc, formatted)
+        kind, payload = EXCEPTION, _exception_payload(exc, formatted, 1)
         code = 1
     # The outcome goes first: the supervisor starts tearing the other ranks down on an exception
     # as soon as it arrives. The traceback then goes to stderr for the logs.
@@ -163,7 +168,7 @@ def report_start_failure(exc: BaseException, result_fd: int) -> int:
     formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     formatted = "nbdist: the rank failed before calling fn:\n" + formatted
     try:
-        _send(result_fd, EXCEPTION, _exception_payload(exc, formatted))
+        _send(result_fd, EXCEPTION, _exception_payload(exc, formatted, 1))
     except Exception:
         pass
     try:
@@ -173,16 +178,23 @@ def report_start_failure(exc: BaseException, result_fd: int) -> int:
     return 1
 
 
+def outcome_complete(data: bytes) -> bool:
+    """Whether a rank's result pipe holds a whole outcome (header and payload)."""
+    if len(data) < HEADER.size:
+        return False
+    return len(data) >= HEADER.size + HEADER.unpack_from(data)[2]
+
+
 def decode_outcome(data: bytes):
     """(kind, monotonic time, payload object) of a rank's result pipe; None when it is empty or
     cut short (the rank died while sending)."""
     import cloudpickle
 
-    if len(data) < HEADER.size:
+    if not outcome_complete(data):
         return None
-    kind, when = HEADER.unpack_from(data)
+    kind, when, size = HEADER.unpack_from(data)
     try:
-        return kind, when, cloudpickle.loads(data[HEADER.size:])
+        return kind, when, cloudpickle.loads(data[HEADER.size:HEADER.size + size])
     except Exception as exc:
         if kind == EXCEPTION:
             return kind, when, {"type": "unknown", "message": f"(undecodable: {exc})",

@@ -87,7 +87,9 @@ class Job(JobExtensions):
         return self._status
 
     def done(self) -> bool:
-        """True once every rank of the final attempt has exited and been reaped."""
+        """True once the job's outcome is final: every rank of the final attempt has exited, or
+        a rank failed and the others are being stopped (SIGTERM, SIGKILL after the grace; the
+        next launch in this process waits until they are gone)."""
         return self._done.is_set()
 
     def wait(self, timeout: float | None = None) -> list:
@@ -123,6 +125,8 @@ class Job(JobExtensions):
         if sup is not None:
             sup.kill(grace)
         self._done.wait(grace + 10.0)
+        if sup is not None:
+            sup.wait(grace + 10.0)  # a failed job's ranks may still be on their way out
 
     def logs(self, rank: int | None = None, tail: int | None = None) -> str:
         """The ranks' output from the log files (stdout and stderr interleaved). ``rank`` None:
@@ -176,6 +180,15 @@ class Job(JobExtensions):
                 sup, pids, start_error = plan.start_attempt(restart, self)
                 self._pids = pids
                 if show is None:
+                    sup.wait(-1.0, or_failed=True)
+                else:
+                    while not (sup.done() or sup.failed()):
+                        sup.wait_activity(0.1, or_failed=True)
+                        show(self._take_lines())
+                if not sup.done() and self._end_on_failure(sup, start_error, restart,
+                                                           port_retried, show):
+                    return
+                if show is None:
                     sup.wait(-1.0)
                 else:
                     while not sup.done():
@@ -213,6 +226,33 @@ class Job(JobExtensions):
             raise
         except BaseException as exc:  # a launcher bug or a start failure must still end the job
             self._finish("failed", None, exc)
+
+    def _end_on_failure(self, sup, start_error, restart: int, port_retried: bool,
+                        show) -> bool:
+        """A rank failed and the others are being stopped. When nothing follows (no restart, no
+        port retry, no kill), the job ends now with the error: the ranks still exiting (a CUDA
+        context takes a few hundred ms to tear down) finish in the background, and the next
+        attempt of any job waits for them (launch.wait_stopping). Returns whether it ended."""
+        from .launch import add_stopping
+
+        plan = self._plan
+        if self._kill_grace is not None or start_error is not None:
+            return False
+        while not (plan.outcomes_complete(sup) or sup.wait(0.002)):
+            pass  # an exception payload still arriving on its pipe
+        if sup.done():
+            return False
+        state, results, error = plan.collect(sup, start_error)
+        if state != "failed" or restart < plan.max_restarts or (
+                not port_retried and plan.port_taken(error)):
+            return False
+        add_stopping(sup)
+        with self._lock:
+            self._pending.extend(sup.take_lines(1 << 30))
+        if show is not None:
+            show(self._take_lines())
+        self._finish("failed", None, error)
+        return True
 
     def _interrupted(self, show) -> None:
         """Ctrl-C in the foreground: tear every rank down (a second Ctrl-C skips the grace)."""
@@ -261,3 +301,8 @@ def _kill_live_jobs() -> None:
                 job.kill(grace=1.0)
             except Exception:
                 pass
+    from .launch import _stopping
+
+    for sup in list(_stopping):  # failed jobs' ranks still exiting: no grace at exit
+        sup.kill(0.0)
+        sup.wait(5.0)

@@ -171,6 +171,34 @@ def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
+# -- failed attempts still stopping ----------------------------------------------------------------
+
+# Supervisors of failed jobs whose error was reported while some ranks were still exiting (see
+# Job._end_on_failure). Every new attempt waits for them first, so that it never competes with a
+# dying rank for GPU memory or a port.
+_stopping: list = []
+_stopping_lock = threading.Lock()
+
+
+def add_stopping(sup) -> None:
+    with _stopping_lock:
+        _stopping[:] = [s for s in _stopping if not s.done()]
+        _stopping.append(sup)
+
+
+def wait_stopping(notice=None) -> None:
+    """Waits until the ranks of earlier failed jobs are gone; ``notice`` says so when that takes
+    a while (a rank that ignores SIGTERM is killed only after its job's grace)."""
+    with _stopping_lock:
+        pending = list(_stopping)
+    for sup in pending:
+        if not sup.wait(1.0) and notice is not None:
+            notice("waiting for the ranks of an earlier failed job to exit")
+        sup.wait(-1.0)
+    with _stopping_lock:
+        _stopping[:] = [s for s in _stopping if not s.done()]
+
+
 # -- the fork thread ------------------------------------------------------------------------------
 
 def _fork_batch(batch: list) -> list[int]:
@@ -284,6 +312,7 @@ class _Plan:
 
     def start_attempt(self, restart: int, job: Job):
         core = _core()
+        wait_stopping(self.notice)
         sup = core.Supervisor(
             job_id=self.job_id, log_dir=self.job_dir, nranks=self.nprocs, tail_bytes=64 * 1024,
             line_queue_bytes=16 << 20, stream=self.stream, grace_s=self.grace,
@@ -397,12 +426,24 @@ class _Plan:
 
     # -- outcome ----------------------------------------------------------------------------
 
+    def outcomes_complete(self, sup) -> bool:
+        """Whether every rank that started sending its outcome has sent all of it (or exited)."""
+        from . import _worker
+
+        for rs in sup.ranks():
+            data = sup.result(rs.rank)
+            if data and not rs.exited and not _worker.outcome_complete(data):
+                return False
+        return True
+
     def collect(self, sup, start_error):
         """(state, results, error) of a finished attempt."""
         from . import _worker
 
         core = _core()
         state = sup.state().name
+        if state == "running" and sup.failed():
+            state = "failed"  # reported while the other ranks are still being stopped
         ranks = sup.ranks()
         outcomes = {}
         for rs in ranks:
@@ -432,24 +473,37 @@ class _Plan:
     def _error(self, sup, state, ranks, outcomes, core) -> BaseException:
         from . import _worker
 
+        def reported(rs):
+            """The exception a rank sent, or None."""
+            out = outcomes.get(rs.rank)
+            return out[2] if out is not None and out[0] == _worker.EXCEPTION else None
+
         def failed(rs) -> bool:
+            if reported(rs) is not None:
+                return True  # possibly still exiting: its exit code came with the exception
             if not rs.exited:
                 return False
             if rs.lost:
-                return True
-            out = outcomes.get(rs.rank)
-            if out is not None and out[0] == _worker.EXCEPTION:
                 return True
             return os.WIFSIGNALED(rs.wait_status) or os.WEXITSTATUS(rs.wait_status) != 0
 
         def fail_time(rs) -> float:
             out = outcomes.get(rs.rank)
-            t = rs.exit_time
+            t = rs.exit_time if rs.exited else float("inf")
             if out is not None and out[0] == _worker.EXCEPTION:
                 t = min(t, out[1])
             return t
 
+        def exit_code(rs):
+            if not rs.exited:
+                return reported(rs).get("exit_code", 1)
+            if not rs.lost and os.WIFEXITED(rs.wait_status):
+                return os.WEXITSTATUS(rs.wait_status)
+            return None
+
         def how(rs) -> str:
+            if not rs.exited:
+                return f"exit code {exit_code(rs)}"
             if rs.lost:
                 return "lost (its zygote died; exit status unknown)"
             return core.describe_wait_status(rs.wait_status)
@@ -462,19 +516,26 @@ class _Plan:
         root = min(causes, key=fail_time) if causes else None
         failure_dicts = []
         for rs in failures:
-            out = outcomes.get(rs.rank)
-            info = out[2] if out is not None and out[0] == _worker.EXCEPTION else None
+            info = reported(rs)
             failure_dicts.append({
                 "rank": grank(rs.rank), "pid": rs.pid,
-                "exit_code": os.WEXITSTATUS(rs.wait_status)
-                if not rs.lost and os.WIFEXITED(rs.wait_status) else None,
+                "exit_code": exit_code(rs),
                 "signal": core.signal_name(os.WTERMSIG(rs.wait_status))
-                if not rs.lost and os.WIFSIGNALED(rs.wait_status) else None,
+                if rs.exited and not rs.lost and os.WIFSIGNALED(rs.wait_status) else None,
                 "exc_type": info["type"] if info else None,
                 "exc_message": info["message"] if info else None,
                 "collateral": rs.after_teardown and rs is not root,
                 "how": how(rs),
             })
+        # Ranks still running when the failure is reported (the error does not wait for them:
+        # they are being stopped, and the next launch waits until they are gone).
+        for rs in ranks:
+            if rs.attached and not rs.exited and not failed(rs):
+                failure_dicts.append({
+                    "rank": grank(rs.rank), "pid": rs.pid, "exit_code": None, "signal": None,
+                    "exc_type": None, "exc_message": None, "collateral": True,
+                    "how": "being stopped (SIGTERM, then SIGKILL after the grace)",
+                })
 
         world = self.nnodes * self.nprocs
         if state == "timed_out":
@@ -493,8 +554,7 @@ class _Plan:
             return WorkerError(f"job {self.job_id} failed without a failed rank (no rank ran)",
                                job_id=self.job_id, log_dir=self.job_dir)
         root_dict = next(d for d in failure_dicts if d["rank"] == grank(root.rank))
-        out = outcomes.get(root.rank)
-        info = out[2] if out is not None and out[0] == _worker.EXCEPTION else None
+        info = reported(root)
         head = f"rank {grank(root.rank)} (of {world}) failed"
         if info:
             head += f" with {info['type']}: {info['message']} ({how(root)})"

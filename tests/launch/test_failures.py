@@ -157,3 +157,47 @@ def test_fn_that_cannot_be_unpickled_in_the_rank_is_reported(tmp_path):
     err = info.value
     assert err.rank == 0 and err.exc_type == "ModuleNotFoundError"
     assert "before calling fn" in err.remote_traceback
+
+
+def stubborn_rank0_then_fail(flag_dir):
+    """Rank 0 ignores SIGTERM (so only the grace's SIGKILL ends it); rank 1 fails once it has."""
+    rank = os.environ["RANK"]
+    if rank == "0":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        open(os.path.join(flag_dir, "ignoring"), "w").close()
+        time.sleep(600)
+    while not os.path.exists(os.path.join(flag_dir, "ignoring")):
+        time.sleep(0.01)
+    raise RuntimeError("rank 1 gives up")
+
+
+def pid_alive(pid):
+    return os.path.exists(f"/proc/{pid}")
+
+
+def test_error_is_raised_while_slow_ranks_are_still_being_stopped(tmp_path, capfd):
+    # The error does not wait for the other ranks to exit (a CUDA context takes a few hundred ms
+    # to tear down, a rank ignoring SIGTERM the whole grace); the next launch waits for them.
+    with pytest.raises(nbdist.WorkerError) as info:
+        nbdist.launch(stubborn_rank0_then_fail, (str(tmp_path),), nprocs=2, grace=3,
+                      start_method="fork", stream=False)
+    err = info.value
+    assert err.rank == 1 and err.exc_type == "RuntimeError" and err.exit_code == 1
+    stopping = {f["rank"]: f for f in err.failures}[0]
+    assert stopping["collateral"] and "being stopped" in stopping["how"]
+    assert pid_alive(stopping["pid"])  # still inside its grace when the error arrived
+    # The next launch starts only once that rank is gone, and says why it waits.
+    assert nbdist.launch(pid_alive, (stopping["pid"],), nprocs=1) == [False]
+    assert "waiting for the ranks of an earlier failed job" in capfd.readouterr().out
+
+
+def test_background_job_fails_fast_and_kill_finishes_the_teardown(tmp_path):
+    job = nbdist.launch(stubborn_rank0_then_fail, (str(tmp_path),), nprocs=2, grace=60,
+                        background=True)
+    with pytest.raises(nbdist.WorkerError, match="rank 1 gives up"):
+        job.wait(timeout=60)
+    assert job.status == "failed" and job.done()
+    rank0 = job.pids[0]
+    assert pid_alive(rank0)  # its grace (60 s) has not passed
+    job.kill(grace=0)  # shortens the teardown and waits for it
+    assert not pid_alive(rank0)
