@@ -173,6 +173,29 @@ def _time(one_step, steps, device):
     return (time.perf_counter() - t0) / timed
 
 
+def _parse_variant(spec: str):
+    """'nbdist_ddp:ctas=4:hp=1' -> ('nbdist_ddp', {'ctas': '4', 'hp': '1'}). Options (sweeps):
+    ctas = NCCL max CTAs of a dedicated gradient communicator, hp = 1 for a high-priority NCCL
+    stream, bucket / first = bucket sizes in MiB."""
+    name, *rest = spec.split(":")
+    return name, dict(kv.split("=", 1) for kv in rest)
+
+
+def _comm_group(opts: dict, device):
+    """None (the default group) or a dedicated NCCL group configured by the variant's options."""
+    import torch.distributed as dist
+
+    if device.type != "cuda" or not ({"ctas", "hp"} & set(opts)):
+        return None
+    pg_opts = dist.ProcessGroupNCCL.Options()
+    if "ctas" in opts:
+        pg_opts.config.max_ctas = int(opts["ctas"])
+    if opts.get("hp") == "1":
+        pg_opts.is_high_priority_stream = True
+    return dist.new_group(ranks=list(range(dist.get_world_size())), backend="nccl",
+                          pg_options=pg_opts)
+
+
 def _rank(args: dict) -> dict:
     import torch.distributed as dist
 
@@ -218,7 +241,8 @@ def _rank(args: dict) -> dict:
                                        "comm_overhead_frac": overhead, "flops_per_token": flops}
 
     for accum in args["accum"]:
-        for variant in args["variants"]:
+        for spec in args["variants"]:
+            variant, opts = _parse_variant(spec)
             model = fresh()
             flops = model.flops_per_token
             if variant == "plain":
@@ -227,18 +251,25 @@ def _rank(args: dict) -> dict:
                 record("plain", accum, _hand_loop(model, model, batches, accum, steps, device, amp),
                        flops=flops)
             elif variant in ("torch_ddp", "nbdist_ddp"):
+                try:
+                    group = _comm_group(opts, device)
+                except Exception as exc:  # an option this torch lacks: same on every rank
+                    out[f"{spec}/accum{accum}"] = {"error": f"{type(exc).__name__}: {exc}"}
+                    continue
+                bucket = float(opts.get("bucket", 25))
                 if variant == "torch_ddp":
                     wrapped = torch.nn.parallel.DistributedDataParallel(
                         model, device_ids=[device.index] if device.type == "cuda" else None,
-                        bucket_cap_mb=25)
+                        bucket_cap_mb=bucket, process_group=group)
                 else:
-                    wrapped = nd.DDP(model, bucket_cap_mb=25, first_bucket_mb=1)
+                    wrapped = nd.DDP(model, process_group=group, bucket_cap_mb=bucket,
+                                     first_bucket_mb=float(opts.get("first", 1)))
                 probe = _TailProbe(device)
                 sec = _hand_loop(model, wrapped, batches, accum, steps, device, amp, probe=probe)
                 quiet = _hand_loop(model, wrapped, batches, accum, steps, device, amp,
                                    no_sync_all=True)
                 tail = probe.mean_ms()
-                record(variant, accum, sec, None if tail is None else tail / 1e3 / sec, flops,
+                record(spec, accum, sec, None if tail is None else tail / 1e3 / sec, flops,
                        overhead=max(0.0, (sec - quiet) / sec))
             elif variant == "nbdist_train":
                 tc = nd.TrainConfig(max_steps=sum(steps), grad_accum=accum, lr=1e-4,
@@ -320,6 +351,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--no-p2p-off", action="store_true", help="skip the NCCL_P2P_DISABLE=1 run")
     ap.add_argument("--tiny", action="store_true", help="a tiny model (smoke test)")
+    ap.add_argument("--sweep", default="",
+                    help="comma-separated variants (e.g. torch_ddp,nbdist_ddp:ctas=4:hp=1) to "
+                         "compare under --settings instead of the standard table")
+    ap.add_argument("--settings", default="p2p,nop2p",
+                    help="for --sweep: p2p, nop2p (NCCL_P2P_DISABLE=1), nop2p_ce (and "
+                         "NCCL_SHM_USE_CUDA_MEMCPY=1)")
     a = ap.parse_args()
 
     if a.tiny:
@@ -330,6 +367,8 @@ def main() -> int:
     base = dict(device=a.device, model=model, micro_batch=a.micro_batch, warmup=a.warmup,
                 steps=a.steps, accum=[int(x) for x in a.accum.split(",")])
     env = {"NCCL_NVLS_ENABLE": "0"}
+    if a.sweep:
+        return _sweep(a, base, env, n)
     runs = {}
     t0 = time.time()
     runs["1"] = _launch(dict(base, variants=["plain"]), 1, dict(env, NCCL_P2P_DISABLE="0"))
@@ -385,6 +424,40 @@ def main() -> int:
         device_name=name,
         torch=torch.__version__, gpus=n, wall_s=time.time() - t0, rows=rows)
     atomic_write_json(a.out, result, indent=1)
+    print(f"wrote {a.out} in {time.time() - t0:.0f} s")
+    return 0
+
+
+def _sweep(a, base: dict, env: dict, n: int) -> int:
+    """Variants side by side per setting (one launch per setting, so the same processes run every
+    variant); prints step times and writes the raw per-variant figures."""
+    settings = {"p2p": {"NCCL_P2P_DISABLE": "0"}, "nop2p": {"NCCL_P2P_DISABLE": "1"},
+                "nop2p_ce": {"NCCL_P2P_DISABLE": "1", "NCCL_SHM_USE_CUDA_MEMCPY": "1"}}
+    variants = a.sweep.split(",")
+    t0 = time.time()
+    out = {"plain": _launch(dict(base, variants=["plain"]), 1, dict(env, NCCL_P2P_DISABLE="0"))}
+    for name in a.settings.split(","):
+        out[name] = _launch(dict(base, variants=variants), n, dict(env, **settings[name]))
+    print(f"{'setting':<10}{'variant':<34}{'accum':>6}{'step ms':>9}{'tokens/s':>11}"
+          f"{'scaling':>9}{'vs DDP':>8}{'exposed':>9}{'overhead':>9}")
+    for accum in base["accum"]:
+        one = out["plain"][f"plain/accum{accum}"]["tokens_per_s"]
+        for name in a.settings.split(","):
+            ref = out[name].get(f"torch_ddp/accum{accum}", {}).get("tokens_per_s")
+            for v in variants:
+                r = out[name].get(f"{v}/accum{accum}")
+                if r is None or "error" in r:
+                    print(f"{name:<10}{v:<34}{accum:>6}  {r and r['error']}")
+                    continue
+                r["scaling"] = r["tokens_per_s"] / (n * one)
+                r["vs_torch_ddp"] = r["tokens_per_s"] / ref if ref else None
+                print(f"{name:<10}{v:<34}{accum:>6}{1e3 * r['step_s']:>9.2f}"
+                      f"{r['tokens_per_s']:>11,.0f}{r['scaling']:>9.1%}"
+                      f"{(r['vs_torch_ddp'] or 0):>8.3f}"
+                      f"{(r['exposed_comm_frac'] or 0):>9.1%}"
+                      f"{(r['comm_overhead_frac'] or 0):>9.1%}")
+    atomic_write_json(a.out, dict(benchmark="ddp_sweep", runs=out, gpus=n,
+                                  wall_s=time.time() - t0), indent=1)
     print(f"wrote {a.out} in {time.time() - t0:.0f} s")
     return 0
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on the lent GPU machine: build nbdist against the machine's torch, run the GPU tests and
 # the benchmarks, and leave every result as JSON under $OUT (the device tool brings $OUT back).
-#   usage: bash bench/device.sh [phase ...]    phases: build tests launch monitor jobs ddp arc (default: all)
+#   usage: bash bench/device.sh [phase ...]    phases: build tests launch monitor jobs ddp arc (default: all);
+#   also tests-launch (GPU launcher tests only), profile (bench/launch_profile.py), sweep (DDP
+#   comm variants: SWEEP=variant,... SWEEP_SETTINGS=p2p,nop2p,nop2p_ce SWEEP_ACCUM SWEEP_STEPS)
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0): using it can put the shared host's GPUs out of
 # service. Each benchmark has its own time limit so that one slow phase cannot eat the whole call.
 set -uo pipefail
@@ -34,6 +36,21 @@ if has tests; then
   # Run from outside the tree so the installed package (with its extensions) is what gets imported.
   (cd /tmp && NBDIST_MONITOR_LOAD_S=30 timeout 300 "$py" -m pytest "$root/tests" -m gpu -q -p no:cacheprovider \
     -o addopts="" --rootdir="$root" -c "$root/pyproject.toml" 2>&1 | tee "$OUT/gpu_tests.log" | tail -25)
+fi
+if has tests-launch; then
+  step gpu launch tests
+  (cd /tmp && timeout 200 "$py" -m pytest "$root/tests/launch" -m gpu -q -p no:cacheprovider \
+    -o addopts="" --rootdir="$root" -c "$root/pyproject.toml" 2>&1 | tee "$OUT/gpu_launch_tests.log" | tail -15)
+fi
+if has profile; then
+  step launch profile
+  timeout 100 "$py" bench/launch_profile.py --ranks 2 --repeats 10 --out "$OUT/launch_profile.json" | head -45
+fi
+if has sweep; then
+  step ddp sweep
+  timeout 400 "$py" bench/ddp_throughput.py --out "$OUT/ddp_sweep.json" --accum "${SWEEP_ACCUM:-1}" \
+    --steps "${SWEEP_STEPS:-15}" --settings "${SWEEP_SETTINGS:-p2p,nop2p,nop2p_ce}" \
+    --sweep "${SWEEP:-torch_ddp,nbdist_ddp}" 2>&1 | grep -v "^\[rank" | tail -40
 fi
 if has launch && [ -f bench/launch_latency.py ]; then
   step launch latency
