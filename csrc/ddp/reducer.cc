@@ -379,8 +379,11 @@ void Reducer::finalize_backward() {
       anyone_used[i] = counts.data_ptr<int32_t>()[i] > 0;
     std::fill(used_.begin(), used_.end(), 0);
   }
+  // Without unused params every .grad already is its bucket view (set by the hooks): nothing to
+  // rebind, and the common path pays no per-parameter work after backward.
+  const bool rebind = options_.find_unused_parameters || !options_.gradient_as_bucket_view;
   at::NoGradGuard no_grad;
-  for (size_t i = 0; i < params_.size(); ++i) {
+  for (size_t i = 0; rebind && i < params_.size(); ++i) {
     auto& grad = params_[i].mutable_grad();
     auto view = grad_view(static_cast<int64_t>(i));
     if (!anyone_used[i]) {
