@@ -376,9 +376,8 @@ def train(
             zeroed in place after each step (set to None with find_unused_parameters).
 
     Each history entry has step, loss (this rank), lr (the schedule's), grad_norm, scale, skipped,
-    seconds,
-    throughput (tokens/s over all ranks for integer inputs, else samples/s), mfu and eval_loss
-    (or None).
+    seconds, throughput (tokens/s over all ranks for integer inputs, else samples/s), mfu and
+    eval_loss (or None).
     """
     if not isinstance(cfg, TrainConfig):
         raise DDPValueError(f"cfg must be a nbdist.ddp.TrainConfig, got {type(cfg).__name__}")
