@@ -169,25 +169,39 @@ def test_unused_on_every_rank_keeps_its_previous_grad(launch, as_view):
         assert kept_view and kept_fresh and same_tensor and bias_none
 
 
-def _train_loop_run():
-    """train()'s own AdamW (weight decay on) with find_unused_parameters."""
+def _train_loop_run(user_opt: bool):
+    """train() with find_unused_parameters: its own AdamW (weight decay on), or a momentum SGD
+    with weight decay. `sometimes` runs in the first step only, `never` in none."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     model = _build()
     initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    after_first = {}
     cfg = TrainConfig(max_steps=4, lr=1e-2, weight_decay=0.1, precision="fp32", log_every=0,
                       find_unused_parameters=True)
+    calls = [0]
 
     def loss_fn(m, batch):
+        calls[0] += 1
+        if calls[0] == 2:  # step 2 starts: step 1's update is done
+            after_first.update({n: p.detach().clone() for n, p in model.named_parameters()})
         x, y = batch
-        return _loss(m, x, y, False)  # `sometimes` and `never` take no part
+        return _loss(m, x, y, calls[0] == 1)
 
-    train(model, [(x, y) for x, y in _data()], cfg, loss_fn=loss_fn)
-    return {n: torch.equal(p, initial[n]) for n, p in model.named_parameters()}
+    opt = (torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9, weight_decay=0.1)
+           if user_opt else None)
+    train(model, [(x, y) for x, y in _data()], cfg, loss_fn=loss_fn, optimizer=opt)
+    final = dict(model.named_parameters())
+    return ({n: torch.equal(p, initial[n]) for n, p in final.items()},
+            {n: torch.equal(p, after_first[n]) for n, p in final.items()})
 
 
-def test_train_loop_leaves_globally_unused_params_alone(launch):
-    for unchanged in launch(_train_loop_run, args=(), nprocs=2):
-        assert unchanged["never.weight"] and unchanged["sometimes.weight"]
-        assert unchanged["sometimes.bias"] and unchanged["never.bias"]
-        assert not unchanged["body.weight"] and not unchanged["head.weight"]
+@pytest.mark.parametrize("user_opt", [False, True], ids=["adamw", "user_sgd"])
+def test_train_loop_leaves_globally_unused_params_alone(launch, user_opt):
+    for since_start, since_step1 in launch(_train_loop_run, args=(user_opt,), nprocs=2):
+        assert since_start["never.weight"] and since_start["never.bias"]
+        # Updated in step 1, then left alone: no gradient (not a zero one) in steps 2-4, so no
+        # decay and no momentum carried on.
+        assert not since_start["sometimes.weight"]
+        assert since_step1["sometimes.weight"] and since_step1["sometimes.bias"]
+        assert not since_step1["body.weight"] and not since_step1["head.weight"]
