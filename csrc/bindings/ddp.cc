@@ -111,7 +111,8 @@ PYBIND11_MODULE(_ddp, m) {
       "train",
       [](Reducer& reducer, std::vector<at::Tensor> buffers, const TrainConfig& cfg,
          py::object forward_loss, py::object eval_loss, py::object eval_reset,
-         py::object data_position, py::object data_seek, py::object log) {
+         py::object data_position, py::object data_seek, py::object log,
+         py::object optimizer_step, py::object optimizer_state, py::object optimizer_load) {
         nbdist::ddp::TrainCallbacks cb;
         cb.forward_loss = from_python<at::Tensor, bool>(forward_loss);
         if (!eval_loss.is_none()) {
@@ -127,6 +128,9 @@ PYBIND11_MODULE(_ddp, m) {
         cb.data_position = from_python<int64_t>(data_position);
         cb.data_seek = from_python<void, int64_t>(data_seek);
         cb.log = from_python<void, const std::string&>(log);
+        cb.optimizer_step = from_python<void, double>(optimizer_step);
+        cb.optimizer_state = from_python<at::Tensor>(optimizer_state);
+        cb.optimizer_load = from_python<void, const at::Tensor&>(optimizer_load);
         std::vector<nbdist::ddp::StepRecord> history;
         {
           py::gil_scoped_release release;
@@ -151,7 +155,8 @@ PYBIND11_MODULE(_ddp, m) {
       },
       py::arg("reducer"), py::arg("buffers"), py::arg("config"), py::arg("forward_loss"),
       py::arg("eval_loss"), py::arg("eval_reset"), py::arg("data_position"), py::arg("data_seek"),
-      py::arg("log"));
+      py::arg("log"), py::arg("optimizer_step") = py::none(),
+      py::arg("optimizer_state") = py::none(), py::arg("optimizer_load") = py::none());
 
   m.def(
       "load_checkpoint",

@@ -76,10 +76,20 @@ class AdamW {
     std::vector<at::Tensor> params, exp_avg, exp_avg_sq, steps;
   };
 
-  void step_group(Group& g, double lr, double wd) {
-    if (g.params.empty()) return;
+  void step_group(Group& all, double lr, double wd) {
+    // A param without a gradient (unused on every rank) is skipped, decay and moments alike, as
+    // torch.optim does; the lists below alias the group's tensors, so updates land in place.
+    Group g;
     std::vector<at::Tensor> grads;
-    for (const auto& p : g.params) grads.push_back(p.grad());
+    for (size_t i = 0; i < all.params.size(); ++i) {
+      if (!all.params[i].grad().defined()) continue;
+      g.params.push_back(all.params[i]);
+      g.exp_avg.push_back(all.exp_avg[i]);
+      g.exp_avg_sq.push_back(all.exp_avg_sq[i]);
+      g.steps.push_back(all.steps[i]);
+      grads.push_back(all.params[i].grad());
+    }
+    if (g.params.empty()) return;
     at::_foreach_add_(g.steps, 1);
     if (fused_) {
       try {
@@ -148,7 +158,11 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
   const std::string ckpt_path = cfg.ckpt_dir.empty() ? "" : cfg.ckpt_dir + "/latest.pt";
 
-  AdamW opt(params, cfg);
+  // The built-in AdamW, unless the user brought an optimizer (then no moments are allocated here).
+  const bool user_opt = static_cast<bool>(cb.optimizer_step);
+  std::optional<AdamW> opt;
+  if (!user_opt) opt.emplace(params, cfg);
+  const char* kUserOptKey = "optimizer.state_dict";
   double scale = fp16 ? cfg.init_scale : 1.0;
   int64_t good_steps = 0;  // consecutive finite steps since the scale last changed
   int64_t step = 0;
@@ -164,6 +178,14 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
                              "': it was written for another model or by another program");
         return it->second;
       };
+      const bool saved_user_opt = ck->count(kUserOptKey) > 0;
+      if (saved_user_opt != user_opt)
+        throw DDPError(ErrorKind::kInvalidInput,
+                       "checkpoint '" + ckpt_path + "' was written with " +
+                           (saved_user_opt ? "a user optimizer" : "train()'s built-in AdamW") +
+                           " but this run uses " +
+                           (user_opt ? "a user optimizer" : "the built-in AdamW") +
+                           "; resume with the same kind of optimizer or pass resume=False");
       const auto saved_world = get("world_size").item<int64_t>();
       if (saved_world != world)
         throw DDPError(ErrorKind::kInvalidInput,
@@ -183,10 +205,12 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       };
       for (size_t i = 0; i < params.size(); ++i) {
         restore(params[i], "param." + std::to_string(i));
-        restore(opt.exp_avg(i), "adamw.exp_avg." + std::to_string(i));
-        restore(opt.exp_avg_sq(i), "adamw.exp_avg_sq." + std::to_string(i));
-        restore(opt.state_step(i), "adamw.step." + std::to_string(i));
+        if (!opt) continue;
+        restore(opt->exp_avg(i), "adamw.exp_avg." + std::to_string(i));
+        restore(opt->exp_avg_sq(i), "adamw.exp_avg_sq." + std::to_string(i));
+        restore(opt->state_step(i), "adamw.step." + std::to_string(i));
       }
+      if (user_opt) cb.optimizer_load(get(kUserOptKey));
       for (size_t i = 0; i < buffers.size(); ++i) restore(buffers[i], "buffer." + std::to_string(i));
       step = get("step").item<int64_t>();
       scale = get("scaler.scale").item<double>();
@@ -211,10 +235,12 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     TensorMap ck;
     for (size_t i = 0; i < params.size(); ++i) {
       ck["param." + std::to_string(i)] = params[i];
-      ck["adamw.exp_avg." + std::to_string(i)] = opt.exp_avg(i);
-      ck["adamw.exp_avg_sq." + std::to_string(i)] = opt.exp_avg_sq(i);
-      ck["adamw.step." + std::to_string(i)] = opt.state_step(i);
+      if (!opt) continue;
+      ck["adamw.exp_avg." + std::to_string(i)] = opt->exp_avg(i);
+      ck["adamw.exp_avg_sq." + std::to_string(i)] = opt->exp_avg_sq(i);
+      ck["adamw.step." + std::to_string(i)] = opt->state_step(i);
     }
+    if (user_opt) ck[kUserOptKey] = cb.optimizer_state();
     for (size_t i = 0; i < buffers.size(); ++i) ck["buffer." + std::to_string(i)] = buffers[i];
     for (int r = 0; r < world; ++r) {
       ck["rng.cpu." + std::to_string(r)] = cpu_rng[r];
@@ -254,18 +280,17 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     }
 
     // 2. unscale (fp16) and take the global gradient norm: the reducer already averaged the
-    //    gradients, so every rank holds the same ones and the local norm is the global norm
+    //    gradients, so every rank holds the same ones and the local norm is the global norm.
+    //    A param no rank used (find_unused_parameters) has no gradient and takes no part.
     std::vector<at::Tensor> grads;
-    for (const auto& p : params) {
-      auto& g = const_cast<at::Tensor&>(p).mutable_grad();
-      if (!g.defined()) g = at::zeros_like(p);
-      grads.push_back(g);
-    }
-    if (fp16) {
+    for (const auto& p : params)
+      if (p.grad().defined()) grads.push_back(p.grad());
+    if (fp16 && !grads.empty()) {
       auto found_inf = at::zeros({1}, f32);
       at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf, at::full({}, 1.0 / scale, f32));
     }
-    auto norm = at::linalg_vector_norm(at::stack(at::_foreach_norm(grads)), 2);
+    auto norm = grads.empty() ? at::zeros({}, f32)
+                              : at::linalg_vector_norm(at::stack(at::_foreach_norm(grads)), 2);
     const auto host = at::stack({loss_sum / cfg.grad_accum, norm.to(at::kFloat)}).cpu();  // one sync
     rec.loss = host[0].item<double>();
     rec.grad_norm = host[1].item<double>();
@@ -281,7 +306,8 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     if (finite) {
       if (cfg.grad_clip > 0 && rec.grad_norm > cfg.grad_clip)
         at::_foreach_mul_(grads, cfg.grad_clip / (rec.grad_norm + 1e-6));
-      opt.step(rec.lr);
+      if (opt) opt->step(rec.lr);
+      else cb.optimizer_step(rec.lr);
     }
     rec.skipped = !finite;
 
@@ -296,8 +322,14 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       }
     }
 
-    // 5. zero the gradients in place: they are views into the reducer's buckets
-    at::_foreach_zero_(grads);
+    // 5. zero the gradients in place (they are views into the reducer's buckets); with
+    //    find_unused_parameters drop them instead, so that a param unused in the next step has
+    //    no gradient and the optimizer leaves it alone, as after zero_grad() in one process
+    if (reducer.options().find_unused_parameters) {
+      for (const auto& p : params) const_cast<at::Tensor&>(p).mutable_grad().reset();
+    } else if (!grads.empty()) {
+      at::_foreach_zero_(grads);
+    }
     ++step;
     rec.step = step;
     rec.seconds = std::chrono::duration<double>(Clock::now() - t0).count();

@@ -1,8 +1,9 @@
 #pragma once
 
 // nbdist.ddp.train's step loop. Python supplies callbacks for what only it can do (fetch the next
-// batch and run the module's forward); everything else (accumulation, autocast, loss scaling,
-// clipping, AdamW, the schedule, eval, logging, checkpoints, resume) happens here.
+// batch, run the module's forward, step a user's torch.optim optimizer); everything else
+// (accumulation, autocast, loss scaling, clipping, AdamW, the schedule, eval, logging,
+// checkpoints, resume) happens here.
 
 #include <ATen/ATen.h>
 
@@ -22,6 +23,7 @@ struct TrainConfig {
   int64_t warmup_steps = 0;     // linear warm-up from lr/warmup_steps to lr
   std::string schedule = "cosine";  // "cosine" | "linear" | "constant" after warm-up
   double weight_decay = 0.1;    // AdamW decoupled decay, applied to tensors with >= 2 dims only
+                                // (this and beta1/beta2/eps: built-in AdamW only)
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;
@@ -50,6 +52,12 @@ struct TrainCallbacks {
   std::function<int64_t()> data_position;             // micro-batches consumed (for checkpoints)
   std::function<void(int64_t)> data_seek;             // continue from a checkpointed position
   std::function<void(const std::string&)> log;        // rank 0 only
+  // A user optimizer (null: the built-in AdamW): step(lr) sets the schedule's lr and steps it on
+  // the reduced, unscaled, clipped gradients; state/load carry its state_dict for checkpoints
+  // (serialized by Python into a uint8 tensor).
+  std::function<void(double lr)> optimizer_step;
+  std::function<at::Tensor()> optimizer_state;
+  std::function<void(const at::Tensor&)> optimizer_load;
 };
 
 struct StepRecord {

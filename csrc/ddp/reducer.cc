@@ -78,6 +78,8 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
   use_avg_op_ = params_[0].is_cuda() && pg_->getBackendName().find("nccl") != std::string::npos;
   ready_.assign(params_.size(), 0);
   unused_.assign(params_.size(), 0);
+  used_.assign(params_.size(), 0);
+  saved_grad_.resize(params_.size());
 
   for (size_t i = 0; i < params_.size(); ++i) {
     if (!params_[i].requires_grad() || !params_[i].is_leaf())
@@ -254,6 +256,8 @@ void Reducer::prepare_for_backward(bool sync, const std::vector<at::Tensor>& out
   std::fill(ready_.begin(), ready_.end(), 0);
   for (auto& b : buckets_) b.pending = static_cast<int64_t>(b.params.size()), b.work.reset();
   next_bucket_ = 0;
+  used_work_.reset();
+  for (auto& t : saved_grad_) t.reset();
   std::fill(unused_.begin(), unused_.end(), 0);
   if (!options_.find_unused_parameters) return;
   // Walk the graph from the outputs: every AccumulateGrad node not reached is an unused param.
@@ -277,20 +281,23 @@ void Reducer::prepare_for_backward(bool sync, const std::vector<at::Tensor>& out
 
 void Reducer::on_grad_ready(int64_t index) {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (options_.find_unused_parameters) used_[index] = 1;
   if (!armed_) return;
   at::NoGradGuard no_grad;
   if (!callback_queued_) {
     callback_queued_ = true;
     finished_ = false;
     torch::autograd::Engine::get_default_engine().queue_callback([this] { finalize_backward(); });
-    // Unused params are ready from the start; they contribute zeros (or what no_sync accumulated).
+    // Params unused here are ready from the start and contribute zeros (or what no_sync
+    // accumulated) to ranks that did use them; .grad itself is only rebound in finalize_backward,
+    // once the used-bitmap says whether any rank used them.
     for (size_t i = 0; i < params_.size(); ++i) {
       if (!unused_[i]) continue;
       auto view = grad_view(static_cast<int64_t>(i));
-      auto& grad = params_[i].mutable_grad();
+      const auto& grad = params_[i].grad();
       if (!grad.defined()) view.zero_();
       else if (!grad.is_alias_of(view)) view.copy_(grad);
-      if (options_.gradient_as_bucket_view) grad = view;
+      else if (!used_[i]) saved_grad_[i] = grad.clone();
       mark_ready_locked(static_cast<int64_t>(i));
     }
   }
@@ -332,6 +339,15 @@ void Reducer::launch_ready_buckets_locked() {
     b.work = pg_->allreduce(v, opts);
     ++allreduce_count_;
   }
+  // Every param is ready once the last bucket is out, so used_ is final: one small collective,
+  // issued after the buckets so that all ranks keep the same collective order.
+  if (options_.find_unused_parameters && next_bucket_ == static_cast<int64_t>(buckets_.size()) &&
+      !used_work_) {
+    std::vector<int32_t> flags(used_.begin(), used_.end());
+    used_map_ = at::tensor(flags, at::TensorOptions().dtype(at::kInt)).to(params_[0].device());
+    std::vector<at::Tensor> v{used_map_};
+    used_work_ = pg_->allreduce(v);
+  }
 }
 
 void Reducer::finalize_backward() {
@@ -353,10 +369,34 @@ void Reducer::finalize_backward() {
                        ". Pass find_unused_parameters=True to DDP, or set requires_grad=False on "
                        "parameters that do not take part in the loss");
   }
-  if (!options_.gradient_as_bucket_view) {
-    at::NoGradGuard no_grad;
+  std::vector<char> anyone_used(params_.size(), 1);
+  if (options_.find_unused_parameters) {
+    NBDIST_CHECK(used_work_, "the used-bitmap all-reduce follows the last bucket");
+    used_work_->wait();
+    used_work_.reset();
+    auto counts = used_map_.cpu();
     for (size_t i = 0; i < params_.size(); ++i)
-      params_[i].mutable_grad().copy_(grad_view(static_cast<int64_t>(i)));
+      anyone_used[i] = counts.data_ptr<int32_t>()[i] > 0;
+    std::fill(used_.begin(), used_.end(), 0);
+  }
+  // Without unused params every .grad already is its bucket view (set by the hooks): nothing to
+  // rebind, and the common path pays no per-parameter work after backward.
+  const bool rebind = options_.find_unused_parameters || !options_.gradient_as_bucket_view;
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; rebind && i < params_.size(); ++i) {
+    auto& grad = params_[i].mutable_grad();
+    auto view = grad_view(static_cast<int64_t>(i));
+    if (!anyone_used[i]) {
+      // No rank used it: .grad stays as it was (None stays None), as in a single process.
+      if (saved_grad_[i].defined()) view.copy_(saved_grad_[i]);
+      saved_grad_[i].reset();
+      continue;
+    }
+    saved_grad_[i].reset();
+    if (grad.defined() && grad.is_alias_of(view)) continue;  // already holds the average
+    if (options_.gradient_as_bucket_view) grad = view;
+    else if (!grad.defined()) grad = view.clone();
+    else grad.copy_(view);
   }
   ++sync_rounds_;
   finished_ = true;

@@ -30,7 +30,9 @@ NBDIST_DEFINE_ERROR(DDPError, "ddp");
 struct ReducerOptions {
   int64_t bucket_cap_bytes = 25 << 20;  // bytes per bucket after the first
   int64_t first_bucket_bytes = 1 << 20;  // bytes of the first bucket (small: starts comms early)
-  bool find_unused_parameters = false;  // traverse the graph each forward to find unused params
+  // Traverse the graph each forward to find unused params, and all-reduce a used-bitmap after
+  // backward so that params unused on every rank keep their .grad (None stays None).
+  bool find_unused_parameters = false;
   bool gradient_as_bucket_view = true;  // .grad is a view into the bucket (no copy in or out)
 };
 
@@ -68,6 +70,7 @@ class Reducer {
   bool buckets_rebuilt() const { return rebuilt_; }
   const c10::intrusive_ptr<::c10d::ProcessGroup>& process_group() const { return pg_; }
   const std::vector<at::Tensor>& params() const { return params_; }
+  const ReducerOptions& options() const { return options_; }
 
  private:
   struct Bucket {
@@ -109,6 +112,14 @@ class Reducer {
   bool finished_ = true;      // the last armed backward completed its reduction
   std::vector<char> ready_;
   std::vector<char> unused_;  // found unused by the graph traversal for this backward
+  // find_unused_parameters: params whose gradient hook fired since the last synchronized backward
+  // (no_sync micro-steps included), all-reduced once per step into used_map_.
+  std::vector<char> used_;
+  at::Tensor used_map_;
+  c10::intrusive_ptr<::c10d::Work> used_work_;
+  // Locally unused params whose .grad already is a bucket view: their value before the bucket's
+  // averaging, put back if no rank used them.
+  std::vector<at::Tensor> saved_grad_;
   int64_t next_bucket_ = 0;
   std::vector<int64_t> arrival_;  // order of readiness in the first synchronized backward
   bool rebuilt_ = false;

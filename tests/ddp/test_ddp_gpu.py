@@ -82,3 +82,39 @@ def test_train_on_gpu_learns(launch, precision):
     for history in launch(_train_rank, args=(precision,), nprocs=NGPU):
         assert len(history) == 30
         assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+
+
+class _GatedGPT(TinyGPT):
+    """TinyGPT plus a branch that runs only on batches whose first token is even (so some ranks
+    and steps skip it) and a layer that never runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = torch.nn.Linear(32, 32)
+        self.spare = torch.nn.Linear(32, 32)
+
+    def forward(self, idx, targets=None):
+        logits, loss = super().forward(idx, targets)
+        if int(idx[0, 0]) % 2 == 0:
+            loss = loss + 1e-3 * self.gate(self.wte(idx)).pow(2).mean()
+        return logits, loss
+
+
+def _unused_user_opt_rank():
+    torch.manual_seed(0)
+    model = _GatedGPT()
+    spare = [p.detach().clone() for p in model.spare.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=0.01)
+    cfg = TrainConfig(max_steps=6, grad_accum=2, lr=0.05, precision="fp32", log_every=0,
+                      find_unused_parameters=True)
+    train(model, gpt_batches(8, 4), cfg, optimizer=opt)  # NCCL: the used-bitmap lives on the GPU
+    params = flat_params(model)
+    out = [torch.empty_like(params) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, params)
+    return (all(torch.equal(out[0], o) for o in out),
+            all(torch.equal(p.cpu(), s) for p, s in zip(model.spare.parameters(), spare)))
+
+
+def test_unused_parameters_with_user_optimizer_on_gpu(launch):
+    for identical, spare_untouched in launch(_unused_user_opt_rank, args=(), nprocs=NGPU):
+        assert identical and spare_untouched

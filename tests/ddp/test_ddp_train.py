@@ -81,7 +81,7 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(launch, tmp_path
         assert steps == [3, 4, 5, 6] and torch.equal(params, uninterrupted)
 
 
-def _scaler_run():
+def _scaler_run(user_opt: bool):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank = dist.get_rank()
@@ -99,12 +99,14 @@ def _scaler_run():
 
     cfg = TrainConfig(max_steps=8, grad_accum=2, lr=1e-2, precision="fp16", log_every=0,
                       init_scale=1024.0, growth_interval=3, grad_clip=0.0)
-    history = train(model, gpt_batches(5, 4), cfg, loss_fn=loss_fn)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9) if user_opt else None
+    history = train(model, gpt_batches(5, 4), cfg, loss_fn=loss_fn, optimizer=opt)
     return history, snapshots, flat_params(model)
 
 
-def test_loss_scaler_skips_inf_steps_and_regrows(launch):
-    results = launch(_scaler_run, args=(), nprocs=2)
+@pytest.mark.parametrize("user_opt", [False, True], ids=["adamw", "user_sgd"])
+def test_loss_scaler_skips_inf_steps_and_regrows(launch, user_opt):
+    results = launch(_scaler_run, args=(user_opt,), nprocs=2)
     for history, snapshots, _ in results:
         assert [h["skipped"] for h in history] == [False, False, True] + [False] * 5
         # Scale used by each step: halved after the overflow, doubled after 3 good steps.

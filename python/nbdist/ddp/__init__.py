@@ -13,7 +13,8 @@ Two layers:
           opt.step(); opt.zero_grad()
 
 * :func:`train` with :class:`TrainConfig` - the whole loop (accumulation, autocast, fp16 loss
-  scaling, clipping, AdamW + schedule, eval, logging, atomic checkpoints and resume)::
+  scaling, clipping, AdamW or your own ``torch.optim`` optimizer + schedule, eval, logging, atomic
+  checkpoints and resume)::
 
       def run():
           cfg = nbdist.ddp.TrainConfig(max_steps=1000, grad_accum=4, lr=6e-4, warmup_steps=100,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import glob
+import io
 import math
 import os
 from collections.abc import Iterable
@@ -34,6 +35,7 @@ class TrainConfig:
         lr: peak learning rate; min_lr: final one (default lr / 10).
         warmup_steps: linear warm-up steps; schedule: "cosine", "linear" or "constant" after it.
         weight_decay: AdamW decoupled decay (on tensors of 2+ dims only); betas, eps: AdamW's.
+            These three apply to the built-in AdamW only, not to a user ``optimizer``.
         grad_clip: max global gradient norm (0: no clipping).
         precision: "bf16" (autocast), "fp16" (autocast + dynamic loss scaler) or "fp32".
         eval_every, eval_steps: evaluate every N steps (and at the end) on eval_steps batches
@@ -44,6 +46,9 @@ class TrainConfig:
             for dropout; data order uses seed on every rank).
         batch_size: micro-batch size per rank when the data is a dataset (not an iterable).
         bucket_cap_mb, find_unused_parameters: passed to :class:`DDP` when train wraps the model.
+            With find_unused_parameters the gradients are dropped (set to None) after each step
+            rather than zeroed, so a parameter that no rank uses in a step keeps no gradient and
+            the optimizer leaves it alone (no decay, no momentum), as in a single process.
         init_scale, growth_interval: fp16 loss scaler (halve on inf/nan, double after N good steps).
         peak_flops: per-device peak for MFU (default: looked up from the GPU name).
     """
@@ -266,6 +271,65 @@ def _ensure_process_group(device: torch.device) -> None:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
+def _check_optimizer(optimizer: Any, module: torch.nn.Module) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise DDPValueError(
+            f"train(optimizer=...) must be a torch.optim.Optimizer built over the model's "
+            f"parameters, got {type(optimizer).__name__}")
+    names = {id(p): n for n, p in module.named_parameters()}
+    held = set()
+    for gi, group in enumerate(optimizer.param_groups):
+        for pi, p in enumerate(group["params"]):
+            if id(p) not in names:
+                raise DDPValueError(
+                    f"train(optimizer=...): param_groups[{gi}]['params'][{pi}] (shape "
+                    f"{list(p.shape)}) is not a parameter of the model given to train(); build "
+                    "the optimizer from this model's parameters()")
+            held.add(id(p))
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and id(p) not in held]
+    if missing:
+        listed = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)"
+                                          if len(missing) > 5 else "")
+        raise DDPValueError(
+            f"train(optimizer=...): the optimizer does not hold these trainable parameters of "
+            f"the model: {listed}; add them to the optimizer or set requires_grad=False on them")
+
+
+def _optimizer_callbacks(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> tuple:
+    """step(lr), state() and load(state) for the C++ loop to drive a user optimizer."""
+    # The schedule scales each group's own learning rate, as torch's LR schedulers do; the
+    # initial_lr they use lives in the param groups, so the state_dict carries it across resume.
+    for group in optimizer.param_groups:
+        group.setdefault("initial_lr", group["lr"])
+
+    def step(lr: float) -> None:
+        factor = lr / cfg.lr
+        for group in optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(group["initial_lr"] * factor)
+            else:
+                group["lr"] = group["initial_lr"] * factor
+        optimizer.step()
+
+    def state() -> torch.Tensor:
+        buf = io.BytesIO()
+        torch.save(optimizer.state_dict(), buf)
+        return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+
+    def load(saved: torch.Tensor) -> None:
+        where = os.path.join(cfg.ckpt_dir or "", "latest.pt")
+        try:
+            state_dict = torch.load(io.BytesIO(saved.numpy().tobytes()), weights_only=True)
+            optimizer.load_state_dict(state_dict)
+        except Exception as e:
+            raise DDPValueError(
+                f"checkpoint '{where}': the saved optimizer state does not fit this run's "
+                f"{type(optimizer).__name__} ({e}); build the same optimizer as the run that "
+                "wrote it, or pass resume=False") from e
+
+    return step, state, load
+
+
 def _peak_flops(device: torch.device) -> float:
     if device.type != "cuda":
         return 0.0
@@ -286,9 +350,10 @@ def train(
     Call it in every rank (e.g. inside a function given to :func:`nbdist.launch`). The model is
     wrapped in :class:`DDP` (unless it already is one), moved to this rank's GPU when there is one,
     and trained by the C++ loop: micro-batches with communication on the last only, autocast,
-    the fp16 loss scaler, global-norm clipping, AdamW (fused where torch has it) with warm-up and
-    decay, eval averaged over ranks, rank-0 logging, and atomic checkpoints that ``resume``
-    continues from (the same final weights as an uninterrupted run on CPU).
+    the fp16 loss scaler, global-norm clipping, AdamW (fused where torch has it) or your own
+    optimizer, with warm-up and decay, eval averaged over ranks, rank-0 logging, and atomic
+    checkpoints that ``resume`` continues from (the same final weights as an uninterrupted run
+    on CPU).
 
     Args:
         model: the module. Without ``loss_fn`` its forward, called as ``model(*batch)`` (or
@@ -298,22 +363,30 @@ def train(
         cfg: a :class:`TrainConfig`.
         eval_batches: like train_batches, for eval (each eval restarts them).
         loss_fn: ``loss_fn(model, batch) -> loss`` when the forward does not return the loss.
-        optimizer: must be None: train() uses its own AdamW (configured by ``cfg``).
+        optimizer: None for the built-in AdamW (``cfg.weight_decay``, ``betas``, ``eps``), or a
+            ``torch.optim.Optimizer`` over all of the model's trainable parameters (create it
+            after the model, before calling train). The loop then calls its ``step()`` on the
+            averaged, unscaled, clipped gradients (skipped, like AdamW's, on fp16 inf/nan), and
+            its state_dict goes into checkpoints and is restored on resume. The schedule still
+            applies, as a factor on each param group's own learning rate: at step s a group
+            runs at ``initial_lr * lr_s / cfg.lr``, where lr_s is the schedule's value (history
+            "lr") and initial_lr is the group's lr when train() first saw it. So a group created
+            with lr == cfg.lr follows the schedule exactly, and ``schedule="constant"`` with
+            ``warmup_steps=0`` leaves the optimizer's learning rates as they are. Gradients are
+            zeroed in place after each step (set to None with find_unused_parameters).
 
-    Each history entry has step, loss (this rank), lr, grad_norm, scale, skipped, seconds,
-    throughput (tokens/s over all ranks for integer inputs, else samples/s), mfu and eval_loss
-    (or None).
+    Each history entry has step, loss (this rank), lr (the schedule's), grad_norm, scale, skipped,
+    seconds, throughput (tokens/s over all ranks for integer inputs, else samples/s), mfu and
+    eval_loss (or None).
     """
     if not isinstance(cfg, TrainConfig):
         raise DDPValueError(f"cfg must be a nbdist.ddp.TrainConfig, got {type(cfg).__name__}")
     cfg.validate()
-    if optimizer is not None:
-        raise DDPValueError(
-            "train() runs its own AdamW (set lr, betas, weight_decay in TrainConfig); for another "
-            "optimizer write the loop yourself around nbdist.ddp.DDP")
     if cfg.eval_every and eval_batches is None:
         raise DDPValueError("TrainConfig.eval_every is set but no eval_batches were given")
     module = model.module if isinstance(model, DDP) else model
+    if optimizer is not None:
+        _check_optimizer(optimizer, module)
     device = next(module.parameters()).device
     if device.type == "cpu" and torch.cuda.is_available():
         # One GPU per rank, whether the launcher shows all GPUs or only this rank's.
@@ -385,6 +458,8 @@ def train(
             for stale in glob.glob(os.path.join(cfg.ckpt_dir, "latest.pt.tmp.*")):
                 os.unlink(stale)
 
+    opt_step, opt_state, opt_load = (None, None, None) if optimizer is None else \
+        _optimizer_callbacks(optimizer, cfg)
     torch.manual_seed(cfg.seed + rank)
     return _ddp.train(
         ddp.reducer, list(module.buffers()), c, forward_loss,
@@ -392,10 +467,13 @@ def train(
         (lambda: evals.reset()) if evals is not None else None,
         lambda: stream.position, stream.seek,
         (lambda line: print(line, flush=True)) if rank == 0 else None,
+        opt_step, opt_state, opt_load,
     )
 
 
 def load_checkpoint(path: str) -> dict[str, torch.Tensor] | None:
     """The tensors of a checkpoint written by :func:`train` (None when ``path`` does not exist).
-    Keys: param.<i> (registration order), buffer.<i>, adamw.*, step, data_position, scaler.*."""
+    Keys: param.<i> (registration order), buffer.<i>, adamw.* (the built-in AdamW) or
+    optimizer.state_dict (a user optimizer's state_dict as torch.save bytes in a uint8 tensor),
+    step, data_position, scaler.*."""
     return _ddp.load_checkpoint(os.fspath(path))

@@ -55,8 +55,12 @@ class DDP(torch.nn.Module):
         first_bucket_mb: size of the first bucket (MiB), small so communication starts early.
         broadcast_buffers: copy rank 0's buffers (e.g. BatchNorm statistics) before each forward.
         find_unused_parameters: walk the autograd graph after each forward so that parameters
-            that take no part in the loss do not block the reduction (they contribute zeros).
-            Without it such parameters raise an error naming them.
+            that take no part in the loss do not block the reduction, and all-reduce a small
+            bitmap of the parameters each rank used. A parameter used on some ranks gets the
+            average as usual (ranks that did not use it contribute zeros, or what ``no_sync``
+            accumulated); one that no rank used keeps its ``.grad`` as it was (None stays None),
+            so optimizers skip it as in a single process. Without this option such parameters
+            raise an error naming them.
         gradient_as_bucket_view: make ``.grad`` a view into the bucket (saves memory and copies).
     """
 
