@@ -209,7 +209,7 @@ def _rank(args: dict) -> dict:
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
         dist.init_process_group("nccl", device_id=device,
-                                timeout=datetime.timedelta(seconds=120))
+                                timeout=datetime.timedelta(seconds=300))
         torch.backends.cuda.matmul.allow_tf32 = True
     else:
         device = torch.device("cpu")
@@ -239,6 +239,9 @@ def _rank(args: dict) -> dict:
         out[f"{name}/accum{accum}"] = {"tokens_per_s": tps, "step_s": sec,
                                        "exposed_comm_frac": exposed,
                                        "comm_overhead_frac": overhead, "flops_per_token": flops}
+        if rank == 0:  # in the log as it happens: a later variant that fails loses nothing
+            print(f"variant {name}/accum{accum}: {1e3 * sec:.2f} ms/step, {tps:,.0f} tokens/s, "
+                  f"overhead {overhead}", flush=True)
 
     for accum in args["accum"]:
         for spec in args["variants"]:
@@ -315,7 +318,12 @@ def _launch(args: dict, world: int, env: dict) -> dict:
         nb_launch = None
     if nb_launch is not None:
         # env= as well: a pre-started zygote would not see later changes to os.environ.
-        return nb_launch(_rank, args=(args,), nprocs=world, env=env)[0]
+        # NBDIST_BENCH_LOG_DIR: keep the ranks' logs (the device run copies them back).
+        # NBDIST_BENCH_TIMEOUT: seconds, then every rank's Python stack lands in the error.
+        limit = os.environ.get("NBDIST_BENCH_TIMEOUT")
+        return nb_launch(_rank, args=(args,), nprocs=world, env=env,
+                         log_dir=os.environ.get("NBDIST_BENCH_LOG_DIR"),
+                         timeout=float(limit) if limit else None)[0]
     import torch.multiprocessing as mp
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -366,7 +374,7 @@ def main() -> int:
     n = a.gpus or (min(2, torch.cuda.device_count()) if a.device == "cuda" else 2)
     base = dict(device=a.device, model=model, micro_batch=a.micro_batch, warmup=a.warmup,
                 steps=a.steps, accum=[int(x) for x in a.accum.split(",")])
-    env = {"NCCL_NVLS_ENABLE": "0"}
+    env = {"NCCL_NVLS_ENABLE": "0", "NCCL_DEBUG": os.environ.get("NCCL_DEBUG", "WARN")}
     if a.sweep:
         return _sweep(a, base, env, n)
     runs = {}
@@ -437,12 +445,19 @@ def _sweep(a, base: dict, env: dict, n: int) -> int:
     t0 = time.time()
     out = {"plain": _launch(dict(base, variants=["plain"]), 1, dict(env, NCCL_P2P_DISABLE="0"))}
     for name in a.settings.split(","):
-        out[name] = _launch(dict(base, variants=variants), n, dict(env, **settings[name]))
+        try:
+            out[name] = _launch(dict(base, variants=variants), n, dict(env, **settings[name]))
+        except Exception as exc:  # a setting that hangs or crashes (a result, not the end)
+            print(f"setting {name} failed: {str(exc).splitlines()[0]}", flush=True)
+            out[name] = {"error": str(exc)[:4000]}
     print(f"{'setting':<10}{'variant':<34}{'accum':>6}{'step ms':>9}{'tokens/s':>11}"
           f"{'scaling':>9}{'vs DDP':>8}{'exposed':>9}{'overhead':>9}")
     for accum in base["accum"]:
         one = out["plain"][f"plain/accum{accum}"]["tokens_per_s"]
         for name in a.settings.split(","):
+            if "error" in out[name]:
+                print(f"{name:<10}failed: {out[name]['error'].splitlines()[0][:100]}")
+                continue
             ref = out[name].get(f"torch_ddp/accum{accum}", {}).get("tokens_per_s")
             for v in variants:
                 r = out[name].get(f"{v}/accum{accum}")

@@ -34,12 +34,12 @@ fi
 if has tests; then
   step gpu tests
   # Run from outside the tree so the installed package (with its extensions) is what gets imported.
-  (cd /tmp && NBDIST_MONITOR_LOAD_S=30 timeout 300 "$py" -m pytest "$root/tests" -m gpu -q -p no:cacheprovider \
+  (cd /tmp && NBDIST_MONITOR_LOAD_S=30 timeout 300 "$py" -m pytest "$root/tests" -m gpu -q -rs -p no:cacheprovider \
     -o addopts="" --rootdir="$root" -c "$root/pyproject.toml" 2>&1 | tee "$OUT/gpu_tests.log" | tail -25)
 fi
 if has tests-launch; then
   step gpu launch tests
-  (cd /tmp && timeout 200 "$py" -m pytest "$root/tests/launch" -m gpu -q -p no:cacheprovider \
+  (cd /tmp && timeout 200 "$py" -m pytest "$root/tests/launch" -m gpu -q -rs -p no:cacheprovider \
     -o addopts="" --rootdir="$root" -c "$root/pyproject.toml" 2>&1 | tee "$OUT/gpu_launch_tests.log" | tail -15)
 fi
 if has profile; then
@@ -48,7 +48,7 @@ if has profile; then
 fi
 if has sweep; then
   step ddp sweep
-  timeout 400 "$py" bench/ddp_throughput.py --out "$OUT/ddp_sweep.json" --accum "${SWEEP_ACCUM:-1}" \
+  NBDIST_BENCH_LOG_DIR="$OUT/ddp_sweep_logs" NBDIST_BENCH_TIMEOUT=${SWEEP_TIMEOUT:-200} timeout 400 "$py" bench/ddp_throughput.py --out "$OUT/ddp_sweep.json" --accum "${SWEEP_ACCUM:-1}" \
     --steps "${SWEEP_STEPS:-15}" --settings "${SWEEP_SETTINGS:-p2p,nop2p,nop2p_ce}" \
     --sweep "${SWEEP:-torch_ddp,nbdist_ddp}" 2>&1 | grep -v "^\[rank" | tail -40
 fi

@@ -120,9 +120,11 @@ def run_torchrun(nprocs, rec_dir, crash, nccl):
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nprocs}",
            f"--master-port={free_port()}", os.path.abspath(__file__), "--rank-entry", rec_dir,
            "crash" if crash else "ok", "nccl" if nccl else "cpu"]
-    res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if res.returncode != 0:
-        raise RuntimeError(f"torchrun exited with {res.returncode}")
+        tail = " | ".join(line for line in res.stderr.splitlines()[-400:]
+                          if "Error" in line or "error" in line)[-600:]
+        raise RuntimeError(f"torchrun exited with {res.returncode}: {tail}")
 
 
 LAUNCHERS = {
@@ -135,6 +137,19 @@ LAUNCHERS = {
     "torchrun": run_torchrun,
 }
 SLOW = {"nbdist spawn", "torch.mp spawn", "accelerate.notebook_launcher", "torchrun"}
+
+
+def settle() -> float:
+    """Seconds until the ranks of nbdist's last failed launch are gone. nbdist reports a failure
+    before the other ranks have exited (their CUDA teardown goes on in the background, and its
+    next launch waits for it); the other launchers return after it. Called after each crash
+    measurement, outside the timed region, so that an entry time never includes the previous
+    crash's teardown; reported separately as teardown_after_error."""
+    import importlib
+
+    t0 = time.time()
+    importlib.import_module("nbdist.launch").wait_stopping()
+    return time.time() - t0
 
 
 def measure_entry(run, nprocs, nccl) -> float:
@@ -155,7 +170,8 @@ def measure_crash(run, nprocs, nccl) -> float:
             t_err = time.time()
         else:
             raise RuntimeError("the crash was not reported")
-        return t_err - read_stamp(os.path.join(rec_dir, "crash"))
+        crashed = read_stamp(os.path.join(rec_dir, "crash"))
+        return t_err - crashed, settle()
 
 
 def main() -> None:
@@ -183,6 +199,7 @@ def main() -> None:
         # Round-robin over the launchers, so that load changes on a shared machine hit all alike.
         entry: dict = {n: [] for n in names}
         crash: dict = {n: [] for n in names}
+        teardown: dict = {n: [] for n in names}
         failed: dict = {}
         for name in names:
             if name.startswith("nbdist") or name == "torch.mp fork":
@@ -198,7 +215,9 @@ def main() -> None:
                     continue
                 try:
                     entry[name].append(measure_entry(LAUNCHERS[name], nprocs, args.nccl))
-                    crash[name].append(measure_crash(LAUNCHERS[name], nprocs, args.nccl))
+                    to_error, after = measure_crash(LAUNCHERS[name], nprocs, args.nccl)
+                    crash[name].append(to_error)
+                    teardown[name].append(after)
                 except Exception as exc:  # a launcher that cannot run here (accelerate after
                     # CUDA was touched, say) is a result to report, not a reason to stop
                     failed[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
@@ -212,7 +231,10 @@ def main() -> None:
                    "entry_median_ms": 1e3 * statistics.median(entry[name]),
                    "crash_median_ms": 1e3 * statistics.median(crash[name]),
                    "entry_min_ms": 1e3 * min(entry[name]),
-                   "crash_min_ms": 1e3 * min(crash[name])}
+                   "crash_min_ms": 1e3 * min(crash[name]),
+                   # ranks still exiting after the error was raised (nbdist only; the next
+                   # launch would wait for them)
+                   "teardown_after_error_median_ms": 1e3 * statistics.median(teardown[name])}
             if name in failed:
                 row["failed"] = failed[name]
             rows.append(row)
@@ -257,14 +279,15 @@ def main() -> None:
 
     print()
     print(f"{'launcher':30s} {'ranks':>5s} {'entry ms':>10s} {'(min)':>8s} "
-          f"{'crash->error ms':>16s} {'(min)':>8s}   medians; min in parentheses")
+          f"{'crash->error ms':>16s} {'(min)':>8s} {'then gone ms':>13s}   medians; min in "
+          f"parentheses; 'then gone': error -> the other ranks exited")
     for row in rows:
         if "entry_median_ms" not in row:
             print(f"{row['launcher']:30s} {row['nprocs']:5d}  failed: {row.get('failed')}")
             continue
         print(f"{row['launcher']:30s} {row['nprocs']:5d} {row['entry_median_ms']:10.1f} "
               f"{row['entry_min_ms']:8.1f} {row['crash_median_ms']:16.1f} "
-              f"{row['crash_min_ms']:8.1f}")
+              f"{row['crash_min_ms']:8.1f} {row['teardown_after_error_median_ms']:13.1f}")
     print()
     for n in ranks:
         for k, v in ratios[n].items():

@@ -303,6 +303,5 @@ def _kill_live_jobs() -> None:
                 pass
     from .launch import _stopping
 
-    for sup in list(_stopping):  # failed jobs' ranks still exiting: no grace at exit
-        sup.kill(0.0)
-        sup.wait(5.0)
+    for sup in list(_stopping):  # failed jobs' ranks still exiting: their grace still holds
+        sup.wait(-1.0)

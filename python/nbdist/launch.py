@@ -873,7 +873,10 @@ def launch(
 
     Raises:
         nbdist.WorkerError: a rank failed; names the root-cause rank, its exit code or signal,
-            the remote exception and traceback, and every failed rank.
+            the remote exception and traceback, and every failed rank. It is raised as soon as
+            the failure is known (no restart left): ranks still running are listed as being
+            stopped and go down in the background (SIGTERM, SIGKILL after ``grace``); the next
+            launch in this process waits until they are gone.
         nbdist.LaunchTimeoutError: ``timeout`` passed (a WorkerError and a TimeoutError).
         nbdist.LaunchValueError: a bad argument (named in the message).
         KeyboardInterrupt: after tearing the ranks down, when the cell was interrupted.
