@@ -54,7 +54,7 @@ if has sweep; then
 fi
 if has launch && [ -f bench/launch_latency.py ]; then
   step launch latency
-  timeout 200 "$py" bench/launch_latency.py --ranks 2 --nccl --repeats "${LAUNCH_REPEATS:-5}" --slow-repeats 1 --out "$OUT/launch_latency_gpu.json"
+  timeout 260 "$py" bench/launch_latency.py --ranks 2 --nccl --repeats "${LAUNCH_REPEATS:-5}" --slow-repeats 1 --out "$OUT/launch_latency_gpu.json"
 fi
 if has monitor && [ -f bench/monitor_overhead.py ]; then
   step monitor overhead
