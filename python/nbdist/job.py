@@ -276,6 +276,7 @@ class Job(JobExtensions):
         self._finish("killed", None, LaunchError(f"job {self.id} was interrupted"))
 
     def _finish(self, state: str, results, error) -> None:
+        self._plan.discard_payload()
         self._results = results
         self._error = error
         self.ended = time.time()

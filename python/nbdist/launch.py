@@ -426,6 +426,17 @@ class _Plan:
 
     # -- outcome ----------------------------------------------------------------------------
 
+    def discard_payload(self) -> None:
+        """Deletes the pickled fn and args once no attempt will read them again: arguments can be
+        large (a dataset passed by value), and the logs directory lives on."""
+        if self.payload_path is None:
+            return
+        for path in (self.payload_path, self.payload_path + ".path"):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
     def outcomes_complete(self, sup) -> bool:
         """Whether every rank that started sending its outcome has sent all of it (or exited)."""
         from . import _worker

@@ -26,6 +26,15 @@ def test_fresh_interpreter_methods_run_gloo_and_lambdas(method):
                          start_method=method) == [42, 43]
 
 
+@pytest.mark.parametrize("method", ["spawn", "zygote"])
+def test_pickled_arguments_are_deleted_when_the_job_ends(method, tmp_path):
+    big = b"x" * (1 << 20)  # passed by value through the payload file
+    job = nbdist.launch(len, (big,), nprocs=1, start_method=method, log_dir=str(tmp_path),
+                        background=True)
+    assert job.wait(timeout=120) == [1 << 20]
+    assert sorted(os.listdir(job.log_dir)) == ["rank_0.log"]  # payload gone, the log stays
+
+
 def test_rank_environment_is_torchrun_compatible(monkeypatch):
     names = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK",
              "MASTER_ADDR", "MASTER_PORT", "NBDIST_JOB_ID", "OMP_NUM_THREADS",
