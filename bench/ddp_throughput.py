@@ -176,9 +176,34 @@ def _time(one_step, steps, device):
 def _parse_variant(spec: str):
     """'nbdist_ddp:ctas=4:hp=1' -> ('nbdist_ddp', {'ctas': '4', 'hp': '1'}). Options (sweeps):
     ctas = NCCL max CTAs of a dedicated gradient communicator, hp = 1 for a high-priority NCCL
-    stream, bucket / first = bucket sizes in MiB."""
+    stream, bucket / first = bucket sizes in MiB, aff = 1 to pin each rank's main thread to its
+    own cores, each = 1 for plain in a multi-rank sweep (every rank trains alone)."""
     name, *rest = spec.split(":")
     return name, dict(kv.split("=", 1) for kv in rest)
+
+
+def _pin_main_thread(opts: dict, rank: int, world: int):
+    """aff=1: pins this rank's main thread to its own 1/world of the CPUs, whole cores together
+    (hyperthread siblings stay with one rank); returns the previous CPU set to restore."""
+    if opts.get("aff") != "1":
+        return None
+    before = os.sched_getaffinity(0)
+
+    def core_of(cpu):
+        base = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
+        try:
+            return tuple(int(open(base + f).read()) for f in ("physical_package_id", "core_id"))
+        except OSError:
+            return (0, cpu)
+
+    cores: dict = {}
+    for cpu in sorted(before):
+        cores.setdefault(core_of(cpu), []).append(cpu)
+    groups = list(cores.values())
+    per = max(1, len(groups) // world)
+    mine = [c for g in groups[rank * per:(rank + 1) * per] for c in g] or sorted(before)
+    os.sched_setaffinity(0, mine)
+    return before
 
 
 def _comm_group(opts: dict, device):
@@ -248,10 +273,13 @@ def _rank(args: dict) -> dict:
             variant, opts = _parse_variant(spec)
             model = fresh()
             flops = model.flops_per_token
+            pinned = _pin_main_thread(opts, rank, world)
             if variant == "plain":
-                if world != 1:
+                # In a multi-rank sweep: every rank trains its own copy, no communication at all
+                # (what running N processes side by side costs by itself).
+                if world != 1 and opts.get("each") != "1":
                     continue
-                record("plain", accum, _hand_loop(model, model, batches, accum, steps, device, amp),
+                record(spec, accum, _hand_loop(model, model, batches, accum, steps, device, amp),
                        flops=flops)
             elif variant in ("torch_ddp", "nbdist_ddp"):
                 try:
@@ -281,6 +309,8 @@ def _rank(args: dict) -> dict:
                 hist = nd.train(model, batches, tc)
                 sec = sum(h["seconds"] for h in hist[steps[0]:]) / steps[1]
                 record(variant, accum, sec, None, flops)
+            if pinned is not None:
+                os.sched_setaffinity(0, pinned)
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
