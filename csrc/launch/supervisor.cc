@@ -21,6 +21,17 @@ constexpr uint64_t kWakeTag = ~uint64_t{0};
 constexpr size_t kMaxPartialLine = 64 * 1024;  // a line longer than this is cut into pieces
 constexpr size_t kMaxDump = 1 << 20;
 
+// A rank's outcome (python/nbdist/_worker.py): kind byte, f64 time, u64 payload length (little
+// endian), payload.
+constexpr size_t kOutcomeHeader = 1 + 8 + 8;
+
+bool outcome_complete(const std::string& data) {
+  if (data.size() < kOutcomeHeader) return false;
+  uint64_t size = 0;
+  for (int i = 7; i >= 0; --i) size = (size << 8) | static_cast<unsigned char>(data[9 + i]);
+  return data.size() - kOutcomeHeader >= size;
+}
+
 uint64_t make_tag(int rank, Kind kind) { return (static_cast<uint64_t>(rank) << 3) | kind; }
 
 void write_all(int fd, const char* p, size_t n) {
@@ -241,7 +252,8 @@ void Supervisor::loop() {
       cv_.notify_all();
       return;
     }
-    if (!lines_.empty()) cv_.notify_all();
+    // A known failure wakes the waiters that report it while the other ranks go down.
+    if (!lines_.empty() || failure_known()) cv_.notify_all();
   }
 }
 
@@ -326,7 +338,10 @@ void Supervisor::read_result(Rank& r) {
         // the first failure always starts the teardown before a consequence is read.
         r.reported_after_teardown = teardown_;
         r.status.after_teardown = teardown_;  // known now, before the rank has exited
-        if (!teardown_) begin_teardown(JobState::kFailed, opt_.grace_s);
+        if (!teardown_) {
+          failure_rank_ = r.status.rank;
+          begin_teardown(JobState::kFailed, opt_.grace_s);
+        }
       }
       continue;
     }
@@ -400,7 +415,10 @@ void Supervisor::on_exit(Rank& r, int wait_status, bool lost) {
   r.log.reset();
   reaper_untrack(r.status.pid);
   bool ok = !lost && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0;
-  if (!ok && !teardown_) begin_teardown(JobState::kFailed, opt_.grace_s);
+  if (!ok && !teardown_) {
+    failure_rank_ = r.status.rank;
+    begin_teardown(JobState::kFailed, opt_.grace_s);
+  }
 }
 
 void Supervisor::begin_teardown(JobState state, double grace_s) {
@@ -412,10 +430,8 @@ void Supervisor::begin_teardown(JobState state, double grace_s) {
   }
   teardown_ = true;
   final_state_ = state;
-  failed_ = state == JobState::kFailed;
   dump_until_ = 0;
   int sig = grace_s > 0 ? SIGTERM : SIGKILL;
-  if (failed_) cv_.notify_all();  // waiters may report the failure while the ranks go down
   // A rank that reported its exception is exiting by itself: a SIGTERM now would replace its
   // exit code with a signal (the SIGKILL after the grace still covers a hang on its way out).
   for (auto& r : ranks_)
@@ -467,7 +483,7 @@ void Supervisor::check_done() {
 
 bool Supervisor::wait(double timeout_s, bool or_failed) {
   std::unique_lock<std::mutex> lock(mu_);
-  auto ready = [this, or_failed] { return done_ || (or_failed && failed_); };
+  auto ready = [this, or_failed] { return done_ || (or_failed && failure_known()); };
   bool finished;
   if (timeout_s < 0) {
     cv_.wait(lock, ready);
@@ -484,12 +500,21 @@ bool Supervisor::wait(double timeout_s, bool or_failed) {
 bool Supervisor::wait_activity(double timeout_s, bool or_failed) {
   std::unique_lock<std::mutex> lock(mu_);
   return cv_.wait_for(lock, std::chrono::duration<double>(std::max(0.0, timeout_s)),
-                      [this, or_failed] { return done_ || (or_failed && failed_) || !lines_.empty(); });
+                      [this, or_failed] {
+                        return done_ || (or_failed && failure_known()) || !lines_.empty();
+                      });
 }
 
 bool Supervisor::failed() {
   std::lock_guard<std::mutex> lock(mu_);
-  return failed_;
+  return failure_known();
+}
+
+bool Supervisor::failure_known() const {
+  if (!teardown_ || final_state_ != JobState::kFailed) return false;
+  if (failure_rank_ < 0) return true;
+  const Rank& r = ranks_[static_cast<size_t>(failure_rank_)];
+  return r.status.exited || outcome_complete(r.result);
 }
 
 bool Supervisor::done() {

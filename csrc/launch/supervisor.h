@@ -94,7 +94,8 @@ class Supervisor {
   // true when done (or failed, with `or_failed`) or lines are waiting
   bool wait_activity(double timeout_s, bool or_failed = false);
   bool done();
-  // A rank failed and the teardown of the others began (stays true once the job is done).
+  // A rank failed, the teardown of the others began, and that rank's outcome is complete (it
+  // exited, or its whole exception arrived): the failure can be reported. Stays true once done.
   bool failed();
   std::vector<Line> take_lines(size_t max_lines);
   void set_stream(bool on);
@@ -138,6 +139,7 @@ class Supervisor {
   void begin_teardown(JobState state, double grace_s);
   void check_timers();
   void check_done();
+  bool failure_known() const;  // under mu_; what failed() answers
   void add_epoll(int fd, uint64_t tag);
   void remove_fd(UniqueFd& fd);
   void wake();
@@ -154,7 +156,7 @@ class Supervisor {
   UniqueFd epoll_, wake_fd_;
   bool sealed_ = false;
   bool done_ = false;
-  bool failed_ = false;  // a failure began the teardown
+  int failure_rank_ = -1;  // the rank whose failure began the teardown
   bool stop_ = false;
   bool teardown_ = false;
   bool kill_request_ = false;

@@ -3,8 +3,8 @@
 The outcome travels on its own pipe (never on stdout): one byte (``R`` result, ``E`` exception),
 the rank's CLOCK_MONOTONIC time as a little-endian double (the supervisor uses it to find the rank
 that failed first), the payload's length (u64), then the cloudpickle payload. The length lets the
-launcher tell a complete exception from one still arriving when it reports a failure before the
-rank has exited.
+supervisor (csrc/launch/supervisor.cc, which reads this header too) tell a complete exception from
+one still arriving, so that a failure is reported before the rank has exited but never half-read.
 
 ``python -m nbdist._worker PAYLOAD`` is the ``spawn`` start method: it reads the cloudpickled
 payload file written by the launcher. The ``fork`` and ``zygote`` methods call :func:`run_rank`
@@ -178,21 +178,16 @@ def report_start_failure(exc: BaseException, result_fd: int) -> int:
     return 1
 
 
-def outcome_complete(data: bytes) -> bool:
-    """Whether a rank's result pipe holds a whole outcome (header and payload)."""
-    if len(data) < HEADER.size:
-        return False
-    return len(data) >= HEADER.size + HEADER.unpack_from(data)[2]
-
-
 def decode_outcome(data: bytes):
     """(kind, monotonic time, payload object) of a rank's result pipe; None when it is empty or
     cut short (the rank died while sending)."""
     import cloudpickle
 
-    if not outcome_complete(data):
+    if len(data) < HEADER.size:
         return None
     kind, when, size = HEADER.unpack_from(data)
+    if len(data) < HEADER.size + size:
+        return None
     try:
         return kind, when, cloudpickle.loads(data[HEADER.size:HEADER.size + size])
     except Exception as exc:

@@ -179,21 +179,11 @@ class Job(JobExtensions):
                         return
                 sup, pids, start_error = plan.start_attempt(restart, self)
                 self._pids = pids
-                if show is None:
-                    sup.wait(-1.0, or_failed=True)
-                else:
-                    while not (sup.done() or sup.failed()):
-                        sup.wait_activity(0.1, or_failed=True)
-                        show(self._take_lines())
+                self._follow(sup, show, or_failed=True)
                 if not sup.done() and self._end_on_failure(sup, start_error, restart,
                                                            port_retried, show):
                     return
-                if show is None:
-                    sup.wait(-1.0)
-                else:
-                    while not sup.done():
-                        sup.wait_activity(0.1)
-                        show(self._take_lines())
+                self._follow(sup, show)
                 with self._lock:
                     self._pending.extend(sup.take_lines(1 << 30))
                 if show is not None:
@@ -227,6 +217,16 @@ class Job(JobExtensions):
         except BaseException as exc:  # a launcher bug or a start failure must still end the job
             self._finish("failed", None, exc)
 
+    def _follow(self, sup, show, or_failed: bool = False) -> None:
+        """Waits until the attempt is done (or, with ``or_failed``, its failure is known),
+        showing the ranks' lines as they come when ``show`` is given."""
+        if show is None:
+            sup.wait(-1.0, or_failed)
+            return
+        while not (sup.done() or (or_failed and sup.failed())):
+            sup.wait_activity(0.1, or_failed)
+            show(self._take_lines())
+
     def _end_on_failure(self, sup, start_error, restart: int, port_retried: bool,
                         show) -> bool:
         """A rank failed and the others are being stopped. When nothing follows (no restart, no
@@ -237,10 +237,6 @@ class Job(JobExtensions):
 
         plan = self._plan
         if self._kill_grace is not None or start_error is not None:
-            return False
-        while not (plan.outcomes_complete(sup) or sup.wait(0.002)):
-            pass  # an exception payload still arriving on its pipe
-        if sup.done():
             return False
         state, results, error = plan.collect(sup, start_error)
         if state != "failed" or restart < plan.max_restarts or (
@@ -265,9 +261,7 @@ class Job(JobExtensions):
         try:
             if sup is not None:
                 sup.kill(grace)
-                while not sup.done():
-                    sup.wait_activity(0.1)
-                    show(self._take_lines())
+                self._follow(sup, show)
         except KeyboardInterrupt:
             if sup is not None:
                 sup.kill(0.0)
@@ -302,7 +296,6 @@ def _kill_live_jobs() -> None:
                 job.kill(grace=1.0)
             except Exception:
                 pass
-    from .launch import _stopping
+    from .launch import wait_stopping
 
-    for sup in list(_stopping):  # failed jobs' ranks still exiting: their grace still holds
-        sup.wait(-1.0)
+    wait_stopping()  # failed jobs' ranks still exiting: their grace still holds

@@ -437,16 +437,6 @@ class _Plan:
             except FileNotFoundError:
                 pass
 
-    def outcomes_complete(self, sup) -> bool:
-        """Whether every rank that started sending its outcome has sent all of it (or exited)."""
-        from . import _worker
-
-        for rs in sup.ranks():
-            data = sup.result(rs.rank)
-            if data and not rs.exited and not _worker.outcome_complete(data):
-                return False
-        return True
-
     def collect(self, sup, start_error):
         """(state, results, error) of a finished attempt."""
         from . import _worker
