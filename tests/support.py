@@ -78,6 +78,11 @@ def run_notebook_file(path: str, timeout: int = 300):
     return execute_notebook(nb, os.path.dirname(path), timeout)
 
 
+def code_output(nb) -> str:
+    """What every code cell of an executed notebook printed or displayed, cell after cell."""
+    return "\n".join(cell_text(c) for c in nb.cells if c.cell_type == "code")
+
+
 def cell_text(cell, results: bool = True, errors: bool = False) -> str:
     """A cell's stream output, plus (``results``) the text/plain of its results and displays,
     plus (``errors``) ``ename: evalue`` of an error it raised."""

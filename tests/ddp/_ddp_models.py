@@ -105,3 +105,29 @@ def loss_of(name: str, model: nn.Module, batch) -> torch.Tensor:
 
 def flat_params(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def dropout_gpt_killing_at(kill_rank: int, kill_at_batch: int):
+    """A rank's set-up for the resume tests: gloo up, the tiny GPT with dropout (so RNG state
+    matters) from seed 0, and a train() loss_fn that SIGKILLs this process at its
+    ``kill_at_batch``-th batch when it is rank ``kill_rank``. Returns (model, loss_fn)."""
+    import datetime
+    import os
+    import signal
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = TinyGPT(dropout=0.1)
+    seen = [0]
+
+    def loss_fn(m, batch):
+        seen[0] += 1
+        if rank == kill_rank and seen[0] == kill_at_batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return m(*batch)[1]
+
+    return model, loss_fn

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import datetime
 import math
-import os
-import signal
 
 import pytest
 import torch
 import torch.distributed as dist
-from _ddp_models import TinyGPT, flat_params, gpt_batches
+from _ddp_models import TinyGPT, dropout_gpt_killing_at, flat_params, gpt_batches
 
 import nbdist
 from nbdist.ddp import TrainConfig, load_checkpoint, train
@@ -99,19 +97,7 @@ KILL_ENV = "NBDIST_DDP_TEST_KILL_IN_CHECKPOINT_WRITE"
 
 def _run(ckpt_dir: str, kill_rank: int = -1, kill_at_batch: int = -1, builtin: bool = False):
     """One rank: the tiny GPT with dropout (RNG state matters) and a momentum SGD."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    rank = dist.get_rank()
-    torch.manual_seed(0)
-    model = TinyGPT(dropout=0.1)
-    seen = [0]
-
-    def loss_fn(m, batch):
-        seen[0] += 1
-        if rank == kill_rank and seen[0] == kill_at_batch:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return m(*batch)[1]
-
+    model, loss_fn = dropout_gpt_killing_at(kill_rank, kill_at_batch)
     cfg = _config(ckpt_dir=ckpt_dir, ckpt_every=2)
     try:
         history = train(model, gpt_batches(5, 4), cfg, loss_fn=loss_fn,

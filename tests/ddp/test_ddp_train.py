@@ -5,12 +5,11 @@ from __future__ import annotations
 import datetime
 import glob
 import os
-import signal
 
 import pytest
 import torch
 import torch.distributed as dist
-from _ddp_models import TinyGPT, flat_params, gpt_batches
+from _ddp_models import TinyGPT, dropout_gpt_killing_at, flat_params, gpt_batches
 
 import nbdist
 from nbdist.ddp import TrainConfig, load_checkpoint, train
@@ -28,21 +27,9 @@ def _config(ckpt_dir: str, max_steps: int, **kw) -> TrainConfig:
 def _run(ckpt_dir: str, max_steps: int, kill_rank: int = -1, kill_at_batch: int = -1,
          kill_in_write: int = 0):
     """One rank: train the tiny GPT (dropout on, so RNG state matters) and return its weights."""
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    rank = dist.get_rank()
     if kill_in_write:
         os.environ[KILL_ENV] = str(kill_in_write)  # die halfway through that write
-    torch.manual_seed(0)
-    model = TinyGPT(dropout=0.1)
-    seen = [0]
-
-    def loss_fn(m, batch):
-        seen[0] += 1
-        if rank == kill_rank and seen[0] == kill_at_batch:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return m(*batch)[1]
-
+    model, loss_fn = dropout_gpt_killing_at(kill_rank, kill_at_batch)
     history = train(model, gpt_batches(5, 4), _config(ckpt_dir, max_steps), loss_fn=loss_fn)
     return flat_params(model), [h["step"] for h in history]
 

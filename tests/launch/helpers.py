@@ -21,6 +21,21 @@ def allreduce_rank(scale=1.0):
     return out
 
 
+def nccl_rank():
+    """An NCCL all_reduce of ones on this rank's GPU; returns the sum (the world size)."""
+    import torch
+    import torch.distributed as dist
+
+    local = int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(local)
+    dist.init_process_group("nccl")
+    t = torch.ones(1 << 20, device=f"cuda:{local}")
+    dist.all_reduce(t)
+    torch.cuda.synchronize()
+    dist.destroy_process_group()
+    return t[0].item()
+
+
 def raise_on_rank1():
     import torch
     import torch.distributed as dist

@@ -1,6 +1,7 @@
 """GPU paths: NCCL across every visible GPU, and launches after the kernel initialized CUDA
 (auto must pick the zygote; fork must be refused). Skipped where there is no GPU."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -8,6 +9,10 @@ import textwrap
 import pytest
 
 from nbdist.launch import visible_gpu_count
+
+from . import helpers
+
+TESTS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = [
     pytest.mark.gpu,
@@ -52,38 +57,14 @@ def test_nccl_allreduce_on_every_gpu_after_the_parent_used_cuda():
     assert "start method zygote (CUDA is initialized here)" in res.stdout
 
 
-def nccl_rank():
-    import os
-
-    import torch
-    import torch.distributed as dist
-
-    local = int(os.environ["LOCAL_RANK"])
-    torch.cuda.set_device(local)
-    dist.init_process_group("nccl")
-    t = torch.ones(1 << 20, device=f"cuda:{local}")
-    dist.all_reduce(t)
-    torch.cuda.synchronize()
-    dist.destroy_process_group()
-    return t[0].item()
-
-
-FORK_IN_CLEAN_PARENT = textwrap.dedent("""
-import os
+# The ranks run helpers.nccl_rank, imported by the script the way a notebook imports its
+# own module (fork sends no pickle).
+FORK_IN_CLEAN_PARENT = textwrap.dedent(f"""
+import sys
 import nbdist
 
-def nccl_rank():
-    import torch
-    import torch.distributed as dist
-
-    local = int(os.environ["LOCAL_RANK"])
-    torch.cuda.set_device(local)
-    dist.init_process_group("nccl")
-    t = torch.ones(1 << 20, device=f"cuda:{local}")
-    dist.all_reduce(t)
-    torch.cuda.synchronize()
-    dist.destroy_process_group()
-    return t[0].item()
+sys.path.insert(0, {TESTS_DIR!r})
+from launch.helpers import nccl_rank
 
 print("FORK_RESULTS", nbdist.launch(nccl_rank, start_method="fork"))
 """)
@@ -104,4 +85,4 @@ def test_nccl_allreduce_across_all_gpus_spawn():
     import nbdist
 
     n = visible_gpu_count()
-    assert nbdist.launch(nccl_rank, start_method="spawn") == [float(n)] * n
+    assert nbdist.launch(helpers.nccl_rank, start_method="spawn") == [float(n)] * n

@@ -7,7 +7,7 @@ import os
 import re
 
 import pytest
-from support import ROOT, cell_text, run_notebook_file
+from support import ROOT, code_output, run_notebook_file
 
 pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
@@ -16,8 +16,7 @@ pytest.importorskip("nbclient")
 def test_notebook_02_background_jobs_executes(monkeypatch):
     monkeypatch.setenv("NBDIST_NB_SIZE", "tiny")
     path = os.path.join(ROOT, "notebooks", "02_background_jobs.ipynb")
-    nb = run_notebook_file(path)
-    out = "\n".join(cell_text(c) for c in nb.cells if c.cell_type == "code")
+    out = code_output(run_notebook_file(path))
     assert "started in the background (1 rank); train_proc0.wait() waits for it" in out
     assert "[rank 0] model 1 step 0 loss" in out  # stream() printed the job's lines
     finals = re.findall(r"model (\d): final loss ([\d.]+)", out)

@@ -8,7 +8,7 @@ import os
 import re
 
 import pytest
-from support import ROOT, cell_text, run_notebook_file
+from support import ROOT, code_output, run_notebook_file
 
 pytest.importorskip("nbformat")
 pytest.importorskip("nbclient")
@@ -17,8 +17,7 @@ pytest.importorskip("nbclient")
 def test_notebook_03_energy_executes(monkeypatch):
     monkeypatch.setenv("NBDIST_NB_SIZE", "tiny")
     path = os.path.join(ROOT, "notebooks", "03_foreground_background_energy.ipynb")
-    nb = run_notebook_file(path)
-    out = "\n".join(cell_text(c) for c in nb.cells if c.cell_type == "code")
+    out = code_output(run_notebook_file(path))
     assert re.search(r"training: loss [\d.]+ in [\d.]+ s on (cpu|cuda)", out)
     m = re.search(r"load: (\d+) run\(s\), (\d+) restart\(s\)", out)
     assert m and int(m.group(2)) == int(m.group(1)) - 1

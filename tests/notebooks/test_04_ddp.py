@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support import code_output, execute_notebook
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("nbclient")
 pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,10 +20,6 @@ def test_04_ddp_notebook_runs(monkeypatch, tmp_path):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     monkeypatch.setenv("NBDIST_NOTEBOOK_TINY", "1")
     monkeypatch.setenv("MPLBACKEND", "Agg")
-    client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
-    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                      for o in c.get("outputs", []))
+    outputs = code_output(execute_notebook(nb, str(tmp_path), timeout=240))
     assert "resumed at step 7, now at step 10" in outputs
     assert "step     2/6 | loss" in outputs  # rank 0's log lines reach the cell

@@ -4,9 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
+from support import code_output, execute_notebook
 
 nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("nbclient")
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "05_arc_decoder.ipynb"
 
@@ -15,11 +16,7 @@ def test_notebook_05_executes_and_writes_a_valid_submission(tmp_path):
     from nbdist.arc import ArcDataset
 
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=120, kernel_name="python3",
-                                     resources={"metadata": {"path": str(tmp_path)}})
-    client.execute()
-    out = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
-                  for o in c.get("outputs", []))
+    out = code_output(execute_notebook(nb, str(tmp_path), timeout=120))
     assert "score_full_probmul_3" in out and "submission.json: score" in out
     sub = json.loads((tmp_path / "submission.json").read_text())
     ds = ArcDataset.bundled_evaluation()
