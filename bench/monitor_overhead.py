@@ -60,15 +60,32 @@ def phase(name: str, seconds: float, make, start, stop, children: bool = False) 
     return {"method": name, "wall_s": t1 - t0, "process_cpu_s": c1 - c0, **extra}
 
 
-class PythonPoller:
+class _Poller:
+    """A peer sampling loop (``_run``) on its own thread; ``stop`` returns its ``_report()``."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, _=None):
+        self._stop.set()
+        self._thread.join()
+        return self._report()
+
+
+class PythonPoller(_Poller):
     """Polls NVML from a Python thread at a fixed rate, the way notebooks usually do."""
 
     def __init__(self, hz: float, energy_hz: float, nvml_indices: list[int]):
+        super().__init__()
         self.hz, self.energy_hz, self.indices = hz, energy_hz, nvml_indices
         self.samples = 0
         self.energy_reads = 0
         self.thread_cpu_s = 0.0
-        self._stop = threading.Event()
         try:
             import pynvml
 
@@ -139,29 +156,22 @@ class PythonPoller:
             self._stop.wait(max(0.0, next_t - time.monotonic()))
         self.thread_cpu_s = time.thread_time() - c0
 
-    def start(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, _=None):
-        self._stop.set()
-        self._thread.join()
+    def _report(self):
         return {"samples": self.samples, "energy_reads": self.energy_reads,
                 "thread_cpu_s": self.thread_cpu_s, "hz": self.hz, "energy_hz": self.energy_hz,
                 "note": self.flavour}
 
 
-class SmiPoller:
+class SmiPoller(_Poller):
     """Runs nvidia-smi once per period in a subprocess (the common shell-out peer)."""
 
     QUERY = "power.draw,utilization.gpu,utilization.memory,memory.used,temperature.gpu"
 
     def __init__(self, hz: float, nvml_indices: list[int]):
+        super().__init__()
         self.hz, self.ids = hz, ",".join(map(str, nvml_indices))
         self.samples = 0
         self.failures = 0
-        self._stop = threading.Event()
 
     def _run(self):
         period = 1.0 / self.hz
@@ -174,14 +184,7 @@ class SmiPoller:
             next_t += period
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 
-    def start(self):
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self, _=None):
-        self._stop.set()
-        self._thread.join()
+    def _report(self):
         return {"samples": self.samples, "hz": self.hz, "energy_hz": 0.0, "failures": self.failures,
                 "note": "subprocess per sample; children's CPU included"}
 
