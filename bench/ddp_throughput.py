@@ -221,6 +221,15 @@ def _comm_group(opts: dict, device):
                           pg_options=pg_opts)
 
 
+def _transport_of(wrapped) -> str:
+    """What averaged the gradients: torch DDP's process group, or nbdist's chosen transport."""
+    reducer = getattr(wrapped, "reducer", None)
+    if reducer is not None and hasattr(reducer, "transport"):
+        note = reducer.transport_note
+        return reducer.transport + (f" ({note})" if note else "")
+    return "process group"
+
+
 def _rank(args: dict) -> dict:
     import torch.distributed as dist
 
@@ -256,17 +265,18 @@ def _rank(args: dict) -> dict:
         m = GPT(**cfg).to(device)
         return m
 
-    def record(name, accum, sec, exposed=None, flops=0.0, overhead=None):
+    def record(name, accum, sec, exposed=None, flops=0.0, overhead=None, transport=None):
         tps = tokens_per_step * accum / sec
         # exposed_comm_frac: end of backward -> last bucket done, over the step time.
         # comm_overhead_frac: (step with sync - step under no_sync) / step; it also counts
         # compute slowed down by NCCL kernels running beside backward.
         out[f"{name}/accum{accum}"] = {"tokens_per_s": tps, "step_s": sec,
                                        "exposed_comm_frac": exposed,
-                                       "comm_overhead_frac": overhead, "flops_per_token": flops}
+                                       "comm_overhead_frac": overhead, "flops_per_token": flops,
+                                       "transport": transport}
         if rank == 0:  # in the log as it happens: a later variant that fails loses nothing
             print(f"variant {name}/accum{accum}: {1e3 * sec:.2f} ms/step, {tps:,.0f} tokens/s, "
-                  f"overhead {overhead}", flush=True)
+                  f"overhead {overhead}, transport {transport}", flush=True)
 
     for accum in args["accum"]:
         for spec in args["variants"]:
@@ -293,22 +303,29 @@ def _rank(args: dict) -> dict:
                         model, device_ids=[device.index] if device.type == "cuda" else None,
                         bucket_cap_mb=bucket, process_group=group)
                 else:
-                    wrapped = nd.DDP(model, process_group=group, bucket_cap_mb=bucket,
-                                     first_bucket_mb=float(opts.get("first", 1)))
+                    try:
+                        wrapped = nd.DDP(model, process_group=group, bucket_cap_mb=bucket,
+                                         first_bucket_mb=float(opts.get("first", 1)),
+                                         transport=opts.get("t", "auto"))
+                    except ValueError as exc:  # a transport this setting lacks: on every rank
+                        out[f"{spec}/accum{accum}"] = {"error": str(exc)}
+                        continue
                 probe = _TailProbe(device)
                 sec = _hand_loop(model, wrapped, batches, accum, steps, device, amp, probe=probe)
                 quiet = _hand_loop(model, wrapped, batches, accum, steps, device, amp,
                                    no_sync_all=True)
                 tail = probe.mean_ms()
                 record(spec, accum, sec, None if tail is None else tail / 1e3 / sec, flops,
-                       overhead=max(0.0, (sec - quiet) / sec))
+                       overhead=max(0.0, (sec - quiet) / sec),
+                       transport=_transport_of(wrapped))
             elif variant == "nbdist_train":
                 tc = nd.TrainConfig(max_steps=sum(steps), grad_accum=accum, lr=1e-4,
                                     warmup_steps=0, precision="bf16", log_every=0,
-                                    grad_clip=1.0, bucket_cap_mb=25)
+                                    grad_clip=1.0, bucket_cap_mb=25,
+                                    transport=opts.get("t", "auto"))
                 hist = nd.train(model, batches, tc)
                 sec = sum(h["seconds"] for h in hist[steps[0]:]) / steps[1]
-                record(variant, accum, sec, None, flops)
+                record(spec, accum, sec, None, flops)
             if pinned is not None:
                 os.sched_setaffinity(0, pinned)
             del model
@@ -411,7 +428,9 @@ def main() -> int:
     t0 = time.time()
     runs["1"] = _launch(dict(base, variants=["plain"]), 1, dict(env, NCCL_P2P_DISABLE="0"))
     if n > 1:
-        variants = ["torch_ddp", "nbdist_ddp", "nbdist_train"]
+        # nbdist_ddp:t=nccl is nbdist's reducer on the process group's all-reduce; nbdist_ddp and
+        # nbdist_train use the default transport (the copy engines when the ranks share a host).
+        variants = ["torch_ddp", "nbdist_ddp:t=nccl", "nbdist_ddp", "nbdist_train"]
         runs[str(n)] = _launch(dict(base, variants=variants), n, dict(env, NCCL_P2P_DISABLE="0"))
         if not a.no_p2p_off and a.device == "cuda":
             runs[f"{n}_p2p_off"] = _launch(dict(base, variants=variants), n,
@@ -429,7 +448,7 @@ def main() -> int:
         for key, world in ((str(n), n), (f"{n}_p2p_off", n)):
             if key not in runs:
                 continue
-            for variant in ("torch_ddp", "nbdist_ddp", "nbdist_train"):
+            for variant in variants:
                 r = runs[key][f"{variant}/accum{accum}"]
                 rows.append(dict(setting=f"{world} GPUs" + (" P2P off" if "off" in key else ""),
                                  variant=variant, accum=accum, world=world, **r,
@@ -444,7 +463,7 @@ def main() -> int:
                     and x["variant"] == "torch_ddp"), None)
         r["vs_torch_ddp"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
 
-    hdr = f"{'setting':<16}{'variant':<14}{'accum':>6}{'tokens/s':>12}{'scaling':>9}{'vs DDP':>8}" \
+    hdr = f"{'setting':<16}{'variant':<19}{'accum':>6}{'tokens/s':>12}{'scaling':>9}{'vs DDP':>8}" \
           f"{'exposed':>9}{'overhead':>9}{'MFU':>7}"
     print(hdr)
     print("-" * len(hdr))
@@ -452,7 +471,7 @@ def main() -> int:
         def fmt(v, f):
             missing = v is None or (isinstance(v, float) and math.isnan(v))
             return "-" if missing else f.format(v)
-        print(f"{r['setting']:<16}{r['variant']:<14}{r['accum']:>6}{r['tokens_per_s']:>12,.0f}"
+        print(f"{r['setting']:<16}{r['variant']:<19}{r['accum']:>6}{r['tokens_per_s']:>12,.0f}"
               f"{fmt(r['scaling'], '{:.1%}'):>9}{fmt(r['vs_torch_ddp'], '{:.3f}'):>8}"
               f"{fmt(r['exposed_comm_frac'], '{:.1%}'):>9}"
               f"{fmt(r.get('comm_overhead_frac'), '{:.1%}'):>9}{fmt(r['mfu'], '{:.1%}'):>7}")

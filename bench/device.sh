@@ -2,7 +2,7 @@
 # One call on the lent GPU machine: build nbdist against the machine's torch, run the GPU tests and
 # the benchmarks, and leave every result as JSON under $OUT (the device tool brings $OUT back).
 #   usage: bash bench/device.sh [phase ...]    phases: build tests launch monitor jobs ddp arc (default: all);
-#   also tests-launch (GPU launcher tests only), profile (bench/launch_profile.py), sweep (DDP
+#   also tests-launch / tests-ddp (GPU launcher / DDP tests only), profile (bench/launch_profile.py), sweep (DDP
 #   comm variants: SWEEP=variant,... SWEEP_SETTINGS=p2p,nop2p,nop2p_ce SWEEP_ACCUM SWEEP_STEPS)
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0): using it can put the shared host's GPUs out of
 # service. Each benchmark has its own time limit so that one slow phase cannot eat the whole call.
@@ -21,6 +21,7 @@ step() { echo "=== $* ($(date +%T))"; }
 step probe
 nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv,noheader
 nvidia-smi topo -m 2>/dev/null | head -5
+df -h /dev/shm | tail -1
 python3 -c 'import torch; m = lambda: "/libcuda.so" in open("/proc/self/maps").read(); a = m(); print("torch", torch.__version__, "cuda", torch.version.cuda, "gpus", torch.cuda.device_count(), "driver mapped after import:", a, "after device_count:", m())'
 
 if has build || ! "$py" -c 'import nbdist._core' 2>/dev/null; then
@@ -36,6 +37,11 @@ if has tests; then
   # Run from outside the tree so the installed package (with its extensions) is what gets imported.
   (cd /tmp && NBDIST_MONITOR_LOAD_S=30 timeout 300 "$py" -m pytest "$root/tests" -m gpu -q -rs -p no:cacheprovider \
     -o addopts="" --rootdir="$root" -c "$root/pyproject.toml" 2>&1 | tee "$OUT/gpu_tests.log" | tail -25)
+fi
+if has tests-ddp; then
+  step gpu ddp tests
+  (cd /tmp && timeout 300 "$py" -m pytest "$root/tests/ddp" -m gpu -q -rs -p no:cacheprovider \
+    -o addopts="" --rootdir="$root" -c "$root/pyproject.toml" 2>&1 | tee "$OUT/gpu_ddp_tests.log" | tail -30)
 fi
 if has tests-launch; then
   step gpu launch tests

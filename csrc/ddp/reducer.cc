@@ -8,6 +8,8 @@
 #include <sstream>
 #include <unordered_set>
 
+#include "ddp/collectives.h"
+
 namespace nbdist::ddp {
 
 namespace {
@@ -22,15 +24,6 @@ std::string shape_str(const int64_t* row) {
   if (row[0] > kSigDims) s << ", ...";
   s << "] " << c10::toString(static_cast<at::ScalarType>(row[kSigDims + 2]));
   return s.str();
-}
-
-std::vector<at::Tensor> all_gather(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
-                                   const at::Tensor& input) {
-  std::vector<std::vector<at::Tensor>> out(1);
-  for (int r = 0; r < pg->getSize(); ++r) out[0].push_back(at::empty_like(input));
-  std::vector<at::Tensor> in{input};
-  pg->allgather(out, in)->wait();
-  return out[0];
 }
 
 // One broadcast per dtype: flatten, broadcast from rank 0, copy back.
@@ -72,6 +65,9 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
   if (params_.empty())
     throw DDPError(ErrorKind::kInvalidInput, "the module has no parameters that require grad");
   NBDIST_CHECK(names_.size() == params_.size(), "one name per parameter");
+  const auto& t = options_.transport;
+  if (t != "auto" && t != "nccl" && t != "peer" && t != "host")
+    throw DDPError(ErrorKind::kInvalidInput, "transport must be 'auto', 'nccl', 'peer' or 'host', got '" + t + "'");
   rank_ = pg_->getRank();
   world_size_ = pg_->getSize();
   // NCCL averages in the collective itself; Gloo has no AVG, so buckets are pre-divided there.
@@ -187,11 +183,16 @@ void Reducer::build_buckets(const std::vector<int64_t>& order) {
   }
   bucket_of_.assign(params_.size(), -1);
   slot_of_.assign(params_.size(), -1);
+  std::vector<BucketLayout> layouts;
+  for (const auto& b : buckets)
+    layouts.push_back({b.offsets.back() + params_[b.params.back()].numel(),
+                       params_[b.params[0]].scalar_type()});
+  setup_copy_engines_for(layouts);
   for (size_t bi = 0; bi < buckets.size(); ++bi) {
     auto& b = buckets[bi];
     const auto& first = params_[b.params[0]];
-    const int64_t total = b.offsets.back() + params_[b.params.back()].numel();
-    b.buffer = at::zeros({total}, first.options().requires_grad(false));
+    if (copy_engines_) b.buffer = copy_engines_->bucket(static_cast<int64_t>(bi)).zero_();
+    else b.buffer = at::zeros({layouts[bi].numel}, first.options().requires_grad(false));
     for (size_t s = 0; s < b.params.size(); ++s) {
       const auto index = b.params[s];
       bucket_of_[index] = static_cast<int64_t>(bi);
@@ -207,6 +208,36 @@ void Reducer::build_buckets(const std::vector<int64_t>& order) {
     view.copy_(grad);
     if (options_.gradient_as_bucket_view) grad = view;
   }
+}
+
+void Reducer::setup_copy_engines_for(const std::vector<BucketLayout>& layouts) {
+  const auto& transport = options_.transport;
+  if (world_size_ == 1 || transport == "nccl") return;
+  const auto device = params_[0].device();
+  if (!device.is_cuda()) {
+    if (transport != "auto")
+      throw DDPError(ErrorKind::kInvalidInput,
+                     "transport='" + transport + "' needs CUDA parameters; these are on " + device.str());
+    return;
+  }
+  if (copy_engines_) {
+    // Rebuilding: every rank drops its mappings of the old buffers before anyone frees them.
+    copy_engines_->drain();
+    copy_engines_.reset();
+    std::vector<at::Tensor> v{at::zeros({1}, params_[0].options().requires_grad(false))};
+    pg_->allreduce(v)->wait();
+    v[0].cpu();
+  }
+  copy_engines_ = CopyEngineAllreduce::create(pg_, device, layouts, transport, &transport_note_);
+  if (!copy_engines_ && transport != "auto")
+    throw DDPError(ErrorKind::kInvalidInput,
+                   "transport='" + transport + "' is not available: " + transport_note_ +
+                       "; use transport='auto' or 'nccl'");
+  if (copy_engines_) transport_note_.clear();
+}
+
+std::string Reducer::transport() const {
+  return copy_engines_ ? copy_engines_->path() : pg_->getBackendName();
 }
 
 at::Tensor Reducer::grad_view(int64_t index) {
@@ -328,6 +359,11 @@ void Reducer::launch_ready_buckets_locked() {
   while (next_bucket_ < static_cast<int64_t>(buckets_.size()) &&
          buckets_[next_bucket_].pending == 0) {
     auto& b = buckets_[next_bucket_++];
+    ++allreduce_count_;
+    if (copy_engines_) {
+      copy_engines_->launch(next_bucket_ - 1, static_cast<uint32_t>(sync_rounds_ + 1));
+      continue;
+    }
     ::c10d::AllreduceOptions opts;
     if (use_avg_op_) {
       opts.reduceOp = ::c10d::ReduceOp(::c10d::ReduceOp::AVG);
@@ -337,7 +373,6 @@ void Reducer::launch_ready_buckets_locked() {
     }
     std::vector<at::Tensor> v{b.buffer};
     b.work = pg_->allreduce(v, opts);
-    ++allreduce_count_;
   }
   // Every param is ready once the last bucket is out, so used_ is final: one small collective,
   // issued after the buckets so that all ranks keep the same collective order.
@@ -356,6 +391,7 @@ void Reducer::finalize_backward() {
   std::vector<std::string> missing;
   for (size_t i = 0; i < params_.size(); ++i)
     if (!ready_[i]) missing.push_back(names_[i]);
+  if (copy_engines_ && next_bucket_ > 0) copy_engines_->finish();
   for (auto& b : buckets_)
     if (b.work) b.work->wait();
   if (!missing.empty()) {

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "common/error.h"
+#include "ddp/copy_engine.h"
 
 namespace nbdist::ddp {
 
@@ -34,6 +35,10 @@ struct ReducerOptions {
   // backward so that params unused on every rank keep their .grad (None stays None).
   bool find_unused_parameters = false;
   bool gradient_as_bucket_view = true;  // .grad is a view into the bucket (no copy in or out)
+  // How buckets are averaged: "nccl" (the process group's all-reduce), "peer" or "host" (the
+  // copy engines, see copy_engine.h), or "auto" (copy engines when every rank is a CUDA rank on
+  // one host, the process group otherwise).
+  std::string transport = "auto";
 };
 
 class Reducer {
@@ -71,6 +76,10 @@ class Reducer {
   const c10::intrusive_ptr<::c10d::ProcessGroup>& process_group() const { return pg_; }
   const std::vector<at::Tensor>& params() const { return params_; }
   const ReducerOptions& options() const { return options_; }
+  // What averages the buckets: "peer", "host" (copy engines) or the process group's backend name.
+  std::string transport() const;
+  // Why "auto" did not pick the copy engines ("" when it did or was not asked to).
+  const std::string& transport_note() const { return transport_note_; }
 
  private:
   struct Bucket {
@@ -82,6 +91,7 @@ class Reducer {
   };
 
   void build_buckets(const std::vector<int64_t>& order);
+  void setup_copy_engines_for(const std::vector<BucketLayout>& layouts);
   void on_grad_ready(int64_t index);
   void mark_ready_locked(int64_t index);
   void launch_ready_buckets_locked();
@@ -103,6 +113,8 @@ class Reducer {
   std::vector<uintptr_t> hook_keys_;
 
   std::vector<Bucket> buckets_;
+  std::unique_ptr<CopyEngineAllreduce> copy_engines_;  // null: the process group all-reduces
+  std::string transport_note_;
   std::vector<int64_t> bucket_of_;   // param index -> bucket
   std::vector<int64_t> slot_of_;     // param index -> position in its bucket
 

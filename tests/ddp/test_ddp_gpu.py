@@ -22,8 +22,14 @@ if not torch.cuda.is_available():
 NGPU = min(2, torch.cuda.device_count())
 
 
-def _nccl_rank(steps: int):
+def _size(bucket_mb: float) -> dict:
+    """Model size: tiny for tiny buckets; 1.7 MB of gradients (2 buckets) for 1 MiB buckets."""
+    return {} if bucket_mb < 0.1 else {"vocab": 256, "d": 128}
+
+
+def _nccl_rank(steps: int, transport: str, bucket_mb: float, accum: int):
     rank = int(os.environ["RANK"])
+    os.environ["NBDIST_CE_PIECE_KB"] = "64"  # several pieces per chunk once buckets are 1 MiB
     # One GPU per rank, whether the launcher shows all GPUs or only this rank's.
     local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
     torch.cuda.set_device(local)
@@ -32,37 +38,50 @@ def _nccl_rank(steps: int):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(rank)  # rank 0's weights must win
-    model = TinyGPT().to(device)
-    ddp = DDP(model, bucket_cap_mb=0.02, first_bucket_mb=0.005)
+    model = TinyGPT(**_size(bucket_mb)).to(device)
+    ddp = DDP(model, bucket_cap_mb=bucket_mb, first_bucket_mb=bucket_mb / 4, transport=transport)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     world = dist.get_world_size()
     identical = True
     for batch in gpt_batches(steps, 8):
         x, y = (t.chunk(world)[rank].to(device) for t in batch)
-        ddp(x, y)[1].backward()
+        for m, (xm, ym) in enumerate(zip(x.chunk(accum), y.chunk(accum))):
+            if m < accum - 1:
+                with ddp.no_sync():
+                    (ddp(xm, ym)[1] / accum).backward()
+            else:
+                (ddp(xm, ym)[1] / accum).backward()
         opt.step()
         opt.zero_grad()
         p = flat_params(model)
         out = [torch.empty_like(p) for _ in range(world)]
         dist.all_gather(out, p)
         identical &= all(torch.equal(out[0], o) for o in out)
+    used = ddp.reducer.transport
     dist.destroy_process_group()
-    return flat_params(model).cpu(), identical, ddp.reducer.allreduce_count
+    return flat_params(model).cpu(), identical, ddp.reducer.allreduce_count, used
 
 
-def test_nccl_ranks_match_one_process(launch):
+# The process group's all-reduce, and both copy-engine paths (many tiny buckets, and 1 MiB
+# buckets in 64 KiB pieces with accumulation under no_sync).
+@pytest.mark.parametrize("transport,bucket_mb,accum", [
+    ("nccl", 0.02, 1), ("peer", 0.02, 1), ("host", 0.02, 1), ("peer", 1, 2), ("host", 1, 2)])
+def test_nccl_ranks_match_one_process(launch, transport, bucket_mb, accum):
+    if transport != "nccl" and NGPU < 2:
+        pytest.skip("the copy-engine all-reduce needs 2 GPUs")
     steps = 10
-    results = launch(_nccl_rank, args=(steps,), nprocs=NGPU)
+    results = launch(_nccl_rank, args=(steps, transport, bucket_mb, accum), nprocs=NGPU)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
-    ref = TinyGPT().cuda()
+    ref = TinyGPT(**_size(bucket_mb)).cuda()
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
     for x, y in gpt_batches(steps, 8):
         ref(x.cuda(), y.cuda())[1].backward()
         opt.step()
         opt.zero_grad()
     want = flat_params(ref).cpu()
-    for params, identical, launched in results:
+    for params, identical, launched, used in results:
+        assert used == transport
         assert identical and launched >= steps
         assert float((params - want).norm() / want.norm()) < 1e-4
 

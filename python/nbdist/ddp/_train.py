@@ -45,7 +45,8 @@ class TrainConfig:
         log_every: rank-0 log line every N steps (0: silent). seed: base seed (rank r uses seed+r
             for dropout; data order uses seed on every rank).
         batch_size: micro-batch size per rank when the data is a dataset (not an iterable).
-        bucket_cap_mb, find_unused_parameters: passed to :class:`DDP` when train wraps the model.
+        bucket_cap_mb, find_unused_parameters, transport: passed to :class:`DDP` when train wraps
+            the model.
             With find_unused_parameters the gradients are dropped (set to None) after each step
             rather than zeroed, so a parameter that no rank uses in a step keeps no gradient and
             the optimizer leaves it alone (no decay, no momentum), as in a single process.
@@ -74,6 +75,7 @@ class TrainConfig:
     batch_size: int | None = None
     bucket_cap_mb: float = 25
     find_unused_parameters: bool = False
+    transport: str = "auto"
     init_scale: float = 65536.0
     growth_interval: int = 2000
     peak_flops: float | None = None
@@ -402,7 +404,7 @@ def train(
     rank, world = dist.get_rank(), dist.get_world_size()
     ddp = model if isinstance(model, DDP) else DDP(
         module, bucket_cap_mb=cfg.bucket_cap_mb,
-        find_unused_parameters=cfg.find_unused_parameters)
+        find_unused_parameters=cfg.find_unused_parameters, transport=cfg.transport)
     module.train()
 
     stream = _BatchStream(train_batches, "train_batches", rank, world, cfg.batch_size, cfg.seed,

@@ -39,6 +39,9 @@ def _tensors_in(obj: Any) -> list[torch.Tensor]:
     return []
 
 
+_TRANSPORTS = ("auto", "nccl", "peer", "host")
+
+
 class DDP(torch.nn.Module):
     """Data-parallel wrapper, a drop-in for ``torch.nn.parallel.DistributedDataParallel``.
 
@@ -62,6 +65,13 @@ class DDP(torch.nn.Module):
             so optimizers skip it as in a single process. Without this option such parameters
             raise an error naming them.
         gradient_as_bucket_view: make ``.grad`` a view into the bucket (saves memory and copies).
+        transport: what averages the buckets. ``"nccl"``: the process group's all-reduce.
+            ``"peer"``: the GPUs' copy engines over CUDA IPC peer access (NVLink or PCIe P2P);
+            ``"host"``: the copy engines through pinned shared memory, for GPUs without P2P
+            (``NCCL_P2P_DISABLE=1``). Neither copy-engine path runs NCCL kernels beside backward.
+            ``"auto"`` (default): ``"peer"``, else ``"host"``, when every rank is a CUDA rank on
+            this host, else the process group. ``reducer.transport`` says which one runs, and
+            ``reducer.transport_note`` why ``"auto"`` fell back.
     """
 
     def __init__(
@@ -73,6 +83,7 @@ class DDP(torch.nn.Module):
         broadcast_buffers: bool = True,
         find_unused_parameters: bool = False,
         gradient_as_bucket_view: bool = True,
+        transport: str = "auto",
     ) -> None:
         super().__init__()
         if not isinstance(module, torch.nn.Module):
@@ -80,6 +91,8 @@ class DDP(torch.nn.Module):
         for name, value in (("bucket_cap_mb", bucket_cap_mb), ("first_bucket_mb", first_bucket_mb)):
             if not value > 0:
                 raise DDPValueError(f"DDP: {name} must be > 0 (MiB), got {value!r}")
+        if transport not in _TRANSPORTS:
+            raise DDPValueError(f"DDP: transport must be one of {_TRANSPORTS}, got {transport!r}")
         group = _default_group(process_group)
         self.module = module
         self.broadcast_buffers = broadcast_buffers
@@ -101,6 +114,7 @@ class DDP(torch.nn.Module):
             first_bucket_bytes=int(first_bucket_mb * 2**20),
             find_unused_parameters=find_unused_parameters,
             gradient_as_bucket_view=gradient_as_bucket_view,
+            transport=transport,
         )
         # Frozen parameters are broadcast too, so that every rank starts from rank 0's model.
         frozen = [(n, p) for n, p in module.named_parameters() if not p.requires_grad]
