@@ -177,7 +177,8 @@ def _parse_variant(spec: str):
     """'nbdist_ddp:ctas=4:hp=1' -> ('nbdist_ddp', {'ctas': '4', 'hp': '1'}). Options (sweeps):
     ctas = NCCL max CTAs of a dedicated gradient communicator, hp = 1 for a high-priority NCCL
     stream, bucket / first = bucket sizes in MiB, aff = 1 to pin each rank's main thread to its
-    own cores, each = 1 for plain in a multi-rank sweep (every rank trains alone)."""
+    own cores, each = 1 for plain in a multi-rank sweep (every rank trains alone), t = nbdist's
+    transport (nccl, peer, host, auto), piece = copy-engine piece size in KiB."""
     name, *rest = spec.split(":")
     return name, dict(kv.split("=", 1) for kv in rest)
 
@@ -283,6 +284,10 @@ def _rank(args: dict) -> dict:
             variant, opts = _parse_variant(spec)
             model = fresh()
             flops = model.flops_per_token
+            if "piece" in opts:  # copy-engine piece size (KiB), read when the reducer is built
+                os.environ["NBDIST_CE_PIECE_KB"] = opts["piece"]
+            else:
+                os.environ.pop("NBDIST_CE_PIECE_KB", None)
             pinned = _pin_main_thread(opts, rank, world)
             if variant == "plain":
                 # In a multi-rank sweep: every rank trains its own copy, no communication at all
@@ -430,7 +435,8 @@ def main() -> int:
     if n > 1:
         # nbdist_ddp:t=nccl is nbdist's reducer on the process group's all-reduce; nbdist_ddp and
         # nbdist_train use the default transport (the copy engines when the ranks share a host).
-        variants = ["torch_ddp", "nbdist_ddp:t=nccl", "nbdist_ddp", "nbdist_train"]
+        variants = ["torch_ddp", "nbdist_ddp:t=nccl", "nbdist_ddp:t=peer", "nbdist_ddp",
+                    "nbdist_train"]
         runs[str(n)] = _launch(dict(base, variants=variants), n, dict(env, NCCL_P2P_DISABLE="0"))
         if not a.no_p2p_off and a.device == "cuda":
             runs[f"{n}_p2p_off"] = _launch(dict(base, variants=variants), n,
@@ -450,6 +456,9 @@ def main() -> int:
                 continue
             for variant in variants:
                 r = runs[key][f"{variant}/accum{accum}"]
+                if "error" in r:  # e.g. transport='peer' with P2P off
+                    print(f"{key} {variant}: {r['error']}")
+                    continue
                 rows.append(dict(setting=f"{world} GPUs" + (" P2P off" if "off" in key else ""),
                                  variant=variant, accum=accum, world=world, **r,
                                  scaling=r["tokens_per_s"] / (world * one)))

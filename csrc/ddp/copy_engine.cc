@@ -141,6 +141,7 @@ struct Plan {
   int64_t host_rs_off = 0;  // bytes into the shared host arena: world*(world-1) chunks
   int64_t host_ag_off = 0;  // bytes into the shared host arena: world chunks
   int64_t flag_base = 0;    // first flag cell: kPhases*pieces*world*world cells
+  int64_t local_base = 0;   // first local flag cell (host path: piece k fetched): pieces cells
 };
 
 class CopyEngineImpl final : public CopyEngineAllreduce {
@@ -170,7 +171,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     int64_t piece_bytes = 4 << 20;
     if (const char* env = std::getenv("NBDIST_CE_PIECE_KB")) piece_bytes = std::atoll(env) << 10;
     piece_bytes = std::max<int64_t>(piece_bytes, 64 << 10);
-    int64_t dev = 0, host = 0, cells = 0;
+    int64_t dev = 0, host = 0, cells = 0, local = 0;
     for (const auto& b : buckets) {
       Plan p;
       p.numel = b.numel;
@@ -189,6 +190,8 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
       host = align_up(host + int64_t{world_} * p.chunk * p.esize);
       p.flag_base = cells;
       cells += kPhases * p.pieces * world_ * world_;
+      p.local_base = local;
+      local += p.pieces;
       plans_.push_back(p);
     }
     // Flags live on the receiving GPU (peer path) or in the shared host memory (host path).
@@ -199,6 +202,9 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     } else {
       host_flags_off_ = host;
       host = align_up(host + cells * 4);
+      flags_off_ = dev;  // this GPU's own cells: which pieces the fetch stream has copied in
+      dev = align_up(dev + local * 4);
+      flag_cells_ = local;
     }
     device_bytes_ = dev;
     host_bytes_ = host;
@@ -213,8 +219,8 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     arena_mem_ = std::make_shared<DeviceMemory>();
     check_cuda(cudaMalloc(&arena_mem_->ptr, device_bytes_),
                "cudaMalloc of " + std::to_string(device_bytes_ >> 20) + " MiB");
-    if (peer_) check_cuda(cudaMemset(static_cast<char*>(arena_mem_->ptr) + flags_off_, 0,
-                                     flag_cells_ * 4), "cudaMemset");
+    check_cuda(cudaMemset(static_cast<char*>(arena_mem_->ptr) + flags_off_, 0, flag_cells_ * 4),
+               "cudaMemset");
     check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     auto keep = arena_mem_;
     arena_ = at::from_blob(
@@ -308,7 +314,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     c10::cuda::CUDAGuard guard(device_);
     const auto& p = plans_[index];
     auto current = c10::cuda::getCurrentCUDAStream(device_.index());
-    auto send = stream(0), reduce = stream(1), gather = stream(2);
+    auto send = stream(0), reduce = stream(1), gather = stream(2), fetch = stream(3);
     order(current, events_[index], {send, reduce});
 
     // Reduce-scatter, sending side: chunk j of this bucket goes to rank j.
@@ -331,15 +337,22 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     const auto own_all = bucket(index);
     for (int64_t k = 0; k < p.pieces; ++k) {
       const auto [start, len] = range(p, rank_, k);
-      for (int s = 0; s < world_; ++s) {
-        if (s == rank_) continue;
-        wait(reduce, p, 0, k, s, rank_, round);
-        if (!peer_ && len > 0) {
+      if (peer_) {
+        for (int s = 0; s < world_; ++s)
+          if (s != rank_) wait(reduce, p, 0, k, s, rank_, round);
+      } else {
+        // Host path: a stream of its own fetches the pieces (host -> device), so that fetching
+        // piece k+1 overlaps sending piece k's average back (device -> host).
+        for (int s = 0; s < world_; ++s) {
+          if (s == rank_) continue;
+          wait(fetch, p, 0, k, s, rank_, round);
           const int64_t from = p.host_rs_off +
                                (int64_t{s} * (world_ - 1) + slot(s, rank_)) * p.chunk * p.esize +
                                k * p.piece * p.esize;
-          copy(recv_ptr(p, s, k), host() + from, len * p.esize, reduce);
+          copy(recv_ptr(p, s, k), host() + from, len * p.esize, fetch);
         }
+        post(fetch, local_flag(p, k), round);
+        await(reduce, local_flag(p, k), round);
       }
       if (len > 0) {
         c10::cuda::CUDAStreamGuard on(reduce);
@@ -394,7 +407,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
   }
 
  private:
-  static constexpr int kStreams = 3;  // send, reduce, gather
+  static constexpr int kStreams = 4;  // send, reduce, gather, fetch (host path)
 
   c10::cuda::CUDAStream stream(int i) const {
     return c10::cuda::getStreamFromExternal(streams_[i], device_.index());
@@ -434,18 +447,27 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
       check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s.stream()),
                  "copy-engine all-reduce: cudaMemcpyAsync");
   }
+  CUdeviceptr local_flag(const Plan& p, int64_t k) const {
+    return reinterpret_cast<CUdeviceptr>(mine() + flags_off_ + (p.local_base + k) * 4);
+  }
+  // Writes `round` into a flag once the work queued before on `s` is done. The default flags put
+  // a memory fence before the write: what was copied before it is visible to whoever sees it.
+  static void post(const c10::cuda::CUDAStream& s, CUdeviceptr flag, uint32_t round) {
+    if (mem_ops().write(s.stream(), flag, round, 0) != CUDA_SUCCESS)
+      throw DDPError(ErrorKind::kFailure, "copy-engine all-reduce: cuStreamWriteValue32 failed");
+  }
+  // Later work on `s` waits until the flag reaches `round`.
+  static void await(const c10::cuda::CUDAStream& s, CUdeviceptr flag, uint32_t round) {
+    if (mem_ops().wait(s.stream(), flag, round, CU_STREAM_WAIT_VALUE_GEQ) != CUDA_SUCCESS)
+      throw DDPError(ErrorKind::kFailure, "copy-engine all-reduce: cuStreamWaitValue32 failed");
+  }
   void signal(const c10::cuda::CUDAStream& s, const Plan& p, int phase, int64_t k, int src,
               int dst, uint32_t round) const {
-    // The default flags put a memory fence before the write: the data copied before it in
-    // the stream is visible to whoever sees the new round.
-    if (mem_ops().write(s.stream(), flag(p, phase, k, src, dst), round, 0) != CUDA_SUCCESS)
-      throw DDPError(ErrorKind::kFailure, "copy-engine all-reduce: cuStreamWriteValue32 failed");
+    post(s, flag(p, phase, k, src, dst), round);
   }
   void wait(const c10::cuda::CUDAStream& s, const Plan& p, int phase, int64_t k, int src, int dst,
             uint32_t round) const {
-    if (mem_ops().wait(s.stream(), flag(p, phase, k, src, dst), round, CU_STREAM_WAIT_VALUE_GEQ) !=
-        CUDA_SUCCESS)
-      throw DDPError(ErrorKind::kFailure, "copy-engine all-reduce: cuStreamWaitValue32 failed");
+    await(s, flag(p, phase, k, src, dst), round);
   }
 
   int rank_, world_;
@@ -459,7 +481,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
   std::vector<void*> peer_base_;
   std::shared_ptr<SharedHostMemory> host_;
   char* host_flags_dev_ = nullptr;
-  cudaStream_t streams_[kStreams] = {nullptr, nullptr, nullptr};
+  cudaStream_t streams_[kStreams] = {};
   std::vector<cudaEvent_t> events_;
 };
 
@@ -517,6 +539,12 @@ std::unique_ptr<CopyEngineAllreduce> CopyEngineAllreduce::create(
   const bool peer = peer_why.empty();
   if (transport == "peer" && !peer) {
     *why = "no peer path: " + peer_why;
+    return nullptr;
+  }
+  if (transport == "auto" && peer) {
+    // Measured on 2xH200 over NVLink (bench/results/ddp_sweep_2xh200.json): NCCL's all-reduce
+    // costs backward less than peer copies do; the copy engines win only without P2P.
+    *why = "the GPUs have peer access, where the process group's all-reduce is faster";
     return nullptr;
   }
   auto impl = std::make_unique<CopyEngineImpl>(rank, world, device, peer);

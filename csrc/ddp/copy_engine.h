@@ -35,9 +35,9 @@ struct BucketLayout {
 class CopyEngineAllreduce {
  public:
   // Collective over `pg` (every rank calls it with the same layouts). `transport`: "peer",
-  // "host" or "auto" (peer when every pair of GPUs has peer access and P2P is not disabled, else
-  // host). Returns null on every rank when some rank cannot use the requested path; `why` then
-  // names the rank and the reason.
+  // "host" or "auto" (host when some pair of GPUs lacks peer access or P2P is disabled; null
+  // when they all have it, because NCCL is faster there). Returns null on every rank when the
+  // path cannot be used; `why` then names the rank and the reason.
   static std::unique_ptr<CopyEngineAllreduce> create(
       const c10::intrusive_ptr<::c10d::ProcessGroup>& pg, at::Device device,
       const std::vector<BucketLayout>& buckets, const std::string& transport, std::string* why);

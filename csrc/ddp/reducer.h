@@ -36,8 +36,8 @@ struct ReducerOptions {
   bool find_unused_parameters = false;
   bool gradient_as_bucket_view = true;  // .grad is a view into the bucket (no copy in or out)
   // How buckets are averaged: "nccl" (the process group's all-reduce), "peer" or "host" (the
-  // copy engines, see copy_engine.h), or "auto" (copy engines when every rank is a CUDA rank on
-  // one host, the process group otherwise).
+  // copy engines, see copy_engine.h), or "auto" ("host" for CUDA ranks on one host without P2P,
+  // the process group otherwise).
   std::string transport = "auto";
 };
 

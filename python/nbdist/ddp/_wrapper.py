@@ -69,9 +69,11 @@ class DDP(torch.nn.Module):
             ``"peer"``: the GPUs' copy engines over CUDA IPC peer access (NVLink or PCIe P2P);
             ``"host"``: the copy engines through pinned shared memory, for GPUs without P2P
             (``NCCL_P2P_DISABLE=1``). Neither copy-engine path runs NCCL kernels beside backward.
-            ``"auto"`` (default): ``"peer"``, else ``"host"``, when every rank is a CUDA rank on
-            this host, else the process group. ``reducer.transport`` says which one runs, and
-            ``reducer.transport_note`` why ``"auto"`` fell back.
+            ``"auto"`` (default): ``"host"`` for CUDA ranks on one host without P2P between
+            their GPUs (where it beats NCCL's shared-memory path), else the process group (over
+            NVLink NCCL costs backward less than peer copies; bench/ddp_throughput.py).
+            ``reducer.transport`` says which one runs, and ``reducer.transport_note`` why
+            ``"auto"`` chose the process group.
     """
 
     def __init__(
