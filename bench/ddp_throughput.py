@@ -416,7 +416,8 @@ def main() -> int:
                          "compare under --settings instead of the standard table")
     ap.add_argument("--settings", default="p2p,nop2p",
                     help="for --sweep: p2p, nop2p (NCCL_P2P_DISABLE=1), nop2p_ce (and "
-                         "NCCL_SHM_USE_CUDA_MEMCPY=1)")
+                         "NCCL_SHM_USE_CUDA_MEMCPY=1), p2p_conn / nop2p_conn "
+                         "(CUDA_DEVICE_MAX_CONNECTIONS=32)")
     a = ap.parse_args()
 
     if a.tiny:
@@ -498,7 +499,10 @@ def _sweep(a, base: dict, env: dict, n: int) -> int:
     """Variants side by side per setting (one launch per setting, so the same processes run every
     variant); prints step times and writes the raw per-variant figures."""
     settings = {"p2p": {"NCCL_P2P_DISABLE": "0"}, "nop2p": {"NCCL_P2P_DISABLE": "1"},
-                "nop2p_ce": {"NCCL_P2P_DISABLE": "1", "NCCL_SHM_USE_CUDA_MEMCPY": "1"}}
+                "nop2p_ce": {"NCCL_P2P_DISABLE": "1", "NCCL_SHM_USE_CUDA_MEMCPY": "1"},
+                # more hardware work queues: a stream blocked on a flag cannot stall another
+                "p2p_conn": {"NCCL_P2P_DISABLE": "0", "CUDA_DEVICE_MAX_CONNECTIONS": "32"},
+                "nop2p_conn": {"NCCL_P2P_DISABLE": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "32"}}
     variants = a.sweep.split(",")
     t0 = time.time()
     out = {"plain": _launch(dict(base, variants=["plain"]), 1, dict(env, NCCL_P2P_DISABLE="0"))}
