@@ -178,7 +178,8 @@ def _parse_variant(spec: str):
     ctas = NCCL max CTAs of a dedicated gradient communicator, hp = 1 for a high-priority NCCL
     stream, bucket / first = bucket sizes in MiB, aff = 1 to pin each rank's main thread to its
     own cores, each = 1 for plain in a multi-rank sweep (every rank trains alone), t = nbdist's
-    transport (nccl, peer, host, auto), piece = copy-engine piece size in KiB."""
+    transport (nccl, peer, host, auto), piece = copy-engine piece size in KiB, fetch = 1 to
+    fetch host-path pieces on their own stream."""
     name, *rest = spec.split(":")
     return name, dict(kv.split("=", 1) for kv in rest)
 
@@ -288,6 +289,10 @@ def _rank(args: dict) -> dict:
                 os.environ["NBDIST_CE_PIECE_KB"] = opts["piece"]
             else:
                 os.environ.pop("NBDIST_CE_PIECE_KB", None)
+            if "fetch" in opts:  # host path: 1 = fetch pieces on a stream of their own
+                os.environ["NBDIST_CE_FETCH_STREAM"] = opts["fetch"]
+            else:
+                os.environ.pop("NBDIST_CE_FETCH_STREAM", None)
             pinned = _pin_main_thread(opts, rank, world)
             if variant == "plain":
                 # In a multi-rank sweep: every rank trains its own copy, no communication at all

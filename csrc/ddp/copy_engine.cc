@@ -171,6 +171,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     int64_t piece_bytes = 4 << 20;
     if (const char* env = std::getenv("NBDIST_CE_PIECE_KB")) piece_bytes = std::atoll(env) << 10;
     piece_bytes = std::max<int64_t>(piece_bytes, 64 << 10);
+    if (const char* env = std::getenv("NBDIST_CE_FETCH_STREAM")) fetch_stream_ = env[0] == '1';
     int64_t dev = 0, host = 0, cells = 0, local = 0;
     for (const auto& b : buckets) {
       Plan p;
@@ -314,7 +315,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     c10::cuda::CUDAGuard guard(device_);
     const auto& p = plans_[index];
     auto current = c10::cuda::getCurrentCUDAStream(device_.index());
-    auto send = stream(0), reduce = stream(1), gather = stream(2), fetch = stream(3);
+    auto send = stream(0), reduce = stream(1), gather = stream(2);
     order(current, events_[index], {send, reduce});
 
     // Reduce-scatter, sending side: chunk j of this bucket goes to rank j.
@@ -341,8 +342,10 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
         for (int s = 0; s < world_; ++s)
           if (s != rank_) wait(reduce, p, 0, k, s, rank_, round);
       } else {
-        // Host path: a stream of its own fetches the pieces (host -> device), so that fetching
-        // piece k+1 overlaps sending piece k's average back (device -> host).
+        // Host path: pieces are fetched host -> device, on the reduce stream itself or (with
+        // NBDIST_CE_FETCH_STREAM=1) on a stream of their own so that fetching piece k+1
+        // overlaps sending piece k's average back.
+        const auto fetch = fetch_stream_ ? stream(3) : reduce;
         for (int s = 0; s < world_; ++s) {
           if (s == rank_) continue;
           wait(fetch, p, 0, k, s, rank_, round);
@@ -351,8 +354,10 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
                                k * p.piece * p.esize;
           copy(recv_ptr(p, s, k), host() + from, len * p.esize, fetch);
         }
-        post(fetch, local_flag(p, k), round);
-        await(reduce, local_flag(p, k), round);
+        if (fetch_stream_) {
+          post(fetch, local_flag(p, k), round);
+          await(reduce, local_flag(p, k), round);
+        }
       }
       if (len > 0) {
         c10::cuda::CUDAStreamGuard on(reduce);
@@ -473,6 +478,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
   int rank_, world_;
   at::Device device_;
   bool peer_;
+  bool fetch_stream_ = false;
   std::vector<Plan> plans_;
   int64_t device_bytes_ = 0, host_bytes_ = 0, flag_cells_ = 0;
   int64_t flags_off_ = 0, host_flags_off_ = 0;
