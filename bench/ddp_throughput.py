@@ -178,10 +178,16 @@ def _parse_variant(spec: str):
     ctas = NCCL max CTAs of a dedicated gradient communicator, hp = 1 for a high-priority NCCL
     stream, bucket / first = bucket sizes in MiB, aff = 1 to pin each rank's main thread to its
     own cores, each = 1 for plain in a multi-rank sweep (every rank trains alone), t = nbdist's
-    transport (nccl, peer, host, auto), piece = copy-engine piece size in KiB, fetch = 1 to
-    fetch host-path pieces on their own stream."""
+    transport (nccl, peer, host, auto); copy-engine knobs (_CE_KNOBS): piece = piece size in
+    KiB, fetch = 1 to fetch host-path pieces on their own stream, pub = 1 to send averages on
+    their own stream, hf = 1 for peer-path flags in host memory."""
     name, *rest = spec.split(":")
     return name, dict(kv.split("=", 1) for kv in rest)
+
+
+# Copy-engine all-reduce knobs a sweep variant may set (option -> environment variable).
+_CE_KNOBS = {"piece": "NBDIST_CE_PIECE_KB", "fetch": "NBDIST_CE_FETCH_STREAM",
+             "pub": "NBDIST_CE_PUBLISH_STREAM", "hf": "NBDIST_CE_HOST_FLAGS"}
 
 
 def _pin_main_thread(opts: dict, rank: int, world: int):
@@ -285,14 +291,11 @@ def _rank(args: dict) -> dict:
             variant, opts = _parse_variant(spec)
             model = fresh()
             flops = model.flops_per_token
-            if "piece" in opts:  # copy-engine piece size (KiB), read when the reducer is built
-                os.environ["NBDIST_CE_PIECE_KB"] = opts["piece"]
-            else:
-                os.environ.pop("NBDIST_CE_PIECE_KB", None)
-            if "fetch" in opts:  # host path: 1 = fetch pieces on a stream of their own
-                os.environ["NBDIST_CE_FETCH_STREAM"] = opts["fetch"]
-            else:
-                os.environ.pop("NBDIST_CE_FETCH_STREAM", None)
+            for opt, var in _CE_KNOBS.items():  # read when the reducer is built
+                if opt in opts:
+                    os.environ[var] = opts[opt]
+                else:
+                    os.environ.pop(var, None)
             pinned = _pin_main_thread(opts, rank, world)
             if variant == "plain":
                 # In a multi-rank sweep: every rank trains its own copy, no communication at all

@@ -141,7 +141,7 @@ struct Plan {
   int64_t host_rs_off = 0;  // bytes into the shared host arena: world*(world-1) chunks
   int64_t host_ag_off = 0;  // bytes into the shared host arena: world chunks
   int64_t flag_base = 0;    // first flag cell: kPhases*pieces*world*world cells
-  int64_t local_base = 0;   // first local flag cell (host path: piece k fetched): pieces cells
+  int64_t piece_base = 0;   // first of this bucket's per-piece events (fetched, averaged)
 };
 
 class CopyEngineImpl final : public CopyEngineAllreduce {
@@ -171,8 +171,14 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     int64_t piece_bytes = 4 << 20;
     if (const char* env = std::getenv("NBDIST_CE_PIECE_KB")) piece_bytes = std::atoll(env) << 10;
     piece_bytes = std::max<int64_t>(piece_bytes, 64 << 10);
-    if (const char* env = std::getenv("NBDIST_CE_FETCH_STREAM")) fetch_stream_ = env[0] == '1';
-    int64_t dev = 0, host = 0, cells = 0, local = 0;
+    auto flag_env = [](const char* name, bool fallback) {
+      const char* env = std::getenv(name);
+      return env && *env ? env[0] == '1' : fallback;
+    };
+    fetch_stream_ = flag_env("NBDIST_CE_FETCH_STREAM", false);
+    publish_stream_ = flag_env("NBDIST_CE_PUBLISH_STREAM", false);
+    host_flags_ = !peer_ || flag_env("NBDIST_CE_HOST_FLAGS", false);
+    int64_t dev = 0, host = 0, cells = 0, pieces = 0;
     for (const auto& b : buckets) {
       Plan p;
       p.numel = b.numel;
@@ -185,27 +191,28 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
       dev = align_up(dev + p.numel * p.esize);
       p.recv_off = dev;
       dev = align_up(dev + (world_ - 1) * p.chunk * p.esize);
-      p.host_rs_off = host;
-      host = align_up(host + int64_t{world_} * (world_ - 1) * p.chunk * p.esize);
-      p.host_ag_off = host;
-      host = align_up(host + int64_t{world_} * p.chunk * p.esize);
+      if (!peer_) {
+        p.host_rs_off = host;
+        host = align_up(host + int64_t{world_} * (world_ - 1) * p.chunk * p.esize);
+        p.host_ag_off = host;
+        host = align_up(host + int64_t{world_} * p.chunk * p.esize);
+      }
       p.flag_base = cells;
       cells += kPhases * p.pieces * world_ * world_;
-      p.local_base = local;
-      local += p.pieces;
+      p.piece_base = pieces;
+      pieces += p.pieces;
       plans_.push_back(p);
     }
-    // Flags live on the receiving GPU (peer path) or in the shared host memory (host path).
+    // Flags live in the shared host memory (host path, or NBDIST_CE_HOST_FLAGS=1), else on the
+    // receiving GPU.
     flag_cells_ = cells;
-    if (peer_) {
-      flags_off_ = dev;
-      dev = align_up(dev + cells * 4);
-    } else {
+    piece_events_ = pieces;
+    if (host_flags_) {
       host_flags_off_ = host;
       host = align_up(host + cells * 4);
-      flags_off_ = dev;  // this GPU's own cells: which pieces the fetch stream has copied in
-      dev = align_up(dev + local * 4);
-      flag_cells_ = local;
+    } else {
+      flags_off_ = dev;
+      dev = align_up(dev + cells * 4);
     }
     device_bytes_ = dev;
     host_bytes_ = host;
@@ -220,8 +227,9 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     arena_mem_ = std::make_shared<DeviceMemory>();
     check_cuda(cudaMalloc(&arena_mem_->ptr, device_bytes_),
                "cudaMalloc of " + std::to_string(device_bytes_ >> 20) + " MiB");
-    check_cuda(cudaMemset(static_cast<char*>(arena_mem_->ptr) + flags_off_, 0, flag_cells_ * 4),
-               "cudaMemset");
+    if (!host_flags_)
+      check_cuda(cudaMemset(static_cast<char*>(arena_mem_->ptr) + flags_off_, 0, flag_cells_ * 4),
+                 "cudaMemset");
     check_cuda(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
     auto keep = arena_mem_;
     arena_ = at::from_blob(
@@ -240,10 +248,11 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
       throw DDPError(ErrorKind::kFailure, "stream memory operations are not supported (CUresult " +
                                               std::to_string(r1 ? r1 : r2) + ")");
     check_cuda(r3, "stream memory operation");
-    for (size_t i = 0; i < plans_.size() + kStreams; ++i) {
+    // One per bucket (gradients ready), one per stream (done), two per piece (fetched, averaged).
+    for (int64_t i = 0; i < static_cast<int64_t>(plans_.size()) + kStreams + 2 * piece_events_; ++i) {
       cudaEvent_t e = nullptr;
       check_cuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate");
-      events_.push_back(e);  // one per bucket (gradients ready), then one per stream (done)
+      events_.push_back(e);
     }
   }
 
@@ -310,6 +319,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
   }
 
   const char* path() const override { return peer_ ? "peer" : "host"; }
+  bool needs_host_file() const { return host_flags_; }
 
   void launch(int64_t index, uint32_t round) override {
     c10::cuda::CUDAGuard guard(device_);
@@ -354,10 +364,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
                                k * p.piece * p.esize;
           copy(recv_ptr(p, s, k), host() + from, len * p.esize, fetch);
         }
-        if (fetch_stream_) {
-          post(fetch, local_flag(p, k), round);
-          await(reduce, local_flag(p, k), round);
-        }
+        if (fetch_stream_) order(fetch, piece_event(p, k, 0), {reduce});
       }
       if (len > 0) {
         c10::cuda::CUDAStreamGuard on(reduce);
@@ -369,17 +376,21 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
         }
         own.mul_(1.0 / world_);
       }
+      // The average goes out on the reduce stream, or (NBDIST_CE_PUBLISH_STREAM=1) on a stream
+      // of its own so that the next piece's fetch and sum overlap it.
+      const auto publish = publish_stream_ ? stream(4) : reduce;
+      if (publish_stream_) order(reduce, piece_event(p, k, 1), {publish});
       const char* src = mine() + p.bucket_off + start * p.esize;
       if (peer_) {
         for (int j = 0; j < world_; ++j) {
           if (j == rank_) continue;
-          copy(peer(j) + p.bucket_off + start * p.esize, src, len * p.esize, reduce);
-          signal(reduce, p, 1, k, rank_, j, round);
+          copy(peer(j) + p.bucket_off + start * p.esize, src, len * p.esize, publish);
+          signal(publish, p, 1, k, rank_, j, round);
         }
       } else {
         copy(host() + p.host_ag_off + (int64_t{rank_} * p.chunk + k * p.piece) * p.esize, src,
-             len * p.esize, reduce);
-        signal(reduce, p, 1, k, rank_, rank_, round);
+             len * p.esize, publish);
+        signal(publish, p, 1, k, rank_, rank_, round);
       }
     }
 
@@ -412,7 +423,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
   }
 
  private:
-  static constexpr int kStreams = 4;  // send, reduce, gather, fetch (host path)
+  static constexpr int kStreams = 5;  // send, reduce, gather, fetch (host path), publish
 
   c10::cuda::CUDAStream stream(int i) const {
     return c10::cuda::getStreamFromExternal(streams_[i], device_.index());
@@ -434,7 +445,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
   // The flag of (phase, piece, src -> dst): on dst's GPU for the peer path, in host memory else.
   CUdeviceptr flag(const Plan& p, int phase, int64_t k, int src, int dst) const {
     const int64_t cell = p.flag_base + ((phase * p.pieces + k) * world_ + src) * world_ + dst;
-    char* base = peer_ ? (dst == rank_ ? mine() : peer(dst)) + flags_off_ : host_flags_dev_;
+    char* base = host_flags_ ? host_flags_dev_ : (dst == rank_ ? mine() : peer(dst)) + flags_off_;
     return reinterpret_cast<CUdeviceptr>(base + cell * 4);
   }
 
@@ -452,8 +463,9 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
       check_cuda(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, s.stream()),
                  "copy-engine all-reduce: cudaMemcpyAsync");
   }
-  CUdeviceptr local_flag(const Plan& p, int64_t k) const {
-    return reinterpret_cast<CUdeviceptr>(mine() + flags_off_ + (p.local_base + k) * 4);
+  // Per-piece events: which 0 = fetched (host path), 1 = averaged.
+  cudaEvent_t piece_event(const Plan& p, int64_t k, int which) const {
+    return events_[plans_.size() + kStreams + 2 * (p.piece_base + k) + which];
   }
   // Writes `round` into a flag once the work queued before on `s` is done. The default flags put
   // a memory fence before the write: what was copied before it is visible to whoever sees it.
@@ -478,7 +490,9 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
   int rank_, world_;
   at::Device device_;
   bool peer_;
-  bool fetch_stream_ = false;
+  bool fetch_stream_ = false, publish_stream_ = false;
+  bool host_flags_ = true;  // flags in the shared host memory (always on the host path)
+  int64_t piece_events_ = 0;
   std::vector<Plan> plans_;
   int64_t device_bytes_ = 0, host_bytes_ = 0, flag_cells_ = 0;
   int64_t flags_off_ = 0, host_flags_off_ = 0;
@@ -568,7 +582,8 @@ std::unique_ptr<CopyEngineAllreduce> CopyEngineAllreduce::create(
   if (failed.empty() && peer) {
     auto handles = exchange(pg, device, impl->ipc_handle());
     failed = attempt([&] { impl->open_peers(handles); });
-  } else if (failed.empty()) {
+  }
+  if (failed.empty() && impl->needs_host_file()) {
     std::vector<uint8_t> name(256, 0);
     failed = attempt([&] {
       if (rank != 0) return;
