@@ -178,16 +178,13 @@ def _parse_variant(spec: str):
     ctas = NCCL max CTAs of a dedicated gradient communicator, hp = 1 for a high-priority NCCL
     stream, bucket / first = bucket sizes in MiB, aff = 1 to pin each rank's main thread to its
     own cores, each = 1 for plain in a multi-rank sweep (every rank trains alone), t = nbdist's
-    transport (nccl, peer, host, auto); copy-engine knobs (_CE_KNOBS): piece = piece size in
-    KiB, fetch = 1 to fetch host-path pieces on their own stream, pub = 1 to send averages on
-    their own stream, hf = 1 for peer-path flags in host memory."""
+    transport (nccl, peer, host, auto), piece = copy-engine piece size in KiB."""
     name, *rest = spec.split(":")
     return name, dict(kv.split("=", 1) for kv in rest)
 
 
 # Copy-engine all-reduce knobs a sweep variant may set (option -> environment variable).
-_CE_KNOBS = {"piece": "NBDIST_CE_PIECE_KB", "fetch": "NBDIST_CE_FETCH_STREAM",
-             "pub": "NBDIST_CE_PUBLISH_STREAM", "hf": "NBDIST_CE_HOST_FLAGS"}
+_CE_KNOBS = {"piece": "NBDIST_CE_PIECE_KB"}
 
 
 def _pin_main_thread(opts: dict, rank: int, world: int):
