@@ -183,3 +183,25 @@ def test_uninitialized_process_group_is_a_clear_error():
     assert not dist.is_initialized()
     with pytest.raises(nbdist.DDPValueError, match="init_process_group"):
         DDP(torch.nn.Linear(2, 2))
+
+
+def _transports() -> dict:
+    _init()
+    model = torch.nn.Linear(4, 2)
+    out = {"auto": DDP(model).reducer.transport}
+    for transport in ("peer", "host", "bogus"):
+        try:
+            DDP(model, transport=transport)
+            out[transport] = "no error"
+        except nbdist.DDPValueError as e:
+            out[transport] = str(e)
+    return out
+
+
+def test_transport_choice_on_cpu(launch):
+    # CPU ranks: "auto" is the process group; the copy-engine paths say why they cannot run.
+    for out in launch(_transports, args=(), nprocs=2):
+        assert out["auto"] == "gloo"
+        for path in ("peer", "host"):
+            assert f"transport='{path}' needs CUDA parameters; these are on cpu" in out[path]
+        assert "transport must be one of" in out["bogus"] and "'bogus'" in out["bogus"]
