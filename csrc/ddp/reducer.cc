@@ -110,12 +110,24 @@ void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
   const auto device = params_[0].device();
   const auto i64 = at::TensorOptions().dtype(at::kLong);
 
-  // The counts first: a signature gather needs equal sizes on every rank.
-  auto count = at::full({1}, static_cast<int64_t>(all.size()), i64).to(device);
+  // The counts first (a signature gather needs equal sizes on every rank), with the transport:
+  // setting up the copy engines is collective, so every rank must ask for the same one.
+  static const char* const kTransports[] = {"auto", "nccl", "peer", "host"};
+  const auto code = std::find(std::begin(kTransports), std::end(kTransports), options_.transport) -
+                    std::begin(kTransports);
+  auto count = at::tensor({static_cast<int64_t>(all.size()), static_cast<int64_t>(code)}, i64)
+                   .to(device);
   auto counts = all_gather(pg_, count);
-  const auto n0 = counts[0].item<int64_t>();
+  for (auto& c : counts) c = c.cpu();
+  const auto n0 = counts[0][0].item<int64_t>();
   for (int r = 1; r < world_size_; ++r) {
-    const auto n = counts[r].item<int64_t>();
+    const auto t = counts[r][1].item<int64_t>(), t0 = counts[0][1].item<int64_t>();
+    if (t != t0)
+      throw DDPError(ErrorKind::kInvalidInput,
+                     std::string("transport differs across ranks: rank ") + std::to_string(r) +
+                         " asked for '" + kTransports[t] + "', rank 0 for '" + kTransports[t0] +
+                         "'; pass the same transport on every rank");
+    const auto n = counts[r][0].item<int64_t>();
     if (n != n0)
       throw DDPError(ErrorKind::kInvalidInput,
                      "the model differs across ranks: rank " + std::to_string(r) + " has " +
@@ -154,6 +166,15 @@ void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
     }
   }
   broadcast_coalesced(pg_, all);
+  // Only now that every rank is known to hold the same model and transport: the copy engines
+  // (a collective set-up) take over the buckets.
+  verified_ = true;
+  if (world_size_ > 1 && options_.transport != "nccl" &&
+      (device.is_cuda() || options_.transport != "auto")) {
+    std::vector<int64_t> order;
+    for (const auto& b : buckets_) order.insert(order.end(), b.params.begin(), b.params.end());
+    build_buckets(order);
+  }
 }
 
 void Reducer::broadcast_buffers(const std::vector<at::Tensor>& buffers) {
@@ -212,7 +233,7 @@ void Reducer::build_buckets(const std::vector<int64_t>& order) {
 
 void Reducer::setup_copy_engines_for(const std::vector<BucketLayout>& layouts) {
   const auto& transport = options_.transport;
-  if (world_size_ == 1 || transport == "nccl") return;
+  if (world_size_ == 1 || transport == "nccl" || !verified_) return;
   const auto device = params_[0].device();
   if (!device.is_cuda()) {
     if (transport != "auto")

@@ -114,6 +114,7 @@ class Reducer {
 
   std::vector<Bucket> buckets_;
   std::unique_ptr<CopyEngineAllreduce> copy_engines_;  // null: the process group all-reduces
+  bool verified_ = false;  // verify_and_broadcast passed: copy engines may be set up
   std::string transport_note_;
   std::vector<int64_t> bucket_of_;   // param index -> bucket
   std::vector<int64_t> slot_of_;     // param index -> position in its bucket

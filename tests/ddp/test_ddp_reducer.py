@@ -205,3 +205,19 @@ def test_transport_choice_on_cpu(launch):
         for path in ("peer", "host"):
             assert f"transport='{path}' needs CUDA parameters; these are on cpu" in out[path]
         assert "transport must be one of" in out["bogus"] and "'bogus'" in out["bogus"]
+
+
+def _transport_mismatch() -> str:
+    rank, _ = _init()
+    try:
+        DDP(torch.nn.Linear(4, 2), transport="auto" if rank == 0 else "nccl")
+    except nbdist.DDPValueError as e:
+        return str(e)
+    return "no error"
+
+
+def test_transport_mismatch_across_ranks_is_a_clear_error(launch):
+    # The copy-engine set-up is collective: ranks asking for different transports must fail
+    # together, before it, instead of hanging in mismatched collectives.
+    for message in launch(_transport_mismatch, args=(), nprocs=2):
+        assert "transport differs across ranks: rank 1 asked for 'nccl', rank 0 for 'auto'" in message
