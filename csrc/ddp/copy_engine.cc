@@ -361,9 +361,13 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
         for (int s = 0; s < world_; ++s) {
           if (s == rank_) continue;
           const int64_t at = p.recv_off + (slot(rank_, s) * p.chunk + k * p.piece) * p.esize;
-          own.add_(arena_.narrow(0, at, len * p.esize).view(p.dtype));
+          const auto recv = arena_.narrow(0, at, len * p.esize).view(p.dtype);
+          // Two ranks: one kernel for the average (the host enqueues every op of the last
+          // bucket after backward, so each launch saved shortens the exposed tail).
+          if (world_ == 2) own.lerp_(recv, 0.5);
+          else own.add_(recv);
         }
-        own.mul_(1.0 / world_);
+        if (world_ > 2) own.mul_(1.0 / world_);
       }
       // The average goes out on a stream of its own, so that the next piece's fetch and sum
       // overlap it (2xH200, P2P off: 1.087x instead of 1.071x torch DDP).
@@ -379,24 +383,25 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
         copy(host() + p.host_ag_off + (int64_t{rank_} * p.chunk + k * p.piece) * p.esize, src,
              len * p.esize, publish);
         signal(publish, p, 1, k, rank_, rank_, round);
+        // All-gather, receiving side (host path): piece k of the other ranks' averages. Queued
+        // here, piece by piece, rather than after the whole loop: the host's enqueueing of the
+        // last bucket is on the critical path, and this lets the fetches start early.
+        for (int s = 0; s < world_; ++s) {
+          if (s == rank_) continue;
+          wait(gather, p, 1, k, s, s, round);
+          const auto [sstart, slen] = range(p, s, k);
+          copy(mine() + p.bucket_off + sstart * p.esize,
+               host() + p.host_ag_off + (int64_t{s} * p.chunk + k * p.piece) * p.esize,
+               slen * p.esize, gather);
+        }
       }
     }
 
-    // All-gather, receiving side: the other ranks' averaged chunks land in this bucket.
-    for (int s = 0; s < world_; ++s) {
-      if (s == rank_) continue;
-      if (peer_) {
-        wait(gather, p, 1, p.pieces - 1, s, rank_, round);  // pieces arrive in order
-        continue;
-      }
-      for (int64_t k = 0; k < p.pieces; ++k) {
-        wait(gather, p, 1, k, s, s, round);
-        const auto [start, len] = range(p, s, k);
-        copy(mine() + p.bucket_off + start * p.esize,
-             host() + p.host_ag_off + (int64_t{s} * p.chunk + k * p.piece) * p.esize,
-             len * p.esize, gather);
-      }
-    }
+    // All-gather, receiving side (peer path): the other ranks' averaged chunks are in this
+    // bucket once their last piece's flag is up (pieces arrive in order).
+    if (peer_)
+      for (int s = 0; s < world_; ++s)
+        if (s != rank_) wait(gather, p, 1, p.pieces - 1, s, rank_, round);
   }
 
   void drain() override {
