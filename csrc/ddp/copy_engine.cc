@@ -154,10 +154,11 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     bool idle = true;
     for (auto s : streams_) idle = idle && (!s || cudaStreamQuery(s) == cudaSuccess);
     if (!idle) {
-      // A peer went away mid-round and a copy may still target its memory or ours: leak rather
-      // than unmap under a DMA (the process is being torn down anyway).
-      for (auto& p : peer_base_) p = nullptr;
-      new std::shared_ptr<SharedHostMemory>(std::move(host_));
+      // A peer went away mid-round and a copy may still target its memory or ours: keep the
+      // mappings for the life of the process rather than unmap under a DMA (the process is
+      // being torn down anyway).
+      static std::vector<std::shared_ptr<SharedHostMemory>> kept_mapped;
+      kept_mapped.push_back(std::move(host_));
       return;
     }
     for (auto p : peer_base_)
