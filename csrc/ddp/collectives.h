@@ -3,8 +3,8 @@
 // Small blocking collectives shared by the reducer and the copy-engine all-reduce.
 
 #include <ATen/ATen.h>
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <vector>
 
 namespace nbdist::ddp {

@@ -271,8 +271,8 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
   // Rank 0 creates the shared staging file (the caller unlinks it once every rank mapped it).
   std::string create_host_file() const {
     static std::atomic<int> counter{0};
-    const std::string name = "/dev/shm/nbdist-ce-" + std::to_string(getpid()) + "-" +
-                             std::to_string(counter++);
+    const std::string name =
+        "/dev/shm/nbdist-ce-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
     int fd = open(name.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) throw SystemError("copy-engine all-reduce: open(" + name + ")", errno);
     // Reserve the pages now: a tmpfs that is too small must fail here, not with SIGBUS later.
@@ -327,11 +327,11 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
         if (j == rank_) continue;
         const auto [start, len] = range(p, j, k);
         const int64_t at = (slot(j, rank_) * p.chunk + k * p.piece) * p.esize;
-        void* dst = peer_ ? peer(j) + p.recv_off + at
-                          : host() + p.host_rs_off +
-                                (int64_t{rank_} * (world_ - 1) + slot(rank_, j)) * p.chunk *
-                                    p.esize +
-                                k * p.piece * p.esize;
+        void* dst = peer_
+                        ? peer(j) + p.recv_off + at
+                        : host() + p.host_rs_off +
+                              (int64_t{rank_} * (world_ - 1) + slot(rank_, j)) * p.chunk * p.esize +
+                              k * p.piece * p.esize;
         copy(dst, mine() + p.bucket_off + start * p.esize, len * p.esize, send);
         signal(send, p, 0, k, rank_, j, round);
       }
@@ -365,8 +365,10 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
           const auto recv = arena_.narrow(0, at, len * p.esize).view(p.dtype);
           // Two ranks: one kernel for the average (the host enqueues every op of the last
           // bucket after backward, so each launch saved shortens the exposed tail).
-          if (world_ == 2) own.lerp_(recv, 0.5);
-          else own.add_(recv);
+          if (world_ == 2)
+            own.lerp_(recv, 0.5);
+          else
+            own.add_(recv);
         }
         if (world_ > 2) own.mul_(1.0 / world_);
       }
@@ -472,8 +474,8 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     if (mem_ops().wait(s.stream(), flag, round, CU_STREAM_WAIT_VALUE_GEQ) != CUDA_SUCCESS)
       throw DDPError(ErrorKind::kFailure, "copy-engine all-reduce: cuStreamWaitValue32 failed");
   }
-  void signal(const c10::cuda::CUDAStream& s, const Plan& p, int phase, int64_t k, int src,
-              int dst, uint32_t round) const {
+  void signal(const c10::cuda::CUDAStream& s, const Plan& p, int phase, int64_t k, int src, int dst,
+              uint32_t round) const {
     post(s, flag(p, phase, k, src, dst), round);
   }
   void wait(const c10::cuda::CUDAStream& s, const Plan& p, int phase, int64_t k, int src, int dst,
@@ -546,8 +548,8 @@ std::unique_ptr<CopyEngineAllreduce> CopyEngineAllreduce::create(
       return nullptr;
     }
   // Every rank must agree on the path, so peer access is settled collectively first.
-  std::string peer_why = transport == "host" ? "host requested" : agree(pg, device,
-                                                                        peer_access(device, infos, rank));
+  std::string peer_why =
+      transport == "host" ? "host requested" : agree(pg, device, peer_access(device, infos, rank));
   const bool peer = peer_why.empty();
   if (transport == "peer" && !peer) {
     *why = "no peer path: " + peer_why;

@@ -18,11 +18,11 @@
 // Both make every rank hold bit-identical averages (one owner computes each element).
 
 #include <ATen/ATen.h>
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <vector>
 
 namespace nbdist::ddp {

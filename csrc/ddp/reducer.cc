@@ -14,13 +14,22 @@ namespace nbdist::ddp {
 
 namespace {
 
+// ReducerOptions::transport values; the index is what verify_and_broadcast compares across ranks.
+const char* const kTransports[] = {"auto", "nccl", "peer", "host"};
+
+int64_t transport_code(const std::string& transport) {
+  return std::find(std::begin(kTransports), std::end(kTransports), transport) -
+         std::begin(kTransports);
+}
+
 constexpr int kSigDims = 8;  // dims recorded exactly in the shape signature; the rest are hashed
 constexpr int kSigWidth = kSigDims + 3;  // ndim, dims..., hash of extra dims, dtype
 
 std::string shape_str(const int64_t* row) {
   std::ostringstream s;
   s << "[";
-  for (int64_t d = 0; d < std::min<int64_t>(row[0], kSigDims); ++d) s << (d ? ", " : "") << row[1 + d];
+  for (int64_t d = 0; d < std::min<int64_t>(row[0], kSigDims); ++d)
+    s << (d ? ", " : "") << row[1 + d];
   if (row[0] > kSigDims) s << ", ...";
   s << "] " << c10::toString(static_cast<at::ScalarType>(row[kSigDims + 2]));
   return s.str();
@@ -57,17 +66,15 @@ void broadcast_coalesced(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
 
 Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
                  c10::intrusive_ptr<::c10d::ProcessGroup> pg, ReducerOptions options)
-    : params_(std::move(params)),
-      names_(std::move(names)),
-      pg_(std::move(pg)),
-      options_(options) {
+    : params_(std::move(params)), names_(std::move(names)), pg_(std::move(pg)), options_(options) {
   if (!pg_) throw DDPError(ErrorKind::kInvalidInput, "the process group is not initialized");
   if (params_.empty())
     throw DDPError(ErrorKind::kInvalidInput, "the module has no parameters that require grad");
   NBDIST_CHECK(names_.size() == params_.size(), "one name per parameter");
-  const auto& t = options_.transport;
-  if (t != "auto" && t != "nccl" && t != "peer" && t != "host")
-    throw DDPError(ErrorKind::kInvalidInput, "transport must be 'auto', 'nccl', 'peer' or 'host', got '" + t + "'");
+  if (transport_code(options_.transport) == static_cast<int64_t>(std::size(kTransports)))
+    throw DDPError(
+        ErrorKind::kInvalidInput,
+        "transport must be 'auto', 'nccl', 'peer' or 'host', got '" + options_.transport + "'");
   rank_ = pg_->getRank();
   world_size_ = pg_->getSize();
   // NCCL averages in the collective itself; Gloo has no AVG, so buckets are pre-divided there.
@@ -83,12 +90,13 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
                      "parameter '" + names_[i] + "' must be a leaf tensor that requires grad");
     auto acc = torch::autograd::impl::grad_accumulator(params_[i]);
     const auto index = static_cast<int64_t>(i);
-    hook_keys_.push_back(acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
-        [this, index](const torch::autograd::variable_list& outputs,
-                      const torch::autograd::variable_list&) {
-          on_grad_ready(index);
-          return outputs;
-        })));
+    hook_keys_.push_back(
+        acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+            [this, index](const torch::autograd::variable_list& outputs,
+                          const torch::autograd::variable_list&) {
+              on_grad_ready(index);
+              return outputs;
+            })));
     accumulators_.push_back(std::move(acc));
   }
   // Reverse registration order approximates the order in which backward produces gradients.
@@ -112,11 +120,9 @@ void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
 
   // The counts first (a signature gather needs equal sizes on every rank), with the transport:
   // setting up the copy engines is collective, so every rank must ask for the same one.
-  static const char* const kTransports[] = {"auto", "nccl", "peer", "host"};
-  const auto code = std::find(std::begin(kTransports), std::end(kTransports), options_.transport) -
-                    std::begin(kTransports);
-  auto count = at::tensor({static_cast<int64_t>(all.size()), static_cast<int64_t>(code)}, i64)
-                   .to(device);
+  auto count =
+      at::tensor({static_cast<int64_t>(all.size()), transport_code(options_.transport)}, i64)
+          .to(device);
   auto counts = all_gather(pg_, count);
   for (auto& c : counts) c = c.cpu();
   const auto n0 = counts[0][0].item<int64_t>();
@@ -142,8 +148,10 @@ void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
     acc[i][0] = static_cast<int64_t>(sizes.size());
     int64_t extra = 0;
     for (size_t d = 0; d < sizes.size(); ++d) {
-      if (d < static_cast<size_t>(kSigDims)) acc[i][1 + d] = sizes[d];
-      else extra = extra * 1000003 + sizes[d];
+      if (d < static_cast<size_t>(kSigDims))
+        acc[i][1 + d] = sizes[d];
+      else
+        extra = extra * 1000003 + sizes[d];
     }
     acc[i][kSigDims + 1] = extra;
     acc[i][kSigDims + 2] = static_cast<int64_t>(all[i].scalar_type());
@@ -157,9 +165,8 @@ void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
       const int64_t* b = other.data_ptr<int64_t>() + i * kSigWidth;
       if (!std::equal(a, a + kSigWidth, b)) {
         throw DDPError(ErrorKind::kInvalidInput,
-                       "the model differs across ranks: '" + all_names[i] + "' is " +
-                           shape_str(b) + " on rank " + std::to_string(r) + " but " +
-                           shape_str(a) +
+                       "the model differs across ranks: '" + all_names[i] + "' is " + shape_str(b) +
+                           " on rank " + std::to_string(r) + " but " + shape_str(a) +
                            " on rank 0; build the same model on every rank before wrapping it "
                            "in DDP");
       }
@@ -206,14 +213,16 @@ void Reducer::build_buckets(const std::vector<int64_t>& order) {
   slot_of_.assign(params_.size(), -1);
   std::vector<BucketLayout> layouts;
   for (const auto& b : buckets)
-    layouts.push_back({b.offsets.back() + params_[b.params.back()].numel(),
-                       params_[b.params[0]].scalar_type()});
+    layouts.push_back(
+        {b.offsets.back() + params_[b.params.back()].numel(), params_[b.params[0]].scalar_type()});
   setup_copy_engines_for(layouts);
   for (size_t bi = 0; bi < buckets.size(); ++bi) {
     auto& b = buckets[bi];
     const auto& first = params_[b.params[0]];
-    if (copy_engines_) b.buffer = copy_engines_->bucket(static_cast<int64_t>(bi)).zero_();
-    else b.buffer = at::zeros({layouts[bi].numel}, first.options().requires_grad(false));
+    if (copy_engines_)
+      b.buffer = copy_engines_->bucket(static_cast<int64_t>(bi)).zero_();
+    else
+      b.buffer = at::zeros({layouts[bi].numel}, first.options().requires_grad(false));
     for (size_t s = 0; s < b.params.size(); ++s) {
       const auto index = b.params[s];
       bucket_of_[index] = static_cast<int64_t>(bi);
@@ -237,8 +246,9 @@ void Reducer::setup_copy_engines_for(const std::vector<BucketLayout>& layouts) {
   const auto device = params_[0].device();
   if (!device.is_cuda()) {
     if (transport != "auto")
-      throw DDPError(ErrorKind::kInvalidInput,
-                     "transport='" + transport + "' needs CUDA parameters; these are on " + device.str());
+      throw DDPError(
+          ErrorKind::kInvalidInput,
+          "transport='" + transport + "' needs CUDA parameters; these are on " + device.str());
     return;
   }
   if (copy_engines_) {
@@ -251,9 +261,9 @@ void Reducer::setup_copy_engines_for(const std::vector<BucketLayout>& layouts) {
   }
   copy_engines_ = CopyEngineAllreduce::create(pg_, device, layouts, transport, &transport_note_);
   if (!copy_engines_ && transport != "auto")
-    throw DDPError(ErrorKind::kInvalidInput,
-                   "transport='" + transport + "' is not available: " + transport_note_ +
-                       "; use transport='auto' or 'nccl'");
+    throw DDPError(ErrorKind::kInvalidInput, "transport='" + transport +
+                                                 "' is not available: " + transport_note_ +
+                                                 "; use transport='auto' or 'nccl'");
   if (copy_engines_) transport_note_.clear();
 }
 
@@ -347,9 +357,12 @@ void Reducer::on_grad_ready(int64_t index) {
       if (!unused_[i]) continue;
       auto view = grad_view(static_cast<int64_t>(i));
       const auto& grad = params_[i].grad();
-      if (!grad.defined()) view.zero_();
-      else if (!grad.is_alias_of(view)) view.copy_(grad);
-      else if (!used_[i]) saved_grad_[i] = grad.clone();
+      if (!grad.defined())
+        view.zero_();
+      else if (!grad.is_alias_of(view))
+        view.copy_(grad);
+      else if (!used_[i])
+        saved_grad_[i] = grad.clone();
       mark_ready_locked(static_cast<int64_t>(i));
     }
   }
@@ -432,8 +445,7 @@ void Reducer::finalize_backward() {
     used_work_->wait();
     used_work_.reset();
     auto counts = used_map_.cpu();
-    for (size_t i = 0; i < params_.size(); ++i)
-      anyone_used[i] = counts.data_ptr<int32_t>()[i] > 0;
+    for (size_t i = 0; i < params_.size(); ++i) anyone_used[i] = counts.data_ptr<int32_t>()[i] > 0;
     std::fill(used_.begin(), used_.end(), 0);
   }
   // Without unused params every .grad already is its bucket view (set by the hooks): nothing to
@@ -451,9 +463,12 @@ void Reducer::finalize_backward() {
     }
     saved_grad_[i].reset();
     if (grad.defined() && grad.is_alias_of(view)) continue;  // already holds the average
-    if (options_.gradient_as_bucket_view) grad = view;
-    else if (!grad.defined()) grad = view.clone();
-    else grad.copy_(view);
+    if (options_.gradient_as_bucket_view)
+      grad = view;
+    else if (!grad.defined())
+      grad = view.clone();
+    else
+      grad.copy_(view);
   }
   ++sync_rounds_;
   finished_ = true;
