@@ -187,12 +187,6 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
                            (user_opt ? "a user optimizer" : "the built-in AdamW") +
                            "; resume with the same kind of optimizer or pass resume=False");
       const auto saved_world = get("world_size").item<int64_t>();
-      if (saved_world != world)
-        throw DDPError(ErrorKind::kInvalidInput,
-                       "checkpoint '" + ckpt_path + "' was written by " +
-                           std::to_string(saved_world) + " ranks, this run has " +
-                           std::to_string(world) + "; resume with the same number of ranks or "
-                           "pass resume=False");
       at::NoGradGuard no_grad;
       auto restore = [&](const at::Tensor& dst, const std::string& key) {
         auto& src = get(key);
@@ -215,13 +209,30 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       step = get("step").item<int64_t>();
       scale = get("scaler.scale").item<double>();
       good_steps = get("scaler.good_steps").item<int64_t>();
-      at::Generator cpu_gen = at::globalContext().defaultGenerator(at::kCPU);
-      cpu_gen.set_state(get("rng.cpu." + std::to_string(rank)));
-      if (device.is_cuda()) {
-        at::Generator dev_gen = at::globalContext().defaultGenerator(device);
-        dev_gen.set_state(get("rng.device." + std::to_string(rank)));
+      // A rank the checkpoint had continues its random streams (dropout masks); a rank it did
+      // not have (resuming on more ranks), or a GPU rank of a CPU run, keeps its fresh seed.
+      const auto cpu_key = "rng.cpu." + std::to_string(rank);
+      const auto dev_key = "rng.device." + std::to_string(rank);
+      if (ck->count(cpu_key)) {
+        at::Generator cpu_gen = at::globalContext().defaultGenerator(at::kCPU);
+        cpu_gen.set_state(get(cpu_key));
       }
-      cb.data_seek(get("data_position").item<int64_t>());
+      if (device.is_cuda() && ck->count(dev_key)) {
+        at::Generator dev_gen = at::globalContext().defaultGenerator(device);
+        dev_gen.set_state(get(dev_key));
+      }
+      // The position counts micro-batches per rank. On another number of ranks the run goes on
+      // after the same number of micro-batches over all ranks (rounded down), so an epoch of a
+      // dataset still ends where it would have; the global batch is now this run's.
+      const auto saved_position = get("data_position").item<int64_t>();
+      const auto position = saved_position * saved_world / world;
+      if (saved_world != world && rank == 0 && cb.log && cfg.log_every > 0)
+        cb.log("resuming step " + std::to_string(step) + " of a " + std::to_string(saved_world) +
+               "-rank run on " + std::to_string(world) + " ranks: data position " +
+               std::to_string(saved_position) + " -> " + std::to_string(position) +
+               " micro-batches per rank; the global batch is now " + std::to_string(world) + "/" +
+               std::to_string(saved_world) + " of what it was");
+      cb.data_seek(position);
     }
   }
 

@@ -151,3 +151,37 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
     with pytest.raises(nbdist.DDPValueError, match=r"latest.pt' is not readable"):
         load_checkpoint(str(path))
     assert load_checkpoint(str(tmp_path / "missing.pt")) is None
+
+
+def _elastic_run(ckpt_dir: str, max_steps: int):
+    torch.manual_seed(0)
+    data = torch.randint(0, 32, (64, 17))  # a tensor dataset: 64 samples, sharded over ranks
+    model = TinyGPT()
+    cfg = _config(ckpt_dir, max_steps, grad_accum=1, batch_size=4, log_every=1)
+
+    def loss_fn(m, batch):
+        (seq,) = batch
+        return m(seq[:, :-1], seq[:, 1:])[1]
+
+    history = train(model, data, cfg, loss_fn=loss_fn)
+    return flat_params(model), [h["step"] for h in history]
+
+
+def test_resume_on_another_number_of_ranks(launch, tmp_path):
+    ckpt = str(tmp_path)
+    first = launch(_elastic_run, args=(ckpt, 4), nprocs=2)
+    saved = load_checkpoint(ckpt + "/latest.pt")
+    assert int(saved["world_size"]) == 2 and int(saved["data_position"]) == 4
+    # 2 ranks -> 1: the run goes on from step 5 with rank 0's weights and the same 8
+    # micro-batches counted as consumed over all ranks.
+    ((params, steps),) = launch(_elastic_run, args=(ckpt, 6), nprocs=1)
+    assert steps == [5, 6]
+    saved = load_checkpoint(ckpt + "/latest.pt")
+    assert int(saved["world_size"]) == 1 and int(saved["data_position"]) == 8 + 2
+    assert not torch.equal(params, first[0][0])  # it trained on
+    # 1 rank -> 2: 10 micro-batches become 5 per rank.
+    results = launch(_elastic_run, args=(ckpt, 8), nprocs=2)
+    assert all(steps == [7, 8] for _, steps in results)
+    assert torch.equal(results[0][0], results[1][0])
+    saved = load_checkpoint(ckpt + "/latest.pt")
+    assert int(saved["world_size"]) == 2 and int(saved["data_position"]) == 5 + 2

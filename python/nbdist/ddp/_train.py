@@ -41,7 +41,10 @@ class TrainConfig:
         eval_every, eval_steps: evaluate every N steps (and at the end) on eval_steps batches
             per rank; the loss is averaged over ranks.
         ckpt_dir, ckpt_every: write ckpt_dir/latest.pt every N steps (and at the end), atomically.
-        resume: continue from ckpt_dir/latest.pt when it exists.
+        resume: continue from ckpt_dir/latest.pt when it exists, also on another number of
+            ranks: the data goes on after the same number of micro-batches over all ranks
+            (rounded down), the global batch becomes this run's, and ranks the checkpoint did
+            not have keep their fresh random seed.
         log_every: rank-0 log line every N steps (0: silent). seed: base seed (rank r uses seed+r
             for dropout; data order uses seed on every rank).
         batch_size: micro-batch size per rank when the data is a dataset (not an iterable).
