@@ -115,6 +115,23 @@ def _exception_payload(exc: BaseException, formatted: str, exit_code: int) -> by
     return _pickle.dumps(info)
 
 
+def set_torch_threads(after_fork_of_caller: bool) -> None:
+    """torch reads OMP_NUM_THREADS once, at import: a rank that starts with torch already imported
+    gets the launcher's count here. A rank forked from the caller's process (which may have run
+    torch's OpenMP pool) gets 1: libgomp keeps its pool's state across fork but not its threads,
+    and the first parallel region with more than one thread deadlocks. The zygote never runs
+    torch work, so its ranks can have more."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    if after_fork_of_caller:
+        torch.set_num_threads(1)
+        return
+    count = os.environ.get("OMP_NUM_THREADS", "")
+    if count.isdigit() and int(count) > 0:
+        torch.set_num_threads(int(count))
+
+
 def run_rank(fn, args, kwargs, result_fd: int) -> int:
     """Calls fn and sends its outcome; returns the exit code for the rank."""
     from . import _pickle

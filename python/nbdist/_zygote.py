@@ -66,6 +66,7 @@ def _serve(sock: socket.socket) -> None:
                             if req["cwd"]:
                                 os.chdir(req["cwd"])
                             _worker.setup_rank(fresh_streams=True)
+                            _worker.set_torch_threads(after_fork_of_caller=False)
                             _worker.load_sys_path(req["payload"])
                         except BaseException as exc:
                             code = _worker.report_start_failure(exc, res_w)

@@ -385,6 +385,7 @@ class _Plan:
                 try:
                     os.environ.update(env)
                     _worker.setup_rank(fresh_streams=True, stream_handlers=handlers)
+                    _worker.set_torch_threads(after_fork_of_caller=True)
                 except BaseException as exc:
                     return _worker.report_start_failure(exc, result_w)
                 code = _worker.run_rank(fn, args, kwargs, result_w)
@@ -719,6 +720,9 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
             os.cpu_count() or 1)
         extra_env["OMP_NUM_THREADS"] = str(max(1, cores // nprocs))
         decisions.append(f"OMP_NUM_THREADS={extra_env['OMP_NUM_THREADS']}")
+    if method == "fork" and "torch" in sys.modules:
+        # See _worker.set_torch_threads: OpenMP does not survive fork.
+        decisions.append("torch ops 1 thread per rank (fork; 'zygote' keeps OMP_NUM_THREADS)")
     if nprocs > 1 and "NCCL_P2P_DISABLE" not in os.environ and "NCCL_P2P_DISABLE" not in user_env:
         try:
             lacks_p2p = gpus_lack_peer_access(gpus)

@@ -146,3 +146,26 @@ def test_logging_handlers_of_the_launcher_write_into_the_rank_output(capfd):
         logger.removeHandler(handler)
     err = capfd.readouterr().err
     assert "[rank 0] logged in rank 0" in err and "[rank 1] logged in rank 1" in err
+
+
+def _layer_norm_threads() -> int:
+    # A parallel region (more than 32k elements): it deadlocks in a rank forked from a process
+    # whose OpenMP pool ran, unless the rank runs torch on one thread.
+    torch.nn.functional.layer_norm(torch.randn(4096, 64), (64,)).sum()
+    return torch.get_num_threads()
+
+
+@pytest.mark.parametrize("method", ["fork", "zygote"])
+def test_ranks_survive_the_callers_openmp_pool(method):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        a = torch.randn(512, 512)
+        (a @ a).sum()  # the caller's OpenMP pool now has threads that a fork does not copy
+        torch.nn.functional.layer_norm(torch.randn(4096, 64), (64,)).sum()
+        threads = nbdist.launch(_layer_norm_threads, nprocs=2, start_method=method, timeout=60,
+                                env={"OMP_NUM_THREADS": "2"})
+    finally:
+        torch.set_num_threads(before)
+    # fork: one thread is the only safe count; the zygote's ranks get OMP_NUM_THREADS.
+    assert threads == ([1, 1] if method == "fork" else [2, 2])
