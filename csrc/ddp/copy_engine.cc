@@ -304,6 +304,16 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     void* dev = nullptr;
     check_cuda(cudaHostGetDevicePointer(&dev, p, 0), "cudaHostGetDevicePointer");
     host_flags_dev_ = static_cast<char*>(dev) + host_flags_off_;
+    // Flags in host memory need the driver's support for stream memory operations on it: try
+    // one (a write of 0 and a wait for >= 0, which leaves the cells as they are).
+    const auto cell = reinterpret_cast<CUdeviceptr>(host_flags_dev_);
+    const CUresult w = mem_ops().write(streams_[0], cell, 0, 0);
+    const CUresult r = w == CUDA_SUCCESS ? mem_ops().wait(streams_[0], cell, 0, 0) : w;
+    if (r != CUDA_SUCCESS)
+      throw DDPError(ErrorKind::kFailure,
+                     "stream memory operations on host memory are not supported (CUresult " +
+                         std::to_string(r) + ")");
+    check_cuda(cudaStreamSynchronize(streams_[0]), "stream memory operation on host memory");
   }
 
   at::Tensor bucket(int64_t index) const override {
