@@ -143,6 +143,8 @@ def test_bad_config_names_the_field():
         train(torch.nn.Linear(2, 2), [torch.zeros(2)], TrainConfig(max_steps=1, precision="fp8"))
     with pytest.raises(nbdist.DDPValueError, match=r"TrainConfig.ckpt_every=5: needs ckpt_dir"):
         train(torch.nn.Linear(2, 2), [torch.zeros(2)], TrainConfig(max_steps=1, ckpt_every=5))
+    with pytest.raises(nbdist.DDPValueError, match=r"TrainConfig.transport='gpu': must be one of"):
+        train(torch.nn.Linear(2, 2), [torch.zeros(2)], TrainConfig(max_steps=1, transport="gpu"))
 
 
 def test_unreadable_checkpoint_names_the_file(tmp_path):

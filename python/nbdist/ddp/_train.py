@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from .. import _ddp
 from .._errors import DDPValueError
-from ._wrapper import DDP
+from ._wrapper import _TRANSPORTS, DDP
 
 _PRECISIONS = ("bf16", "fp16", "fp32")
 _SCHEDULES = ("cosine", "linear", "constant")
@@ -109,6 +109,8 @@ class TrainConfig:
             raise bad("ckpt_every", "needs ckpt_dir")
         if self.batch_size is not None and self.batch_size < 1:
             raise bad("batch_size", "must be >= 1")
+        if self.transport not in _TRANSPORTS:
+            raise bad("transport", f"must be one of {_TRANSPORTS}")
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
