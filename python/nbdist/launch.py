@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import os
 import queue
+import re
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -169,6 +171,47 @@ def default_log_dir() -> str:
 
 def new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+# The default log directory keeps every job's logs for a week, and the newest KEEP_JOBS always.
+KEEP_JOBS = 50
+KEEP_SECONDS = 7 * 24 * 3600
+_JOB_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+
+
+def _last_write(path: str) -> float:
+    """The newest modification time of a job directory's files (a running job's logs grow)."""
+    try:
+        with os.scandir(path) as it:
+            return max((e.stat(follow_symlinks=False).st_mtime for e in it), default=0.0)
+    except OSError:
+        return time.time()  # unreadable: treat as in use
+
+
+def prune_job_dirs(base: str, now: float | None = None) -> list[str]:
+    """Deletes job directories under the default log directory that are older than a week, except
+    the newest KEEP_JOBS; returns what was deleted. Only names that are job ids are touched, and a
+    directory that cannot be read or removed is left alone (another process may be using it)."""
+    now = time.time() if now is None else now
+    jobs = []
+    try:
+        with os.scandir(base) as it:
+            for entry in it:
+                if _JOB_ID.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False):
+                    try:
+                        jobs.append((entry.stat(follow_symlinks=False).st_mtime, entry.path))
+                    except OSError:
+                        pass
+    except OSError:
+        return []
+    jobs.sort(reverse=True)
+    removed = []
+    for mtime, path in jobs[KEEP_JOBS:]:
+        if now - mtime > KEEP_SECONDS and now - _last_write(path) > KEEP_SECONDS:
+            shutil.rmtree(path, ignore_errors=True)
+            if not os.path.exists(path):
+                removed.append(path)
+    return removed
 
 
 # -- failed attempts still stopping ----------------------------------------------------------------
@@ -754,6 +797,8 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
         os.makedirs(job_dir, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise LaunchValueError(f"log_dir {os.fspath(base)!r} cannot be used: {exc}") from exc
+    if log_dir is None:  # a log_dir the caller chose is theirs to clean
+        prune_job_dirs(base)
     decisions.append(f"logs {job_dir}")
 
     plan = _Plan(
@@ -859,7 +904,8 @@ def launch(
             SIGUSR2), the ranks are torn down and :class:`nbdist.LaunchTimeoutError` is raised.
         max_restarts: times the whole group is restarted after a failure (NBDIST_RESTART_COUNT
             tells the ranks which attempt they are).
-        log_dir: where ``<job-id>/rank_<r>.log`` go; default ``$TMPDIR/nbdist-<uid>``.
+        log_dir: where ``<job-id>/rank_<r>.log`` go; default ``$TMPDIR/nbdist-<uid>``, where
+            job directories older than a week are deleted (the newest 50 always stay).
         master_addr, master_port: the rendezvous (a free port by default; a launch that fails
             because the port was taken is retried once on a free port, single node only).
         nnodes, node_rank: static multi-node rendezvous: global RANK = node_rank*nprocs + local.

@@ -1,6 +1,8 @@
 """Ranks run, talk over Gloo and return their values, with every start method."""
 
+import importlib
 import os
+import time
 
 import pytest
 import torch  # noqa: F401  (the launcher's process has torch imported, like a notebook)
@@ -169,3 +171,29 @@ def test_ranks_survive_the_callers_openmp_pool(method):
         torch.set_num_threads(before)
     # fork: one thread is the only safe count; the zygote's ranks get OMP_NUM_THREADS.
     assert threads == ([1, 1] if method == "fork" else [2, 2])
+
+
+def test_default_log_dir_keeps_a_week_and_the_newest_jobs(tmp_path, monkeypatch):
+    launch_mod = importlib.import_module("nbdist.launch")  # nbdist.launch is also the function
+    now = time.time()
+    jobs = []
+    for i in range(launch_mod.KEEP_JOBS + 5):  # all a month old; the higher i, the older
+        job = tmp_path / f"20261001-{i:06d}-{i:06x}"
+        job.mkdir()
+        (job / "rank_0.log").write_text("x")
+        age = now - 30 * 86400 - i
+        os.utime(job / "rank_0.log", (age, age))
+        os.utime(job, (age, age))
+        jobs.append(job)
+    kept, old = jobs[:launch_mod.KEEP_JOBS], jobs[launch_mod.KEEP_JOBS:]
+    growing = old[0]  # an old job whose log is still being written
+    os.utime(growing / "rank_0.log", (now, now))
+    (tmp_path / "not-a-job").mkdir()
+    removed = launch_mod.prune_job_dirs(str(tmp_path), now)
+    assert sorted(removed) == sorted(str(p) for p in old[1:])
+    assert all(p.exists() for p in kept) and growing.exists()
+    assert (tmp_path / "not-a-job").exists()
+    # launch() prunes the default log dir: its new job pushes the oldest kept one out.
+    monkeypatch.setattr(launch_mod, "default_log_dir", lambda: str(tmp_path))
+    nbdist.launch(os.getpid, nprocs=1, start_method="fork")
+    assert not kept[-1].exists() and kept[-2].exists() and growing.exists()
