@@ -183,10 +183,6 @@ def _parse_variant(spec: str):
     return name, dict(kv.split("=", 1) for kv in rest)
 
 
-# Copy-engine all-reduce knobs a sweep variant may set (option -> environment variable).
-_CE_KNOBS = {"piece": "NBDIST_CE_PIECE_KB"}
-
-
 def _pin_main_thread(opts: dict, rank: int, world: int):
     """aff=1: pins this rank's main thread to its own 1/world of the CPUs, whole cores together
     (hyperthread siblings stay with one rank); returns the previous CPU set to restore."""
@@ -288,11 +284,10 @@ def _rank(args: dict) -> dict:
             variant, opts = _parse_variant(spec)
             model = fresh()
             flops = model.flops_per_token
-            for opt, var in _CE_KNOBS.items():  # read when the reducer is built
-                if opt in opts:
-                    os.environ[var] = opts[opt]
-                else:
-                    os.environ.pop(var, None)
+            if "piece" in opts:  # copy-engine piece size, read when the reducer is built
+                os.environ["NBDIST_CE_PIECE_KB"] = opts["piece"]
+            else:
+                os.environ.pop("NBDIST_CE_PIECE_KB", None)
             pinned = _pin_main_thread(opts, rank, world)
             if variant == "plain":
                 # In a multi-rank sweep: every rank trains its own copy, no communication at all

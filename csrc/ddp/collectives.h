@@ -9,14 +9,18 @@
 
 namespace nbdist::ddp {
 
-// Every rank's `input` (same shape everywhere), in rank order.
+// Every rank's `input` (same shape everywhere), in rank order and on the CPU. The gather runs on
+// `device`, where the process group's backend needs its tensors (NCCL: the rank's GPU).
 inline std::vector<at::Tensor> all_gather(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
-                                          const at::Tensor& input) {
+                                          const at::Tensor& input, const at::Device& device) {
+  auto local = input.to(device);
   std::vector<std::vector<at::Tensor>> out(1);
-  for (int r = 0; r < pg->getSize(); ++r) out[0].push_back(at::empty_like(input));
-  std::vector<at::Tensor> in{input};
+  for (int r = 0; r < pg->getSize(); ++r) out[0].push_back(at::empty_like(local));
+  std::vector<at::Tensor> in{local};
   pg->allgather(out, in)->wait();
-  return out[0];
+  std::vector<at::Tensor> result;
+  for (auto& t : out[0]) result.push_back(t.cpu());
+  return result;
 }
 
 }  // namespace nbdist::ddp

@@ -84,13 +84,10 @@ int64_t host_identity() {
 std::vector<std::vector<uint8_t>> exchange(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
                                            at::Device device, const std::vector<uint8_t>& mine) {
   auto t = at::from_blob(const_cast<uint8_t*>(mine.data()), {static_cast<int64_t>(mine.size())},
-                         at::TensorOptions().dtype(at::kByte))
-               .to(device);
+                         at::TensorOptions().dtype(at::kByte));
   std::vector<std::vector<uint8_t>> out;
-  for (const auto& g : all_gather(pg, t)) {
-    auto c = g.cpu();
+  for (const auto& c : all_gather(pg, t, device))
     out.emplace_back(c.data_ptr<uint8_t>(), c.data_ptr<uint8_t>() + c.numel());
-  }
   return out;
 }
 
@@ -322,7 +319,6 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
   }
 
   const char* path() const override { return peer_ ? "peer" : "host"; }
-  bool needs_host_file() const { return !peer_; }
 
   void launch(int64_t index, uint32_t round) override {
     c10::cuda::CUDAGuard guard(device_);
@@ -336,12 +332,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
       for (int j = 0; j < world_; ++j) {
         if (j == rank_) continue;
         const auto [start, len] = range(p, j, k);
-        const int64_t at = (slot(j, rank_) * p.chunk + k * p.piece) * p.esize;
-        void* dst = peer_
-                        ? peer(j) + p.recv_off + at
-                        : host() + p.host_rs_off +
-                              (int64_t{rank_} * (world_ - 1) + slot(rank_, j)) * p.chunk * p.esize +
-                              k * p.piece * p.esize;
+        void* dst = peer_ ? peer(j) + recv_at(p, j, rank_, k) : host_rs(p, rank_, j, k);
         copy(dst, mine() + p.bucket_off + start * p.esize, len * p.esize, send);
         signal(send, p, 0, k, rank_, j, round);
       }
@@ -360,10 +351,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
         for (int s = 0; s < world_; ++s) {
           if (s == rank_) continue;
           wait(reduce, p, 0, k, s, rank_, round);
-          const int64_t from = p.host_rs_off +
-                               (int64_t{s} * (world_ - 1) + slot(s, rank_)) * p.chunk * p.esize +
-                               k * p.piece * p.esize;
-          copy(recv_ptr(p, s, k), host() + from, len * p.esize, reduce);
+          copy(mine() + recv_at(p, rank_, s, k), host_rs(p, s, rank_, k), len * p.esize, reduce);
         }
       }
       if (len > 0) {
@@ -371,8 +359,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
         auto own = own_all.narrow(0, start, len);
         for (int s = 0; s < world_; ++s) {
           if (s == rank_) continue;
-          const int64_t at = p.recv_off + (slot(rank_, s) * p.chunk + k * p.piece) * p.esize;
-          const auto recv = arena_.narrow(0, at, len * p.esize).view(p.dtype);
+          const auto recv = arena_.narrow(0, recv_at(p, rank_, s, k), len * p.esize).view(p.dtype);
           // Two ranks: one kernel for the average (the host enqueues every op of the last
           // bucket after backward, so each launch saved shortens the exposed tail).
           if (world_ == 2)
@@ -393,8 +380,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
           signal(publish, p, 1, k, rank_, j, round);
         }
       } else {
-        copy(host() + p.host_ag_off + (int64_t{rank_} * p.chunk + k * p.piece) * p.esize, src,
-             len * p.esize, publish);
+        copy(host_ag(p, rank_, k), src, len * p.esize, publish);
         signal(publish, p, 1, k, rank_, rank_, round);
         // All-gather, receiving side (host path): piece k of the other ranks' averages. Queued
         // here, piece by piece, rather than after the whole loop: the host's enqueueing of the
@@ -403,9 +389,7 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
           if (s == rank_) continue;
           wait(gather, p, 1, k, s, s, round);
           const auto [sstart, slen] = range(p, s, k);
-          copy(mine() + p.bucket_off + sstart * p.esize,
-               host() + p.host_ag_off + (int64_t{s} * p.chunk + k * p.piece) * p.esize,
-               slen * p.esize, gather);
+          copy(mine() + p.bucket_off + sstart * p.esize, host_ag(p, s, k), slen * p.esize, gather);
         }
       }
     }
@@ -437,8 +421,18 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
   char* mine() const { return static_cast<char*>(arena_mem_->ptr); }
   char* peer(int r) const { return static_cast<char*>(peer_base_[r]); }
   char* host() const { return static_cast<char*>(host_->ptr); }
-  char* recv_ptr(const Plan& p, int src, int64_t k) const {
-    return mine() + p.recv_off + (slot(rank_, src) * p.chunk + k * p.piece) * p.esize;
+  // Byte offset, in `receiver`'s arena, of piece k that `src` sends it in the reduce-scatter.
+  static int64_t recv_at(const Plan& p, int receiver, int src, int64_t k) {
+    return p.recv_off + (slot(receiver, src) * p.chunk + k * p.piece) * p.esize;
+  }
+  // Host path: where `src` stages piece k of `dst`'s chunk (reduce-scatter) ...
+  char* host_rs(const Plan& p, int src, int dst, int64_t k) const {
+    return host() + p.host_rs_off +
+           ((int64_t{src} * (world_ - 1) + slot(src, dst)) * p.chunk + k * p.piece) * p.esize;
+  }
+  // ... and where `owner` stages piece k of its average (all-gather).
+  char* host_ag(const Plan& p, int owner, int64_t k) const {
+    return host() + p.host_ag_off + (int64_t{owner} * p.chunk + k * p.piece) * p.esize;
   }
 
   // Elements [start, start+len) of piece k of `owner`'s chunk (len may be 0 for tiny buckets).
@@ -587,7 +581,7 @@ std::unique_ptr<CopyEngineAllreduce> CopyEngineAllreduce::create(
     auto handles = exchange(pg, device, impl->ipc_handle());
     failed = attempt([&] { impl->open_peers(handles); });
   }
-  if (failed.empty() && impl->needs_host_file()) {
+  if (failed.empty() && !peer) {
     std::vector<uint8_t> name(256, 0);
     failed = attempt([&] {
       if (rank != 0) return;

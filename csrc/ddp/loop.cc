@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "ddp/checkpoint.h"
+#include "ddp/collectives.h"
 
 namespace nbdist::ddp {
 
@@ -126,18 +127,6 @@ double lr_at(const TrainConfig& cfg, int64_t step) {
   const double progress = std::min(1.0, (step - cfg.warmup_steps) / span);
   if (cfg.schedule == "linear") return cfg.lr - (cfg.lr - cfg.min_lr) * progress;
   return cfg.min_lr + 0.5 * (1 + std::cos(M_PI * progress)) * (cfg.lr - cfg.min_lr);
-}
-
-std::vector<at::Tensor> all_gather(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
-                                   const at::Tensor& cpu, const at::Device& device) {
-  std::vector<std::vector<at::Tensor>> out(1);
-  auto input = cpu.to(device);
-  for (int r = 0; r < pg->getSize(); ++r) out[0].push_back(at::empty_like(input));
-  std::vector<at::Tensor> in{input};
-  pg->allgather(out, in)->wait();
-  std::vector<at::Tensor> result;
-  for (auto& t : out[0]) result.push_back(t.cpu());
-  return result;
 }
 
 at::Tensor scalar(double v) { return at::scalar_tensor(v, at::kDouble); }

@@ -102,7 +102,7 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
   // Reverse registration order approximates the order in which backward produces gradients.
   std::vector<int64_t> order(params_.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(order.size() - 1 - i);
-  build_buckets(order);
+  install_buckets(plan_buckets(order));
 }
 
 Reducer::~Reducer() {
@@ -121,10 +121,8 @@ void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
   // The counts first (a signature gather needs equal sizes on every rank), with the transport:
   // setting up the copy engines is collective, so every rank must ask for the same one.
   auto count =
-      at::tensor({static_cast<int64_t>(all.size()), transport_code(options_.transport)}, i64)
-          .to(device);
-  auto counts = all_gather(pg_, count);
-  for (auto& c : counts) c = c.cpu();
+      at::tensor({static_cast<int64_t>(all.size()), transport_code(options_.transport)}, i64);
+  auto counts = all_gather(pg_, count, device);
   const auto n0 = counts[0][0].item<int64_t>();
   for (int r = 1; r < world_size_; ++r) {
     const auto t = counts[r][1].item<int64_t>(), t0 = counts[0][1].item<int64_t>();
@@ -156,10 +154,10 @@ void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
     acc[i][kSigDims + 1] = extra;
     acc[i][kSigDims + 2] = static_cast<int64_t>(all[i].scalar_type());
   }
-  auto sigs = all_gather(pg_, sig.to(device));
-  auto ref = sigs[0].cpu().contiguous();
+  auto sigs = all_gather(pg_, sig, device);
+  auto ref = sigs[0].contiguous();
   for (int r = 1; r < world_size_; ++r) {
-    auto other = sigs[r].cpu().contiguous();
+    auto other = sigs[r].contiguous();
     for (size_t i = 0; i < all.size(); ++i) {
       const int64_t* a = ref.data_ptr<int64_t>() + i * kSigWidth;
       const int64_t* b = other.data_ptr<int64_t>() + i * kSigWidth;
@@ -174,13 +172,13 @@ void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
   }
   broadcast_coalesced(pg_, all);
   // Only now that every rank is known to hold the same model and transport: the copy engines
-  // (a collective set-up) take over the buckets.
-  verified_ = true;
-  if (world_size_ > 1 && options_.transport != "nccl" &&
-      (device.is_cuda() || options_.transport != "auto")) {
+  // (a collective set-up) take over the buckets, whose buffers they own.
+  if (world_size_ > 1 && options_.transport != "nccl") {
     std::vector<int64_t> order;
     for (const auto& b : buckets_) order.insert(order.end(), b.params.begin(), b.params.end());
-    build_buckets(order);
+    auto buckets = plan_buckets(order);
+    create_copy_engines(buckets);
+    if (copy_engines_) install_buckets(std::move(buckets));
   }
 }
 
@@ -188,8 +186,7 @@ void Reducer::broadcast_buffers(const std::vector<at::Tensor>& buffers) {
   if (world_size_ > 1 && !buffers.empty()) broadcast_coalesced(pg_, buffers);
 }
 
-void Reducer::build_buckets(const std::vector<int64_t>& order) {
-  at::NoGradGuard no_grad;
+std::vector<Reducer::Bucket> Reducer::plan_buckets(const std::vector<int64_t>& order) const {
   std::vector<Bucket> buckets;
   int64_t cap = options_.first_bucket_bytes;
   int64_t bytes = 0;
@@ -209,20 +206,21 @@ void Reducer::build_buckets(const std::vector<int64_t>& order) {
     b.params.push_back(index);
     bytes += static_cast<int64_t>(p.numel() * p.element_size());
   }
+  return buckets;
+}
+
+void Reducer::install_buckets(std::vector<Bucket> buckets) {
+  at::NoGradGuard no_grad;
   bucket_of_.assign(params_.size(), -1);
   slot_of_.assign(params_.size(), -1);
-  std::vector<BucketLayout> layouts;
-  for (const auto& b : buckets)
-    layouts.push_back(
-        {b.offsets.back() + params_[b.params.back()].numel(), params_[b.params[0]].scalar_type()});
-  setup_copy_engines_for(layouts);
   for (size_t bi = 0; bi < buckets.size(); ++bi) {
     auto& b = buckets[bi];
     const auto& first = params_[b.params[0]];
     if (copy_engines_)
       b.buffer = copy_engines_->bucket(static_cast<int64_t>(bi)).zero_();
     else
-      b.buffer = at::zeros({layouts[bi].numel}, first.options().requires_grad(false));
+      b.buffer = at::zeros({b.offsets.back() + params_[b.params.back()].numel()},
+                           first.options().requires_grad(false));
     for (size_t s = 0; s < b.params.size(); ++s) {
       const auto index = b.params[s];
       bucket_of_[index] = static_cast<int64_t>(bi);
@@ -240,9 +238,8 @@ void Reducer::build_buckets(const std::vector<int64_t>& order) {
   }
 }
 
-void Reducer::setup_copy_engines_for(const std::vector<BucketLayout>& layouts) {
+void Reducer::create_copy_engines(const std::vector<Bucket>& buckets) {
   const auto& transport = options_.transport;
-  if (world_size_ == 1 || transport == "nccl" || !verified_) return;
   const auto device = params_[0].device();
   if (!device.is_cuda()) {
     if (transport != "auto")
@@ -259,6 +256,10 @@ void Reducer::setup_copy_engines_for(const std::vector<BucketLayout>& layouts) {
     pg_->allreduce(v)->wait();
     v[0].cpu();
   }
+  std::vector<BucketLayout> layouts;
+  for (const auto& b : buckets)
+    layouts.push_back(
+        {b.offsets.back() + params_[b.params.back()].numel(), params_[b.params[0]].scalar_type()});
   copy_engines_ = CopyEngineAllreduce::create(pg_, device, layouts, transport, &transport_note_);
   if (!copy_engines_ && transport != "auto")
     throw DDPError(ErrorKind::kInvalidInput, "transport='" + transport +
@@ -304,7 +305,9 @@ void Reducer::prepare_forward() {
     if (world_size_ > 1) pg_->broadcast(v, opts)->wait();
     auto cpu = v[0].cpu();
     std::vector<int64_t> agreed(cpu.data_ptr<int64_t>(), cpu.data_ptr<int64_t>() + cpu.numel());
-    build_buckets(agreed);
+    auto buckets = plan_buckets(agreed);
+    if (copy_engines_) create_copy_engines(buckets);  // new layout, new shared buffers
+    install_buckets(std::move(buckets));
     rebuilt_ = true;
     rebuild_pending_ = false;
   }

@@ -90,8 +90,14 @@ class Reducer {
     c10::intrusive_ptr<::c10d::Work> work;
   };
 
-  void build_buckets(const std::vector<int64_t>& order);
-  void setup_copy_engines_for(const std::vector<BucketLayout>& layouts);
+  // Groups params (in `order`) into buckets, without buffers.
+  std::vector<Bucket> plan_buckets(const std::vector<int64_t>& order) const;
+  // Gives the buckets their buffers (the copy engines' when they are set up, else fresh zeros)
+  // and moves the gradients accumulated so far into them.
+  void install_buckets(std::vector<Bucket> buckets);
+  // Collective: (re)creates copy_engines_ for these buckets, or leaves it null ("auto" on CPU or
+  // when a rank cannot use them); throws when an explicitly asked path is unavailable.
+  void create_copy_engines(const std::vector<Bucket>& buckets);
   void on_grad_ready(int64_t index);
   void mark_ready_locked(int64_t index);
   void launch_ready_buckets_locked();
@@ -114,7 +120,6 @@ class Reducer {
 
   std::vector<Bucket> buckets_;
   std::unique_ptr<CopyEngineAllreduce> copy_engines_;  // null: the process group all-reduces
-  bool verified_ = false;  // verify_and_broadcast passed: copy engines may be set up
   std::string transport_note_;
   std::vector<int64_t> bucket_of_;   // param index -> bucket
   std::vector<int64_t> slot_of_;     // param index -> position in its bucket

@@ -177,6 +177,7 @@ def new_job_id() -> str:
 KEEP_JOBS = 50
 KEEP_SECONDS = 7 * 24 * 3600
 _JOB_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+_pruned = False  # the default log directory was pruned by this process
 
 
 def _last_write(path: str) -> float:
@@ -797,7 +798,9 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
         os.makedirs(job_dir, mode=0o700, exist_ok=True)
     except OSError as exc:
         raise LaunchValueError(f"log_dir {os.fspath(base)!r} cannot be used: {exc}") from exc
-    if log_dir is None:  # a log_dir the caller chose is theirs to clean
+    global _pruned
+    if log_dir is None and not _pruned:  # once per process; a log_dir the caller chose is theirs
+        _pruned = True
         prune_job_dirs(base)
     decisions.append(f"logs {job_dir}")
 

@@ -195,5 +195,6 @@ def test_default_log_dir_keeps_a_week_and_the_newest_jobs(tmp_path, monkeypatch)
     assert (tmp_path / "not-a-job").exists()
     # launch() prunes the default log dir: its new job pushes the oldest kept one out.
     monkeypatch.setattr(launch_mod, "default_log_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(launch_mod, "_pruned", False)  # it prunes once per process
     nbdist.launch(os.getpid, nprocs=1, start_method="fork")
     assert not kept[-1].exists() and kept[-2].exists() and growing.exists()
