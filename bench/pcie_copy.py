@@ -1,6 +1,6 @@
-"""Host <-> device copy bandwidth through pinned memory: the floor under the copy-engine all-reduce's
-host path (DDP with P2P off). Each GPU alone and all GPUs at once, each direction alone and both
-directions at once, one copy stream per direction and GPU, like the reducer's streams.
+"""Host <-> device copy bandwidth through pinned memory: the floor under the copy-engine
+all-reduce's host path (DDP with P2P off). Each GPU alone and all GPUs at once, each direction
+alone and both directions at once, one copy stream per direction and GPU, like the reducer's.
 
     python bench/pcie_copy.py --mb 154 --out results.json
 """

@@ -220,4 +220,5 @@ def test_transport_mismatch_across_ranks_is_a_clear_error(launch):
     # The copy-engine set-up is collective: ranks asking for different transports must fail
     # together, before it, instead of hanging in mismatched collectives.
     for message in launch(_transport_mismatch, args=(), nprocs=2):
-        assert "transport differs across ranks: rank 1 asked for 'nccl', rank 0 for 'auto'" in message
+        assert ("transport differs across ranks: rank 1 asked for 'nccl', rank 0 for 'auto'"
+                in message)
