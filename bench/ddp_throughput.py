@@ -178,7 +178,8 @@ def _parse_variant(spec: str):
     ctas = NCCL max CTAs of a dedicated gradient communicator, hp = 1 for a high-priority NCCL
     stream, bucket / first = bucket sizes in MiB, aff = 1 to pin each rank's main thread to its
     own cores, each = 1 for plain in a multi-rank sweep (every rank trains alone), t = nbdist's
-    transport (nccl, peer, host, auto), piece = copy-engine piece size in KiB."""
+    transport (nccl, peer, host, auto), piece = copy-engine piece size in KiB, emb = 0 to
+    all-reduce the embedding's gradient densely (nbdist's embedding_rows=False)."""
     name, *rest = spec.split(":")
     return name, dict(kv.split("=", 1) for kv in rest)
 
@@ -227,7 +228,9 @@ def _transport_of(wrapped) -> str:
     reducer = getattr(wrapped, "reducer", None)
     if reducer is not None and hasattr(reducer, "transport"):
         note = reducer.transport_note
-        return reducer.transport + (f" ({note})" if note else "")
+        rows = reducer.embedding_row_exchanges
+        return (reducer.transport + (f" ({note})" if note else "") +
+                (f", embedding rows exchanged {rows} times" if rows else ""))
     return "process group"
 
 
@@ -311,7 +314,8 @@ def _rank(args: dict) -> dict:
                     try:
                         wrapped = nd.DDP(model, process_group=group, bucket_cap_mb=bucket,
                                          first_bucket_mb=float(opts.get("first", 1)),
-                                         transport=opts.get("t", "auto"))
+                                         transport=opts.get("t", "auto"),
+                                         embedding_rows=opts.get("emb", "1") == "1")
                     except ValueError as exc:  # a transport this setting lacks: on every rank
                         out[f"{spec}/accum{accum}"] = {"error": str(exc)}
                         continue
@@ -327,7 +331,8 @@ def _rank(args: dict) -> dict:
                 tc = nd.TrainConfig(max_steps=sum(steps), grad_accum=accum, lr=1e-4,
                                     warmup_steps=0, precision="bf16", log_every=0,
                                     grad_clip=1.0, bucket_cap_mb=25,
-                                    transport=opts.get("t", "auto"))
+                                    transport=opts.get("t", "auto"),
+                                    embedding_rows=opts.get("emb", "1") == "1")
                 hist = nd.train(model, batches, tc)
                 sec = sum(h["seconds"] for h in hist[steps[0]:]) / steps[1]
                 record(spec, accum, sec, None, flops)

@@ -64,13 +64,15 @@ PYBIND11_MODULE(_ddp, m) {
   py::class_<Reducer, ReducerHolder>(m, "Reducer")
       .def(py::init([](std::vector<at::Tensor> params, std::vector<std::string> names,
                        py::object pg, int64_t bucket_cap_bytes, int64_t first_bucket_bytes,
-                       bool find_unused, bool as_view, std::string transport) {
+                       bool find_unused, bool as_view, std::string transport,
+                       bool embedding_rows) {
              nbdist::ddp::ReducerOptions o;
              o.bucket_cap_bytes = bucket_cap_bytes;
              o.first_bucket_bytes = first_bucket_bytes;
              o.find_unused_parameters = find_unused;
              o.gradient_as_bucket_view = as_view;
              o.transport = std::move(transport);
+             o.embedding_rows = embedding_rows;
              auto group = as_process_group(pg);
              py::gil_scoped_release release;
              return ReducerHolder(new Reducer(std::move(params), std::move(names), group, o));
@@ -78,7 +80,7 @@ PYBIND11_MODULE(_ddp, m) {
            py::arg("params"), py::arg("names"), py::arg("process_group"),
            py::arg("bucket_cap_bytes"), py::arg("first_bucket_bytes"),
            py::arg("find_unused_parameters"), py::arg("gradient_as_bucket_view"),
-           py::arg("transport") = "auto")
+           py::arg("transport") = "auto", py::arg("embedding_rows") = true)
       .def("verify_and_broadcast", &Reducer::verify_and_broadcast,
            py::call_guard<py::gil_scoped_release>())
       .def("broadcast_buffers", &Reducer::broadcast_buffers,
@@ -94,6 +96,9 @@ PYBIND11_MODULE(_ddp, m) {
       .def_property_readonly("buckets_rebuilt", &Reducer::buckets_rebuilt)
       .def_property_readonly("transport", &Reducer::transport)
       .def_property_readonly("transport_note", &Reducer::transport_note)
+      .def_property_readonly("wants_outputs", &Reducer::wants_outputs)
+      .def_property_readonly("embedding_row_exchanges", &Reducer::embedding_row_exchanges)
+      .def_property_readonly("embedding_dense_exchanges", &Reducer::embedding_dense_exchanges)
       .def("bucket_indices", &Reducer::bucket_indices);
 
   using nbdist::ddp::TrainConfig;

@@ -97,8 +97,11 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
               on_grad_ready(index);
               return outputs;
             })));
+    param_of_acc_[acc.get()] = index;
     accumulators_.push_back(std::move(acc));
   }
+  emb_of_.assign(params_.size(), -1);
+  self_ = std::make_shared<std::atomic<Reducer*>>(this);
   // Reverse registration order approximates the order in which backward produces gradients.
   std::vector<int64_t> order(params_.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int64_t>(order.size() - 1 - i);
@@ -106,6 +109,7 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
 }
 
 Reducer::~Reducer() {
+  self_->store(nullptr);  // hooks left on graphs that were never run back through do nothing
   for (size_t i = 0; i < accumulators_.size(); ++i) accumulators_[i]->del_post_hook(hook_keys_[i]);
 }
 
@@ -317,6 +321,9 @@ void Reducer::prepare_for_backward(bool sync, const std::vector<at::Tensor>& out
   std::lock_guard<std::mutex> lock(mutex_);
   armed_ = sync;
   callback_queued_ = false;
+  ++emb_serial_;  // hooks left on an earlier graph pass its gradients through untouched
+  emb_.clear();
+  std::fill(emb_of_.begin(), emb_of_.end(), -1);
   if (!sync) return;
   std::fill(ready_.begin(), ready_.end(), 0);
   for (auto& b : buckets_) b.pending = static_cast<int64_t>(b.params.size()), b.work.reset();
@@ -324,24 +331,53 @@ void Reducer::prepare_for_backward(bool sync, const std::vector<at::Tensor>& out
   used_work_.reset();
   for (auto& t : saved_grad_) t.reset();
   std::fill(unused_.begin(), unused_.end(), 0);
-  if (!options_.find_unused_parameters) return;
-  // Walk the graph from the outputs: every AccumulateGrad node not reached is an unused param.
+  const bool embeddings = options_.embedding_rows && world_size_ > 1 && !emb_off_;
+  if (!options_.find_unused_parameters && !embeddings) return;
+  std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>> producers;
   std::unordered_set<torch::autograd::Node*> seen;
+  walk_graph(outputs, embeddings ? &producers : nullptr, &seen);
+  if (options_.find_unused_parameters)
+    // Every AccumulateGrad node not reached is an unused param.
+    for (size_t i = 0; i < params_.size(); ++i) unused_[i] = !seen.count(accumulators_[i].get());
+  if (embeddings) plan_embedding_uses(producers);
+}
+
+bool Reducer::wants_outputs() const {
+  return options_.find_unused_parameters ||
+         (options_.embedding_rows && world_size_ > 1 && !emb_off_);
+}
+
+void Reducer::walk_graph(
+    const std::vector<at::Tensor>& outputs,
+    std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>>* producers,
+    std::unordered_set<torch::autograd::Node*>* seen) const {
+  if (producers) producers->assign(params_.size(), {});
   std::vector<torch::autograd::Node*> stack;
   for (const auto& out : outputs) {
     if (!out.defined() || !out.requires_grad()) continue;
     auto fn = torch::autograd::impl::gradient_edge(out).function;
-    if (fn && seen.insert(fn.get()).second) stack.push_back(fn.get());
+    if (!fn) continue;
+    // An output that is a parameter itself: the root feeds its AccumulateGrad (no node to hook).
+    auto direct = param_of_acc_.find(fn.get());
+    if (producers && direct != param_of_acc_.end())
+      (*producers)[direct->second].emplace_back(nullptr, 0);
+    if (seen->insert(fn.get()).second) stack.push_back(fn.get());
   }
   while (!stack.empty()) {
     auto* node = stack.back();
     stack.pop_back();
-    for (const auto& edge : node->next_edges()) {
-      auto* next = edge.function.get();
-      if (next && seen.insert(next).second) stack.push_back(next);
+    const auto& edges = node->next_edges();
+    for (size_t k = 0; k < edges.size(); ++k) {
+      auto* next = edges[k].function.get();
+      if (!next) continue;
+      if (producers) {
+        auto it = param_of_acc_.find(next);
+        if (it != param_of_acc_.end())
+          (*producers)[it->second].emplace_back(node, static_cast<int64_t>(k));
+      }
+      if (seen->insert(next).second) stack.push_back(next);
     }
   }
-  for (size_t i = 0; i < params_.size(); ++i) unused_[i] = !seen.count(accumulators_[i].get());
 }
 
 void Reducer::on_grad_ready(int64_t index) {
@@ -349,25 +385,16 @@ void Reducer::on_grad_ready(int64_t index) {
   if (options_.find_unused_parameters) used_[index] = 1;
   if (!armed_) return;
   at::NoGradGuard no_grad;
-  if (!callback_queued_) {
-    callback_queued_ = true;
-    finished_ = false;
-    torch::autograd::Engine::get_default_engine().queue_callback([this] { finalize_backward(); });
-    // Params unused here are ready from the start and contribute zeros (or what no_sync
-    // accumulated) to ranks that did use them; .grad itself is only rebound in finalize_backward,
-    // once the used-bitmap says whether any rank used them.
-    for (size_t i = 0; i < params_.size(); ++i) {
-      if (!unused_[i]) continue;
-      auto view = grad_view(static_cast<int64_t>(i));
-      const auto& grad = params_[i].grad();
-      if (!grad.defined())
-        view.zero_();
-      else if (!grad.is_alias_of(view))
-        view.copy_(grad);
-      else if (!used_[i])
-        saved_grad_[i] = grad.clone();
-      mark_ready_locked(static_cast<int64_t>(i));
+  begin_backward_locked();
+  if (emb_of_[index] >= 0) {
+    // An embedding weight: its dense parts went into the bucket from their producers' hooks and
+    // its lookups' gradients are exchanged as rows; AccumulateGrad itself received nothing.
+    // Ready already, unless some producer was not part of this backward.
+    if (!ready_[index]) {
+      if (!rebuilt_) arrival_.push_back(index);
+      mark_ready_locked(index);
     }
+    return;
   }
   auto& grad = params_[index].mutable_grad();
   auto view = grad_view(index);
@@ -378,6 +405,36 @@ void Reducer::on_grad_ready(int64_t index) {
   }
   if (!rebuilt_) arrival_.push_back(index);
   mark_ready_locked(index);
+}
+
+void Reducer::begin_backward_locked() {
+  if (callback_queued_) return;
+  callback_queued_ = true;
+  finished_ = false;
+  torch::autograd::Engine::get_default_engine().queue_callback([this] { finalize_backward(); });
+  // Params unused here are ready from the start and contribute zeros (or what no_sync
+  // accumulated) to ranks that did use them; .grad itself is only rebound in finalize_backward,
+  // once the used-bitmap says whether any rank used them.
+  for (size_t i = 0; i < params_.size(); ++i) {
+    if (!unused_[i]) continue;
+    auto view = grad_view(static_cast<int64_t>(i));
+    const auto& grad = params_[i].grad();
+    if (!grad.defined())
+      view.zero_();
+    else if (!grad.is_alias_of(view))
+      view.copy_(grad);
+    else if (!used_[i])
+      saved_grad_[i] = grad.clone();
+    mark_ready_locked(static_cast<int64_t>(i));
+  }
+  // Embedding weights used only by lookups have no dense part to wait for: their bucket holds
+  // what .grad held (or zeros), and the lookups' rows are added at the end.
+  for (auto& use : emb_) {
+    if (use.dense_edges > 0) continue;
+    prime_view_locked(use.param);
+    if (!rebuilt_) arrival_.push_back(use.param);
+    mark_ready_locked(use.param);
+  }
 }
 
 void Reducer::mark_ready_locked(int64_t index) {
@@ -428,9 +485,13 @@ void Reducer::finalize_backward() {
   std::vector<std::string> missing;
   for (size_t i = 0; i < params_.size(); ++i)
     if (!ready_[i]) missing.push_back(names_[i]);
-  if (copy_engines_ && next_bucket_ > 0) copy_engines_->finish();
-  for (auto& b : buckets_)
-    if (b.work) b.work->wait();
+  // The embedding rows go out before the wait on the buckets, so that they need not queue
+  // behind them; they are added to the averaged buckets after it.
+  finish_embeddings_locked([this] {
+    if (copy_engines_ && next_bucket_ > 0) copy_engines_->finish();
+    for (auto& b : buckets_)
+      if (b.work) b.work->wait();
+  });
   if (!missing.empty()) {
     std::string list;
     for (size_t i = 0; i < missing.size() && i < 10; ++i) list += (i ? ", " : "") + missing[i];

@@ -15,9 +15,14 @@
 #include <torch/csrc/autograd/variable.h>
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
 #include <mutex>
+#include <functional>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -39,6 +44,13 @@ struct ReducerOptions {
   // copy engines, see copy_engine.h), or "auto" ("host" for CUDA ranks on one host without P2P,
   // the process group otherwise).
   std::string transport = "auto";
+  // Gradients of nn.Embedding lookups (F.embedding, not sparse, no scale_grad_by_freq) are
+  // averaged by exchanging the looked-up rows (each rank's indices and the gradient of each
+  // looked-up vector, an all-gather) instead of the [rows, dim] weight gradient, whenever that
+  // moves fewer bytes (world x lookups < rows). The weight's other uses (a tied output layer) go
+  // into its bucket as soon as backward produces them, so the bucket no longer waits for the
+  // lookup at the very end of backward. Exact: every rank sums the same gathered rows.
+  bool embedding_rows = true;
 };
 
 class Reducer {
@@ -80,6 +92,12 @@ class Reducer {
   std::string transport() const;
   // Why "auto" did not pick the copy engines ("" when it did or was not asked to).
   const std::string& transport_note() const { return transport_note_; }
+  // Whether prepare_for_backward needs the forward's outputs (it walks the autograd graph).
+  bool wants_outputs() const;
+  // Embedding gradients averaged by exchanging looked-up rows, and by a dense all-reduce because
+  // rows would have moved more bytes (or a rank could not exchange rows), since construction.
+  int64_t embedding_row_exchanges() const { return embedding_row_exchanges_; }
+  int64_t embedding_dense_exchanges() const { return embedding_dense_exchanges_; }
 
  private:
   struct Bucket {
@@ -98,7 +116,43 @@ class Reducer {
   // Collective: (re)creates copy_engines_ for these buckets, or leaves it null ("auto" on CPU or
   // when a rank cannot use them); throws when an explicitly asked path is unavailable.
   void create_copy_engines(const std::vector<Bucket>& buckets);
+  // An embedding weight whose lookups this backward exchanges by rows (see embedding_grads.cc).
+  struct EmbeddingUse {
+    int64_t param = -1;
+    int64_t dense_edges = 0;          // edges into its AccumulateGrad from other nodes
+    int64_t dense_done = 0;           // of those, how many have delivered
+    bool wrote = false;               // the bucket view holds this backward's first dense part
+    int64_t padding_idx = -1;
+    std::vector<at::Tensor> indices;  // each lookup's indices, flattened
+    std::vector<at::Tensor> rows;     // gradient of each lookup's output (set during backward)
+  };
+  // An all-gather of one int64 per parameter whose result the host reads at the end of backward
+  // without stalling the compute stream (it is started in prepare_for_backward).
+  struct SizeGather {
+    at::Tensor host, device_out;
+    c10::intrusive_ptr<::c10d::Work> work;
+    std::shared_ptr<void> event;  // CUDA: the copy to `host` is done
+  };
+
   void on_grad_ready(int64_t index);
+  void begin_backward_locked();
+  // Graph walk from the outputs: the set of nodes reached, and for every parameter the (node,
+  // output slot) pairs that feed its AccumulateGrad.
+  void walk_graph(const std::vector<at::Tensor>& outputs,
+                  std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>>* producers,
+                  std::unordered_set<torch::autograd::Node*>* seen) const;
+  void plan_embedding_uses(
+      const std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>>& producers);
+  // Hooks of this backward's graph (false: the graph is an older one, leave the gradient be).
+  bool on_dense_part(uint64_t serial, size_t use, const at::Tensor& part);
+  bool on_lookup_grad(uint64_t serial, size_t use, size_t lookup, const at::Tensor& grad);
+  // The bucket view of `index` set to what .grad holds (zeros when it is undefined).
+  void prime_view_locked(int64_t index);
+  // finalize_backward: the row exchanges (or dense all-reduces) of this backward's embedding
+  // gradients, added to their averaged buckets once `wait_buckets` has run.
+  void finish_embeddings_locked(const std::function<void()>& wait_buckets);
+  void start_size_gather(const std::vector<int64_t>& local);
+  std::vector<int64_t> finish_size_gather();
   void mark_ready_locked(int64_t index);
   void launch_ready_buckets_locked();
   void finalize_backward();
@@ -144,6 +198,20 @@ class Reducer {
   bool rebuild_pending_ = false;
   int64_t allreduce_count_ = 0;
   int64_t sync_rounds_ = 0;
+
+  // Embedding row exchange: this backward's uses, param -> use (-1: none), the backward's serial
+  // (hooks of an older graph pass gradients through untouched), and the hooks' handle on this
+  // reducer (cleared by the destructor, so hooks on graphs that outlive it do nothing).
+  std::vector<EmbeddingUse> emb_;
+  std::vector<int64_t> emb_of_;
+  uint64_t emb_serial_ = 0;
+  bool emb_off_ = false;         // no rank had an embedding lookup in the first backward
+  bool emb_probed_ = false;
+  SizeGather sizes_;
+  std::shared_ptr<std::atomic<Reducer*>> self_;
+  std::unordered_map<const torch::autograd::Node*, int64_t> param_of_acc_;
+  int64_t embedding_row_exchanges_ = 0;
+  int64_t embedding_dense_exchanges_ = 0;
 };
 
 }  // namespace nbdist::ddp

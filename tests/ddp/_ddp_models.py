@@ -91,14 +91,27 @@ def cnn_batches(steps: int, batch: int, seed: int = 123):
             for _ in range(steps)]
 
 
+# "gpt_wide": a vocabulary larger than 2 ranks' lookups, so that DDP exchanges the embedding's
+# looked-up rows; with "gpt"'s 32 rows it all-reduces the lookups' gradient densely instead.
+WIDE_VOCAB = 512
+
+
 def build(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
+    if name == "gpt_wide":
+        return TinyGPT(vocab=WIDE_VOCAB)
     return TinyGPT() if name == "gpt" else TinyCNN()
+
+
+def batches_for(name: str, steps: int, batch: int):
+    if name == "gpt_wide":
+        return gpt_batches(steps, batch, vocab=WIDE_VOCAB)
+    return gpt_batches(steps, batch) if name == "gpt" else cnn_batches(steps, batch)
 
 
 def loss_of(name: str, model: nn.Module, batch) -> torch.Tensor:
     x, y = batch
-    if name == "gpt":
+    if name.startswith("gpt"):
         return model(x, y)[1]
     return F.cross_entropy(model(x), y)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-from _ddp_models import build, cnn_batches, flat_params, gpt_batches, loss_of
+from _ddp_models import batches_for, build, flat_params, loss_of
 
 import nbdist
 from nbdist.ddp import DDP
@@ -33,7 +33,7 @@ def _train_ddp(name: str, grad_accum: int, bucket_cap_mb: float, as_view: bool =
     ddp = DDP(model, bucket_cap_mb=bucket_cap_mb, first_bucket_mb=bucket_cap_mb / 4,
               gradient_as_bucket_view=as_view)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
-    batches = (gpt_batches if name == "gpt" else cnn_batches)(STEPS, BATCH)
+    batches = batches_for(name, STEPS, BATCH)
     identical, rounds = [], []
     for batch in batches:
         shard = [t.chunk(world)[rank] for t in batch]
@@ -57,6 +57,8 @@ def _train_ddp(name: str, grad_accum: int, bucket_cap_mb: float, as_view: bool =
         "rounds": rounds,
         "sync_rounds": ddp.reducer.sync_rounds,
         "rebuilt": ddp.reducer.buckets_rebuilt,
+        "embedding": (ddp.reducer.embedding_row_exchanges, ddp.reducer.embedding_dense_exchanges,
+                      ddp.reducer.wants_outputs),
     }
 
 
@@ -65,8 +67,8 @@ def _train_reference(name: str, world: int) -> tuple[torch.Tensor, list[torch.Te
     BatchNorm statistics follow rank 0's shard (DDP broadcasts rank 0's buffers)."""
     model = build(name, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
-    for batch in (gpt_batches if name == "gpt" else cnn_batches)(STEPS, BATCH):
-        if name == "gpt":  # no batch statistics: the full batch at once
+    for batch in batches_for(name, STEPS, BATCH):
+        if name.startswith("gpt"):  # no batch statistics: the full batch at once
             loss_of(name, model, batch).backward()
         else:
             for r in range(world):
@@ -84,9 +86,16 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("name", ["gpt", "cnn"])
+# (row exchanges, dense exchanges, graph still walked) after training: wte's lookups go as rows
+# when the vocabulary is wider than 2 ranks' lookups; wpe (16 rows, 64 lookups a rank) and the
+# narrow gpt's wte stay in their buckets, and when no rank has rows to exchange in the first
+# backward the exchange (and the graph walk) is off for good.
+EMBEDDINGS = {"gpt": (0, 0, False), "gpt_wide": (STEPS, 0, True), "cnn": (0, 0, False)}
+
+
+@pytest.mark.parametrize("name", ["gpt", "gpt_wide", "cnn"])
 def test_two_ranks_match_one_process(launch, name):
-    cap_mb = 0.02 if name == "gpt" else 0.002  # several buckets even for these tiny models
+    cap_mb = 0.002 if name == "cnn" else 0.02  # several buckets even for these tiny models
     results = launch(_train_ddp, args=(name, 1, cap_mb), nprocs=2)
     ref_params, ref_buffers = _train_reference(name, 2)
     for rank, res in enumerate(results):
@@ -96,6 +105,7 @@ def test_two_ranks_match_one_process(launch, name):
     for b, rb in zip(results[0]["buffers"], ref_buffers):
         assert torch.allclose(b.double(), rb.double(), rtol=1e-5, atol=1e-6), (b, rb)
     assert torch.equal(results[0]["params"], results[1]["params"])
+    assert all(res["embedding"] == EMBEDDINGS[name] for res in results), results[0]["embedding"]
     # Several buckets, all launched once per step, and rebuilt once from the arrival order.
     for launched, buckets in results[0]["rounds"]:
         assert buckets > 1 and launched == buckets
@@ -104,14 +114,60 @@ def test_two_ranks_match_one_process(launch, name):
 
 @pytest.mark.parametrize("as_view", [True, False], ids=["bucket_view", "grad_copy"])
 def test_grad_accum_reduces_once_per_step(launch, as_view):
-    results = launch(_train_ddp, args=("gpt", 4, 0.02, as_view), nprocs=2)
-    ref_params, _ = _train_reference("gpt", 2)
+    # The wide GPT: its embedding rows are exchanged on top of what no_sync accumulated.
+    results = launch(_train_ddp, args=("gpt_wide", 4, 0.02, as_view), nprocs=2)
+    ref_params, _ = _train_reference("gpt_wide", 2)
     for res in results:
+        assert res["embedding"] == EMBEDDINGS["gpt_wide"]
         # One bucketed all-reduce round per optimizer step, none on the no_sync micro-steps.
         assert res["sync_rounds"] == STEPS
         assert all(launched == buckets for launched, buckets in res["rounds"])
         assert _rel(res["params"], ref_params) <= 1e-5
         assert all(res["identical"])
+
+
+def _uneven_lookups(sequences: tuple[int, ...], steps: int) -> dict:
+    """Each rank looks up a different number of tokens per step (sequences[rank] sequences)."""
+    rank, world = _init()
+    model = build("gpt_wide", seed=rank)
+    ddp = DDP(model, bucket_cap_mb=0.02, first_bucket_mb=0.005)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    identical = []
+    for x, y in batches_for("gpt_wide", steps, sum(sequences)):
+        start = sum(sequences[:rank])
+        loss_of("gpt_wide", ddp, (x[start:start + sequences[rank]], y[start:start + sequences[rank]])).backward()
+        opt.step()
+        opt.zero_grad()
+        identical.append(_identical_across_ranks(flat_params(model)))
+    dist.destroy_process_group()
+    return {"params": flat_params(model), "identical": identical,
+            "embedding": (ddp.reducer.embedding_row_exchanges,
+                          ddp.reducer.embedding_dense_exchanges)}
+
+
+# 2 and 3 sequences: both ranks exchange rows, rank 0's padded to rank 1's 48 lookups. 1 and 20:
+# rank 1's 320 lookups x 2 ranks are more than the 512 rows, so it keeps its part in the bucket
+# while rank 0 took its rows out: those go through a dense all-reduce instead.
+@pytest.mark.parametrize("sequences,rows", [((2, 3), True), ((1, 20), False)],
+                         ids=["padded_rows", "dense_fallback"])
+def test_embedding_rows_with_uneven_lookups(launch, sequences, rows):
+    steps = 6
+    results = launch(_uneven_lookups, args=(sequences, steps), nprocs=2)
+    # One process: the average over ranks of each rank's mean loss.
+    model = build("gpt_wide", seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    for x, y in batches_for("gpt_wide", steps, sum(sequences)):
+        bounds = [sum(sequences[:r]) for r in range(len(sequences) + 1)]
+        loss = sum(loss_of("gpt_wide", model, (x[a:b], y[a:b]))
+                   for a, b in zip(bounds, bounds[1:])) / len(sequences)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    want = flat_params(model)
+    for res in results:
+        assert all(res["identical"])
+        assert _rel(res["params"], want) <= 1e-5, _rel(res["params"], want)
+        assert res["embedding"] == ((steps, 0) if rows else (0, steps))
 
 
 def _mismatched_model() -> tuple[str, str]:

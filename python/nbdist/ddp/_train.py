@@ -48,8 +48,8 @@ class TrainConfig:
         log_every: rank-0 log line every N steps (0: silent). seed: base seed (rank r uses seed+r
             for dropout; data order uses seed on every rank).
         batch_size: micro-batch size per rank when the data is a dataset (not an iterable).
-        bucket_cap_mb, find_unused_parameters, transport: passed to :class:`DDP` when train wraps
-            the model.
+        bucket_cap_mb, find_unused_parameters, transport, embedding_rows: passed to :class:`DDP`
+            when train wraps the model.
             With find_unused_parameters the gradients are dropped (set to None) after each step
             rather than zeroed, so a parameter that no rank uses in a step keeps no gradient and
             the optimizer leaves it alone (no decay, no momentum), as in a single process.
@@ -79,6 +79,7 @@ class TrainConfig:
     bucket_cap_mb: float = 25
     find_unused_parameters: bool = False
     transport: str = "auto"
+    embedding_rows: bool = True
     init_scale: float = 65536.0
     growth_interval: int = 2000
     peak_flops: float | None = None
@@ -409,7 +410,8 @@ def train(
     rank, world = dist.get_rank(), dist.get_world_size()
     ddp = model if isinstance(model, DDP) else DDP(
         module, bucket_cap_mb=cfg.bucket_cap_mb,
-        find_unused_parameters=cfg.find_unused_parameters, transport=cfg.transport)
+        find_unused_parameters=cfg.find_unused_parameters, transport=cfg.transport,
+        embedding_rows=cfg.embedding_rows)
     module.train()
 
     stream = _BatchStream(train_batches, "train_batches", rank, world, cfg.batch_size, cfg.seed,

@@ -74,6 +74,15 @@ class DDP(torch.nn.Module):
             NVLink NCCL costs backward less than peer copies; bench/ddp_throughput.py).
             ``reducer.transport`` says which one runs, and ``reducer.transport_note`` why
             ``"auto"`` chose the process group.
+        embedding_rows: average the gradient of ``nn.Embedding`` lookups by exchanging the
+            looked-up rows (every rank's indices and the gradients of the looked-up vectors, one
+            all-gather at the end of backward) instead of the whole ``[rows, dim]`` weight
+            gradient, whenever that moves fewer bytes (``world_size x lookups < rows``). The
+            weight's other uses (a tied output layer) then reach its bucket as soon as backward
+            produces them instead of waiting for the lookup, which backward reaches last. The
+            result is exact and identical on every rank. Not for ``sparse=True`` or
+            ``scale_grad_by_freq=True`` embeddings, nor for weights with hooks of their own.
+            ``reducer.embedding_row_exchanges`` counts the exchanges.
     """
 
     def __init__(
@@ -86,6 +95,7 @@ class DDP(torch.nn.Module):
         find_unused_parameters: bool = False,
         gradient_as_bucket_view: bool = True,
         transport: str = "auto",
+        embedding_rows: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(module, torch.nn.Module):
@@ -117,6 +127,7 @@ class DDP(torch.nn.Module):
             find_unused_parameters=find_unused_parameters,
             gradient_as_bucket_view=gradient_as_bucket_view,
             transport=transport,
+            embedding_rows=bool(embedding_rows),
         )
         # Frozen parameters are broadcast too, so that every rank starts from rank 0's model.
         frozen = [(n, p) for n, p in module.named_parameters() if not p.requires_grad]
@@ -148,6 +159,6 @@ class DDP(torch.nn.Module):
             self._reducer.broadcast_buffers(self._buffers_list)
         out = self.module(*args, **kwargs)
         if torch.is_grad_enabled():
-            tensors = _tensors_in(out) if self.find_unused_parameters else []
+            tensors = _tensors_in(out) if self._reducer.wants_outputs else []
             self._reducer.prepare_for_backward(self._require_sync, tensors)
         return out

@@ -1,0 +1,322 @@
+// The reducer's embedding row exchange (ReducerOptions::embedding_rows).
+//
+// The gradient of an embedding weight W[rows, dim] looked up at n indices is zero except in the
+// looked-up rows, and backward produces it last (the lookup is the first op of forward). Averaging
+// it as a dense bucket moves rows x dim values after backward has ended; a tied output layer, whose
+// part of the same gradient is ready at the very start of backward, waits for it too. Instead,
+// for each backward:
+//   * prepare_for_backward walks the graph and finds the EmbeddingBackward0 nodes that feed each
+//     parameter's AccumulateGrad; a pre-hook on each takes the gradient of the looked-up vectors
+//     ([n, dim]) and hands the node an undefined gradient (so it computes nothing);
+//   * a post-hook on every other producer of that gradient (the tied layer) moves its part into
+//     the bucket as soon as it exists; the bucket is ready once all of them have delivered;
+//   * finalize_backward all-gathers every rank's indices and vectors and turns them into the
+//     weight gradient with embedding_dense_backward, the same computation on the same data on
+//     every rank (so the result is bit-identical everywhere), and adds its average to the
+//     averaged bucket.
+// Padded to the largest rank's lookup count, this moves world x n x dim values instead of the
+// dense rows x dim; when that would be more (world x n >= rows: small tables, long batches), or
+// when some rank could not take the rows, the lookups' part is all-reduced densely instead.
+// The lookup counts travel in a small all-gather started in prepare_for_backward, which every
+// rank runs on every synchronizing backward while the exchange is on, so that all ranks take the
+// same decisions; it is turned off for good if no rank had a lookup in the first backward.
+
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/generated/Functions.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+
+#include "ddp/reducer.h"
+
+#ifdef NBDIST_DDP_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
+
+namespace nbdist::ddp {
+
+namespace {
+
+using torch::autograd::Node;
+using torch::autograd::variable_list;
+using Producers = std::vector<std::vector<std::pair<Node*, int64_t>>>;
+
+constexpr const char* kLookupNode = "EmbeddingBackward0";
+
+class LambdaPreHook : public torch::autograd::FunctionPreHook {
+ public:
+  explicit LambdaPreHook(std::function<variable_list(const variable_list&)> fn)
+      : fn_(std::move(fn)) {}
+  variable_list operator()(const variable_list& grads) override { return fn_(grads); }
+
+ private:
+  std::function<variable_list(const variable_list&)> fn_;
+};
+
+// All-gather into one flat tensor: torch 2.11 calls it _allgather_base, later releases keep that
+// name as a deprecated alias of all_gather_single.
+c10::intrusive_ptr<::c10d::Work> all_gather_flat(
+    const c10::intrusive_ptr<::c10d::ProcessGroup>& pg, at::Tensor& out, at::Tensor& in) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  return pg->_allgather_base(out, in);
+#pragma GCC diagnostic pop
+}
+
+}  // namespace
+
+void Reducer::plan_embedding_uses(const Producers& producers) {
+  using torch::autograd::generated::EmbeddingBackward0;
+  std::vector<int64_t> local(params_.size(), -1);  // lookups exchanged as rows, per parameter
+  const auto token = self_;
+  const auto serial = emb_serial_;
+  for (size_t i = 0; i < params_.size(); ++i) {
+    const auto& p = params_[i];
+    const auto& prods = producers[i];
+    if (prods.empty() || p.dim() != 2) continue;
+    std::vector<EmbeddingBackward0*> lookups;
+    bool ok = true;
+    int64_t dense = 0;
+    for (const auto& [node, slot] : prods) {
+      if (node && node->name() == kLookupNode) {
+        auto* lookup = static_cast<EmbeddingBackward0*>(node);
+        ok = ok && !lookup->sparse && !lookup->scale_grad_by_freq;
+        lookups.push_back(lookup);
+      } else {
+        ok = ok && node != nullptr;  // fed by the root itself: nothing to hook
+        ++dense;
+      }
+    }
+    // Hooks the user put on the parameter must see its gradient arrive as usual.
+    if (!ok || lookups.empty() || !accumulators_[i]->tensor_pre_hooks().empty() ||
+        torch::autograd::impl::post_acc_grad_hooks(p))
+      continue;
+    EmbeddingUse use;
+    use.param = static_cast<int64_t>(i);
+    use.dense_edges = dense;
+    use.padding_idx = lookups[0]->padding_idx.expect_int();
+    int64_t n = 0;
+    for (auto* lookup : lookups) {
+      auto indices = lookup->indices_.unpack();
+      if (!indices.defined() || lookup->padding_idx.expect_int() != use.padding_idx) ok = false;
+      if (!ok) break;
+      n += indices.numel();
+      use.indices.push_back(indices.reshape(-1));
+    }
+    if (!ok || world_size_ * n >= p.size(0)) continue;  // the rows would move more than W
+    use.rows.resize(lookups.size());
+    const size_t u = emb_.size();
+    local[i] = n;
+    emb_of_[i] = static_cast<int64_t>(u);
+    emb_.push_back(std::move(use));
+    for (size_t j = 0; j < lookups.size(); ++j)
+      lookups[j]->add_pre_hook(std::make_unique<LambdaPreHook>(
+          [token, serial, u, j](const variable_list& grads) -> variable_list {
+            auto* self = token->load();
+            if (self && self->on_lookup_grad(serial, u, j, grads[0])) return {at::Tensor()};
+            return grads;
+          }));
+    for (const auto& [node, slot] : prods) {
+      if (node->name() == kLookupNode) continue;
+      const auto s = static_cast<size_t>(slot);
+      node->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+          [token, serial, u, s](const variable_list& outputs,
+                                const variable_list&) -> variable_list {
+            auto* self = token->load();
+            if (!self || !self->on_dense_part(serial, u, outputs[s])) return outputs;
+            auto out = outputs;
+            out[s] = at::Tensor();  // AccumulateGrad must not add it a second time
+            return out;
+          }));
+    }
+  }
+  start_size_gather(local);
+}
+
+bool Reducer::on_lookup_grad(uint64_t serial, size_t use, size_t lookup, const at::Tensor& grad) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (serial != emb_serial_ || !armed_) return false;
+  emb_[use].rows[lookup] = grad;  // undefined: this lookup contributes nothing
+  return true;
+}
+
+void Reducer::prime_view_locked(int64_t index) {
+  auto view = grad_view(index);
+  const auto& grad = params_[index].grad();
+  if (!grad.defined())
+    view.zero_();
+  else if (!grad.is_alias_of(view))
+    view.copy_(grad);
+}
+
+bool Reducer::on_dense_part(uint64_t serial, size_t u, const at::Tensor& part) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (serial != emb_serial_ || !armed_) return false;
+  at::NoGradGuard no_grad;
+  begin_backward_locked();
+  auto& use = emb_[u];
+  const auto i = use.param;
+  auto view = grad_view(i);
+  if (part.defined()) {
+    // What AccumulateGrad would do, in the bucket: .grad (accumulated so far) plus this part.
+    if (use.wrote)
+      view.add_(part);
+    else if (!params_[i].grad().defined())
+      view.copy_(part);
+    else
+      prime_view_locked(i), view.add_(part);
+    if (!use.wrote && options_.gradient_as_bucket_view) params_[i].mutable_grad() = view;
+    use.wrote = true;
+  }
+  if (++use.dense_done == use.dense_edges && !ready_[i]) {
+    if (!use.wrote) prime_view_locked(i);
+    if (!rebuilt_) arrival_.push_back(i);
+    mark_ready_locked(i);
+  }
+  return true;
+}
+
+void Reducer::start_size_gather(const std::vector<int64_t>& local) {
+  const auto device = params_[0].device();
+  const auto n = static_cast<int64_t>(local.size());
+  auto counts = at::tensor(local, at::TensorOptions().dtype(at::kLong));
+  SizeGather g;
+  if (device.is_cuda()) {
+#ifdef NBDIST_DDP_CUDA
+    // The counts reach the host through a side stream, so neither the compute stream nor the
+    // host waits here; finish_size_gather waits for the copy only.
+    auto in = counts.pin_memory().to(device, /*non_blocking=*/true);
+    g.device_out = at::empty({world_size_ * n}, in.options());
+    g.work = all_gather_flat(pg_, g.device_out, in);
+    auto side = c10::cuda::getStreamFromPool(false, device.index());
+    c10::cuda::CUDAStreamGuard guard(side);
+    g.work->wait();
+    g.host = at::empty({world_size_ * n}, counts.options().pinned_memory(true));
+    g.host.copy_(g.device_out, /*non_blocking=*/true);
+    cudaEvent_t event = nullptr;
+    C10_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+    g.event = std::shared_ptr<void>(event, [](void* e) {
+      (void)cudaEventDestroy(static_cast<cudaEvent_t>(e));
+    });
+    C10_CUDA_CHECK(cudaEventRecord(event, side.stream()));
+#else
+    throw DDPError(ErrorKind::kInvalidInput, "this nbdist build has no CUDA support");
+#endif
+  } else {
+    g.host = at::empty({world_size_ * n}, counts.options());
+    g.work = all_gather_flat(pg_, g.host, counts);
+  }
+  sizes_ = std::move(g);
+}
+
+std::vector<int64_t> Reducer::finish_size_gather() {
+  auto g = std::move(sizes_);
+  sizes_ = SizeGather();
+#ifdef NBDIST_DDP_CUDA
+  if (g.event) C10_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(g.event.get())));
+#endif
+  if (!g.event) g.work->wait();
+  const auto* data = g.host.data_ptr<int64_t>();
+  return std::vector<int64_t>(data, data + g.host.numel());
+}
+
+void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets) {
+  if (!sizes_.work) {  // the exchange is off, or this backward was not prepared for it
+    wait_buckets();
+    return;
+  }
+  const auto counts = finish_size_gather();
+  const auto num_params = params_.size();
+  struct Exchange {
+    int64_t param = -1;
+    int64_t padding_idx = -1;
+    bool rows = false;
+    at::Tensor indices, values;  // rows: gathered from every rank; dense: the all-reduced part
+    std::vector<c10::intrusive_ptr<::c10d::Work>> works;
+  };
+  std::vector<Exchange> exchanges;
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < num_params; ++i) {
+    int64_t most = -1;
+    bool everyone = true;
+    for (int r = 0; r < world_size_; ++r) {
+      const auto n = counts[r * num_params + i];
+      most = std::max(most, n);
+      everyone = everyone && n >= 0;
+    }
+    if (most < 0) continue;  // no rank took this parameter's lookups
+    const auto& p = params_[i];
+    const auto dim = p.size(1);
+    const EmbeddingUse* use = emb_of_[i] >= 0 ? &emb_[emb_of_[i]] : nullptr;
+    Exchange ex;
+    ex.param = static_cast<int64_t>(i);
+    // This rank's lookups: their indices and the gradients of the looked-up vectors.
+    at::Tensor indices, values;
+    if (use) {
+      std::vector<at::Tensor> v;
+      for (size_t j = 0; j < use->indices.size(); ++j)
+        v.push_back(use->rows[j].defined()
+                        ? use->rows[j].reshape({-1, dim}).to(p.scalar_type())
+                        : at::zeros({use->indices[j].numel(), dim}, p.options()));
+      indices = use->indices.size() == 1 ? use->indices[0] : at::cat(use->indices);
+      values = v.size() == 1 ? v[0] : at::cat(v);
+      ex.padding_idx = use->padding_idx;
+    }
+    if (everyone && world_size_ * most < p.size(0)) {
+      ex.rows = true;
+      const auto n = indices.numel();
+      if (n < most) {  // padded with zero vectors (at the padding index, which backward skips)
+        const auto pad = ex.padding_idx >= 0 ? ex.padding_idx : 0;
+        indices = at::cat({indices, at::full({most - n}, pad, indices.options())});
+        values = at::cat({values, at::zeros({most - n, dim}, values.options())});
+      }
+      indices = indices.to(at::kLong).contiguous();
+      values = values.contiguous();
+      ex.indices = at::empty({world_size_ * most}, indices.options());
+      ex.values = at::empty({world_size_ * most, dim}, values.options());
+      ex.works.push_back(all_gather_flat(pg_, ex.indices, indices));
+      ex.works.push_back(all_gather_flat(pg_, ex.values, values));
+    } else {
+      // Dense: ranks that took the rows contribute them as a weight gradient; the others
+      // already have theirs in the bucket and contribute zeros.
+      ex.values = use ? at::embedding_dense_backward(values, indices, p.size(0), ex.padding_idx,
+                                                     false)
+                      : at::zeros_like(p, p.options().requires_grad(false));
+      ::c10d::AllreduceOptions opts;
+      if (use_avg_op_)
+        opts.reduceOp = ::c10d::ReduceOp(::c10d::ReduceOp::AVG);
+      else
+        ex.values.div_(world_size_);
+      std::vector<at::Tensor> v{ex.values};
+      ex.works.push_back(pg_->allreduce(v, opts));
+    }
+    exchanges.push_back(std::move(ex));
+  }
+  if (!emb_probed_) {
+    emb_probed_ = true;
+    emb_off_ = exchanges.empty();  // the same on every rank: decided from the gathered counts
+  }
+  wait_buckets();
+  for (auto& ex : exchanges) {
+    for (auto& w : ex.works) w->wait();
+    const auto& p = params_[ex.param];
+    auto view = grad_view(ex.param);
+    if (ex.rows) {
+      // Every rank sums the same gathered vectors in the same kernel: identical everywhere.
+      auto grad = at::embedding_dense_backward(ex.values, ex.indices, p.size(0), ex.padding_idx,
+                                               false);
+      view.add_(grad, 1.0 / world_size_);
+      ++embedding_row_exchanges_;
+    } else {
+      view.add_(ex.values);
+      ++embedding_dense_exchanges_;
+    }
+    auto& grad = params_[ex.param].mutable_grad();
+    if (options_.gradient_as_bucket_view && !(grad.defined() && grad.is_alias_of(view)))
+      grad = view;
+  }
+  for (auto& use : emb_) use.indices.clear(), use.rows.clear();  // the graph's, not ours to keep
+}
+
+}  // namespace nbdist::ddp
