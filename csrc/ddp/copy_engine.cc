@@ -181,10 +181,11 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
       p.bucket_off = dev;
       dev = align_up(dev + p.numel * p.esize);
       p.recv_off = dev;
-      dev = align_up(dev + (world_ - 1) * p.chunk * p.esize);
+      const int64_t others = b.gather_only ? 0 : world_ - 1;  // chunks received to sum
+      dev = align_up(dev + others * p.chunk * p.esize);
       if (!peer_) {
         p.host_rs_off = host;
-        host = align_up(host + int64_t{world_} * (world_ - 1) * p.chunk * p.esize);
+        host = align_up(host + int64_t{world_} * others * p.chunk * p.esize);
         p.host_ag_off = host;
         host = align_up(host + int64_t{world_} * p.chunk * p.esize);
       }
@@ -399,6 +400,47 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     if (peer_)
       for (int s = 0; s < world_; ++s)
         if (s != rank_) wait(gather, p, 1, p.pieces - 1, s, rank_, round);
+  }
+
+  void gather(int64_t index, uint32_t round, int64_t bytes) override {
+    c10::cuda::CUDAGuard guard(device_);
+    const auto& p = plans_[index];
+    auto current = c10::cuda::getCurrentCUDAStream(device_.index());
+    auto publish = stream(3), gather = stream(2);
+    order(current, events_[index], {publish});
+    // No reduce-scatter comes first to pace the ranks, so they shake hands: each tells every other
+    // rank that it is done with the previous round (its current stream got here, so it read its
+    // copy of the bucket and, on the host path, fetched their staged chunks), and nobody writes
+    // a piece until all others said so.
+    for (int j = 0; j < world_; ++j)
+      if (j != rank_) signal(publish, p, 0, 0, rank_, j, round);
+    for (int j = 0; j < world_; ++j)
+      if (j != rank_) wait(publish, p, 0, 0, j, rank_, round);
+    const int64_t used = std::min(p.chunk, (bytes + p.esize - 1) / p.esize);
+    // Then the all-gather half of launch(), each rank's own chunk standing for its average.
+    for (int64_t k = 0; k < p.pieces && k * p.piece < used; ++k) {
+      const auto len = std::min(p.piece, used - k * p.piece);
+      const auto start = rank_ * p.chunk + k * p.piece;
+      const char* src = mine() + p.bucket_off + start * p.esize;
+      if (peer_) {
+        for (int j = 0; j < world_; ++j) {
+          if (j == rank_) continue;
+          copy(peer(j) + p.bucket_off + start * p.esize, src, len * p.esize, publish);
+          signal(publish, p, 1, k, rank_, j, round);
+        }
+        for (int s = 0; s < world_; ++s)
+          if (s != rank_) wait(gather, p, 1, k, s, rank_, round);
+      } else {
+        copy(host_ag(p, rank_, k), src, len * p.esize, publish);
+        signal(publish, p, 1, k, rank_, rank_, round);
+        for (int s = 0; s < world_; ++s) {
+          if (s == rank_) continue;
+          wait(gather, p, 1, k, s, s, round);
+          copy(mine() + p.bucket_off + (s * p.chunk + k * p.piece) * p.esize, host_ag(p, s, k),
+               len * p.esize, gather);
+        }
+      }
+    }
   }
 
   void drain() override {

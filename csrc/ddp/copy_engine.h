@@ -30,6 +30,9 @@ namespace nbdist::ddp {
 struct BucketLayout {
   int64_t numel = 0;
   at::ScalarType dtype = at::kFloat;
+  // An all-gather buffer instead of a bucket to average: chunk r (numel / world elements) is
+  // rank r's; no reduce-scatter space is set aside for it (see gather()).
+  bool gather_only = false;
 };
 
 class CopyEngineAllreduce {
@@ -48,6 +51,10 @@ class CopyEngineAllreduce {
   // Starts the average of bucket `index` once the work queued so far on the current stream (the
   // backward that produced its gradients) is done. `round` grows by one per reduction.
   virtual void launch(int64_t index, uint32_t round) = 0;
+  // All-gather of a gather_only bucket: chunk r, written by rank r on its current stream, reaches
+  // every rank's copy of the bucket. Only the first `bytes` of each chunk move (the same on
+  // every rank). Collective; `round` as for launch(). finish() waits for it too.
+  virtual void gather(int64_t index, uint32_t round, int64_t bytes) = 0;
   // Makes the current stream wait until every launched bucket is averaged on this rank.
   virtual void finish() = 0;
   // Blocks until this rank's copies and flag writes are done (before buffers are rebuilt).

@@ -228,11 +228,13 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
   }
   const auto counts = finish_size_gather();
   const auto num_params = params_.size();
+  const double scale = 1.0 / world_size_;
   struct Exchange {
     int64_t param = -1;
-    int64_t padding_idx = -1;
+    int64_t most = 0;      // rows per rank in the exchange
+    int64_t gather = -1;   // the copy engines' gather buffer, or -1
     bool rows = false;
-    at::Tensor indices, values;  // rows: gathered from every rank; dense: the all-reduced part
+    at::Tensor indices, values;  // gathered over the process group; dense: the all-reduced part
     std::vector<c10::intrusive_ptr<::c10d::Work>> works;
   };
   std::vector<Exchange> exchanges;
@@ -251,37 +253,25 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
     const EmbeddingUse* use = emb_of_[i] >= 0 ? &emb_[emb_of_[i]] : nullptr;
     Exchange ex;
     ex.param = static_cast<int64_t>(i);
-    // This rank's lookups: their indices and the gradients of the looked-up vectors.
+    ex.most = most;
+    // This rank's lookups: their indices and the gradients of the looked-up vectors (a lookup
+    // of the padding index has none, as in nn.Embedding).
     at::Tensor indices, values;
     if (use) {
       std::vector<at::Tensor> v;
       for (size_t j = 0; j < use->indices.size(); ++j)
         v.push_back(use->rows[j].defined()
-                        ? use->rows[j].reshape({-1, dim}).to(p.scalar_type())
+                        ? use->rows[j].reshape({-1, dim})
                         : at::zeros({use->indices[j].numel(), dim}, p.options()));
       indices = use->indices.size() == 1 ? use->indices[0] : at::cat(use->indices);
       values = v.size() == 1 ? v[0] : at::cat(v);
-      ex.padding_idx = use->padding_idx;
+      if (use->padding_idx >= 0)
+        values = values.masked_fill(indices.eq(use->padding_idx).unsqueeze(1), 0);
     }
-    if (everyone && world_size_ * most < p.size(0)) {
-      ex.rows = true;
-      const auto n = indices.numel();
-      if (n < most) {  // padded with zero vectors (at the padding index, which backward skips)
-        const auto pad = ex.padding_idx >= 0 ? ex.padding_idx : 0;
-        indices = at::cat({indices, at::full({most - n}, pad, indices.options())});
-        values = at::cat({values, at::zeros({most - n, dim}, values.options())});
-      }
-      indices = indices.to(at::kLong).contiguous();
-      values = values.contiguous();
-      ex.indices = at::empty({world_size_ * most}, indices.options());
-      ex.values = at::empty({world_size_ * most, dim}, values.options());
-      ex.works.push_back(all_gather_flat(pg_, ex.indices, indices));
-      ex.works.push_back(all_gather_flat(pg_, ex.values, values));
-    } else {
+    if (!(everyone && world_size_ * most < p.size(0))) {
       // Dense: ranks that took the rows contribute them as a weight gradient; the others
       // already have theirs in the bucket and contribute zeros.
-      ex.values = use ? at::embedding_dense_backward(values, indices, p.size(0), ex.padding_idx,
-                                                     false)
+      ex.values = use ? at::embedding_dense_backward(values, indices, p.size(0), -1, false)
                       : at::zeros_like(p, p.options().requires_grad(false));
       ::c10d::AllreduceOptions opts;
       if (use_avg_op_)
@@ -290,6 +280,34 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
         ex.values.div_(world_size_);
       std::vector<at::Tensor> v{ex.values};
       ex.works.push_back(pg_->allreduce(v, opts));
+      exchanges.push_back(std::move(ex));
+      continue;
+    }
+    // Rows: this rank's, scaled by 1/world and padded to `most` (zero vectors at index 0).
+    ex.rows = true;
+    const auto n = indices.numel();
+    const auto slot = emb_gather_.find(ex.param);
+    at::Tensor own_indices, own_values;
+    if (copy_engines_ && slot != emb_gather_.end() && slot->second.second >= most) {
+      ex.gather = slot->second.first;
+      std::tie(own_indices, own_values) = gather_chunk(ex.param, rank_, most);
+    } else {
+      own_indices = at::empty({most}, indices.options().dtype(at::kLong));
+      own_values = at::empty({most, dim}, values.options());
+    }
+    own_indices.narrow(0, 0, n).copy_(indices);
+    auto head = own_values.narrow(0, 0, n);
+    at::mul_out(head, values, at::scalar_tensor(scale, at::kDouble));
+    if (n < most) own_indices.narrow(0, n, most - n).zero_(), own_values.narrow(0, n, most - n).zero_();
+    if (ex.gather >= 0) {
+      const auto capacity = emb_gather_.at(ex.param).second;
+      copy_engines_->gather(ex.gather, static_cast<uint32_t>(sync_rounds_ + 1),
+                            capacity * 8 + most * dim * p.element_size());
+    } else {
+      ex.indices = at::empty({world_size_ * most}, own_indices.options());
+      ex.values = at::empty({world_size_ * most, dim}, own_values.options());
+      ex.works.push_back(all_gather_flat(pg_, ex.indices, own_indices));
+      ex.works.push_back(all_gather_flat(pg_, ex.values, own_values));
     }
     exchanges.push_back(std::move(ex));
   }
@@ -297,26 +315,65 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
     emb_probed_ = true;
     emb_off_ = exchanges.empty();  // the same on every rank: decided from the gathered counts
   }
+  if (!rebuilt_)  // the copy engines, rebuilt with the buckets, get a gather buffer this size
+    for (const auto& ex : exchanges)
+      if (ex.rows) emb_capacity_[ex.param] = ex.most;
   wait_buckets();
   for (auto& ex : exchanges) {
     for (auto& w : ex.works) w->wait();
-    const auto& p = params_[ex.param];
     auto view = grad_view(ex.param);
-    if (ex.rows) {
-      // Every rank sums the same gathered vectors in the same kernel: identical everywhere.
-      auto grad = at::embedding_dense_backward(ex.values, ex.indices, p.size(0), ex.padding_idx,
-                                               false);
-      view.add_(grad, 1.0 / world_size_);
-      ++embedding_row_exchanges_;
-    } else {
+    if (!ex.rows) {
       view.add_(ex.values);
       ++embedding_dense_exchanges_;
+    } else {
+      // Every rank adds the same gathered rows in the same order (index_put_ with accumulate
+      // sorts the indices and sums each row's vectors in turn): identical everywhere.
+      if (ex.gather < 0) {
+        view.index_put_({ex.indices}, ex.values, /*accumulate=*/true);
+      } else {
+        for (int r = 0; r < world_size_; ++r) {
+          auto [indices, values] = gather_chunk(ex.param, r, ex.most);
+          view.index_put_({indices}, values, /*accumulate=*/true);
+        }
+      }
+      ++embedding_row_exchanges_;
     }
     auto& grad = params_[ex.param].mutable_grad();
     if (options_.gradient_as_bucket_view && !(grad.defined() && grad.is_alias_of(view)))
       grad = view;
   }
   for (auto& use : emb_) use.indices.clear(), use.rows.clear();  // the graph's, not ours to keep
+}
+
+std::pair<at::Tensor, at::Tensor> Reducer::gather_chunk(int64_t param, int rank, int64_t rows) {
+  // Chunk layout: [capacity int64 indices | capacity x dim values], 256-byte aligned per rank.
+  const auto& [index, capacity] = emb_gather_.at(param);
+  const auto& p = params_[param];
+  auto buffer = copy_engines_->bucket(index);
+  const auto chunk = buffer.numel() / world_size_;
+  auto mine = buffer.narrow(0, rank * chunk, chunk);
+  auto indices = mine.narrow(0, 0, capacity * 8).view(at::kLong).narrow(0, 0, rows);
+  auto values = mine.narrow(0, capacity * 8, capacity * p.size(1) * p.element_size())
+                    .view(p.scalar_type())
+                    .view({capacity, p.size(1)})
+                    .narrow(0, 0, rows);
+  return {indices, values};
+}
+
+std::vector<BucketLayout> Reducer::gather_layouts(int64_t first_index) {
+  emb_gather_.clear();
+  std::vector<BucketLayout> layouts;
+  for (const auto& [param, capacity] : emb_capacity_) {
+    const auto& p = params_[param];
+    const int64_t bytes = capacity * 8 + capacity * p.size(1) * p.element_size();
+    BucketLayout layout;
+    layout.numel = world_size_ * ((bytes + 255) / 256 * 256);
+    layout.dtype = at::kByte;
+    layout.gather_only = true;
+    emb_gather_[param] = {first_index + static_cast<int64_t>(layouts.size()), capacity};
+    layouts.push_back(layout);
+  }
+  return layouts;
 }
 
 }  // namespace nbdist::ddp

@@ -261,9 +261,14 @@ void Reducer::create_copy_engines(const std::vector<Bucket>& buckets) {
     v[0].cpu();
   }
   std::vector<BucketLayout> layouts;
-  for (const auto& b : buckets)
-    layouts.push_back(
-        {b.offsets.back() + params_[b.params.back()].numel(), params_[b.params[0]].scalar_type()});
+  for (const auto& b : buckets) {
+    BucketLayout layout;
+    layout.numel = b.offsets.back() + params_[b.params.back()].numel();
+    layout.dtype = params_[b.params[0]].scalar_type();
+    layouts.push_back(layout);
+  }
+  for (const auto& layout : gather_layouts(static_cast<int64_t>(layouts.size())))
+    layouts.push_back(layout);
   copy_engines_ = CopyEngineAllreduce::create(pg_, device, layouts, transport, &transport_note_);
   if (!copy_engines_ && transport != "auto")
     throw DDPError(ErrorKind::kInvalidInput, "transport='" + transport +

@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <functional>
+#include <map>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -151,6 +152,11 @@ class Reducer {
   // finalize_backward: the row exchanges (or dense all-reduces) of this backward's embedding
   // gradients, added to their averaged buckets once `wait_buckets` has run.
   void finish_embeddings_locked(const std::function<void()>& wait_buckets);
+  // The copy engines' all-gather buffers for the embedding rows (appended after the buckets when
+  // the copy engines are rebuilt; sized by the first backward's lookups), and rank r's indices
+  // and values in one of them.
+  std::vector<BucketLayout> gather_layouts(int64_t first_index);
+  std::pair<at::Tensor, at::Tensor> gather_chunk(int64_t param, int rank, int64_t rows);
   void start_size_gather(const std::vector<int64_t>& local);
   std::vector<int64_t> finish_size_gather();
   void mark_ready_locked(int64_t index);
@@ -210,6 +216,8 @@ class Reducer {
   SizeGather sizes_;
   std::shared_ptr<std::atomic<Reducer*>> self_;
   std::unordered_map<const torch::autograd::Node*, int64_t> param_of_acc_;
+  std::map<int64_t, int64_t> emb_capacity_;  // param -> rows per rank in the first exchange
+  std::map<int64_t, std::pair<int64_t, int64_t>> emb_gather_;  // param -> (buffer, capacity)
   int64_t embedding_row_exchanges_ = 0;
   int64_t embedding_dense_exchanges_ = 0;
 };

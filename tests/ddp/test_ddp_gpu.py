@@ -58,14 +58,16 @@ def _nccl_rank(steps: int, transport: str, bucket_mb: float, accum: int):
         dist.all_gather(out, p)
         identical &= all(torch.equal(out[0], o) for o in out)
     used = ddp.reducer.transport
+    rows = ddp.reducer.embedding_row_exchanges
     dist.destroy_process_group()
-    return flat_params(model).cpu(), identical, ddp.reducer.allreduce_count, used
+    return flat_params(model).cpu(), identical, ddp.reducer.allreduce_count, used, rows
 
 
 # The process group's all-reduce, and both copy-engine paths (many tiny buckets, and 1 MiB
 # buckets in 64 KiB pieces with accumulation under no_sync).
 @pytest.mark.parametrize("transport,bucket_mb,accum", [
-    ("nccl", 0.02, 1), ("peer", 0.02, 1), ("host", 0.02, 1), ("peer", 1, 2), ("host", 1, 2)])
+    ("nccl", 0.02, 1), ("peer", 0.02, 1), ("host", 0.02, 1), ("nccl", 1, 2), ("peer", 1, 2),
+    ("host", 1, 2)])
 def test_nccl_ranks_match_one_process(launch, transport, bucket_mb, accum):
     if transport != "nccl" and NGPU < 2:
         pytest.skip("the copy-engine all-reduce needs 2 GPUs")
@@ -80,9 +82,12 @@ def test_nccl_ranks_match_one_process(launch, transport, bucket_mb, accum):
         opt.step()
         opt.zero_grad()
     want = flat_params(ref).cpu()
-    for params, identical, launched, used in results:
+    for params, identical, launched, used, rows in results:
         assert used == transport
         assert identical and launched >= steps
+        # 256 embedding rows and 32 or 64 lookups a rank: exchanged as rows every step (through
+        # the copy engines from the second step on, over NCCL for "nccl").
+        assert rows == (steps if bucket_mb >= 0.1 else 0)
         assert float((params - want).norm() / want.norm()) < 1e-4
 
 
