@@ -440,9 +440,10 @@ def main() -> int:
     runs["1"] = _launch(dict(base, variants=["plain"]), 1, dict(env, NCCL_P2P_DISABLE="0"))
     if n > 1:
         # nbdist_ddp:t=nccl is nbdist's reducer on the process group's all-reduce; nbdist_ddp and
-        # nbdist_train use the default transport (the copy engines when the ranks share a host).
-        variants = ["torch_ddp", "nbdist_ddp:t=nccl", "nbdist_ddp:t=peer", "nbdist_ddp",
-                    "nbdist_train"]
+        # nbdist_train use the default transport (the copy engines when the ranks share a host
+        # without P2P); :emb=0 all-reduces the embedding's gradient densely.
+        variants = ["torch_ddp", "nbdist_ddp:t=nccl", "nbdist_ddp:t=peer", "nbdist_ddp:emb=0",
+                    "nbdist_ddp", "nbdist_train"]
         runs[str(n)] = _launch(dict(base, variants=variants), n, dict(env, NCCL_P2P_DISABLE="0"))
         if not a.no_p2p_off and a.device == "cuda":
             runs[f"{n}_p2p_off"] = _launch(dict(base, variants=variants), n,

@@ -56,8 +56,8 @@ class LambdaPreHook : public torch::autograd::FunctionPreHook {
 
 // All-gather into one flat tensor: torch 2.11 calls it _allgather_base, later releases keep that
 // name as a deprecated alias of all_gather_single.
-c10::intrusive_ptr<::c10d::Work> all_gather_flat(
-    const c10::intrusive_ptr<::c10d::ProcessGroup>& pg, at::Tensor& out, at::Tensor& in) {
+c10::intrusive_ptr<::c10d::Work> all_gather_flat(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
+                                                 at::Tensor& out, at::Tensor& in) {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
   return pg->_allgather_base(out, in);
@@ -196,9 +196,8 @@ void Reducer::start_size_gather(const std::vector<int64_t>& local) {
     g.host.copy_(g.device_out, /*non_blocking=*/true);
     cudaEvent_t event = nullptr;
     C10_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
-    g.event = std::shared_ptr<void>(event, [](void* e) {
-      (void)cudaEventDestroy(static_cast<cudaEvent_t>(e));
-    });
+    g.event = std::shared_ptr<void>(
+        event, [](void* e) { (void)cudaEventDestroy(static_cast<cudaEvent_t>(e)); });
     C10_CUDA_CHECK(cudaEventRecord(event, side.stream()));
 #else
     throw DDPError(ErrorKind::kInvalidInput, "this nbdist build has no CUDA support");
@@ -231,8 +230,8 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
   const double scale = 1.0 / world_size_;
   struct Exchange {
     int64_t param = -1;
-    int64_t most = 0;      // rows per rank in the exchange
-    int64_t gather = -1;   // the copy engines' gather buffer, or -1
+    int64_t most = 0;     // rows per rank in the exchange
+    int64_t gather = -1;  // the copy engines' gather buffer, or -1
     bool rows = false;
     at::Tensor indices, values;  // gathered over the process group; dense: the all-reduced part
     std::vector<c10::intrusive_ptr<::c10d::Work>> works;
@@ -298,7 +297,8 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
     own_indices.narrow(0, 0, n).copy_(indices);
     auto head = own_values.narrow(0, 0, n);
     at::mul_out(head, values, at::scalar_tensor(scale, at::kDouble));
-    if (n < most) own_indices.narrow(0, n, most - n).zero_(), own_values.narrow(0, n, most - n).zero_();
+    if (n < most)
+      own_indices.narrow(0, n, most - n).zero_(), own_values.narrow(0, n, most - n).zero_();
     if (ex.gather >= 0) {
       const auto capacity = emb_gather_.at(ex.param).second;
       copy_engines_->gather(ex.gather, static_cast<uint32_t>(sync_rounds_ + 1),

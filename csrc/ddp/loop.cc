@@ -1,6 +1,8 @@
 #include "ddp/loop.h"
 
 #include <ATen/autocast_mode.h>
+#include <c10/core/Event.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <chrono>
@@ -180,10 +182,10 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       auto restore = [&](const at::Tensor& dst, const std::string& key) {
         auto& src = get(key);
         if (src.sizes() != dst.sizes())
-          throw DDPError(ErrorKind::kInvalidInput,
-                         "checkpoint '" + ckpt_path + "': '" + key + "' has shape " +
-                             c10::str(src.sizes()) + " but the model's is " +
-                             c10::str(dst.sizes()));
+          throw DDPError(ErrorKind::kInvalidInput, "checkpoint '" + ckpt_path + "': '" + key +
+                                                       "' has shape " + c10::str(src.sizes()) +
+                                                       " but the model's is " +
+                                                       c10::str(dst.sizes()));
         const_cast<at::Tensor&>(dst).copy_(src);
       };
       for (size_t i = 0; i < params.size(); ++i) {
@@ -194,7 +196,8 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
         restore(opt->state_step(i), "adamw.step." + std::to_string(i));
       }
       if (user_opt) cb.optimizer_load(get(kUserOptKey));
-      for (size_t i = 0; i < buffers.size(); ++i) restore(buffers[i], "buffer." + std::to_string(i));
+      for (size_t i = 0; i < buffers.size(); ++i)
+        restore(buffers[i], "buffer." + std::to_string(i));
       step = get("step").item<int64_t>();
       scale = get("scaler.scale").item<double>();
       good_steps = get("scaler.good_steps").item<int64_t>();
@@ -227,7 +230,8 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
 
   auto write_checkpoint = [&] {
     // Each rank's RNG goes into the file so that a resumed run draws the same dropout masks.
-    auto cpu_rng = all_gather(pg, at::globalContext().defaultGenerator(at::kCPU).get_state(), device);
+    auto cpu_rng =
+        all_gather(pg, at::globalContext().defaultGenerator(at::kCPU).get_state(), device);
     std::vector<at::Tensor> dev_rng;
     if (device.is_cuda())
       dev_rng = all_gather(pg, at::globalContext().defaultGenerator(device).get_state(), device);
@@ -255,6 +259,54 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
   };
 
   std::vector<StepRecord> history;
+  // A step's loss and gradient norm reach the host one step late (bf16/fp32 on a GPU): reading
+  // them at once would leave the GPU idle while the host queues the next step. The host copy is
+  // taken as soon as the step's numbers exist and read after the next step's backward has been
+  // queued; checkpoint, eval and last steps (and fp16, whose loss scaler decides on the host)
+  // are read at once.
+  struct Pending {
+    StepRecord rec;
+    at::Tensor host;  // [loss, norm]
+    std::optional<c10::Event> copied;
+  };
+  std::optional<Pending> pending;
+  auto log_step = [&](const StepRecord& rec) {
+    if (rank != 0 || !cb.log || cfg.log_every <= 0) return;
+    if (!(rec.step % cfg.log_every == 0 || rec.step == cfg.max_steps || rec.step == 1)) return;
+    char line[256];
+    int n = std::snprintf(
+        line, sizeof line, "step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f %s",
+        static_cast<long long>(rec.step), static_cast<long long>(cfg.max_steps), rec.loss, rec.lr,
+        rec.grad_norm, rec.seconds * 1e3, rec.throughput,
+        cfg.tokens_per_micro_batch > 0 ? (cfg.throughput_unit == "tokens" ? "tok/s" : "samples/s")
+                                       : "batches/s");
+    std::string s(line, static_cast<size_t>(std::max(0, n)));
+    if (rec.mfu > 0) s += " | mfu " + std::to_string(rec.mfu * 100).substr(0, 4) + "%";
+    if (fp16) s += " | scale " + std::to_string(static_cast<long long>(rec.scale));
+    if (rec.skipped) s += " | skipped (inf/nan)";
+    if (rec.eval_loss >= 0) s += " | eval " + std::to_string(rec.eval_loss).substr(0, 6);
+    cb.log(s);
+  };
+  auto non_finite = [&](const StepRecord& rec) {
+    return DDPError(ErrorKind::kFailure,
+                    "non-finite gradient at step " + std::to_string(rec.step) + " (rank " +
+                        std::to_string(rank) + " loss " + std::to_string(rec.loss) +
+                        "): lower the learning rate, check the data for inf/nan, or train with "
+                        "precision='fp16' and its loss scaler");
+  };
+  // Fills in the pending step's loss and norm, logs it and adds it to the history.
+  auto resolve = [&]() {
+    if (!pending) return;
+    if (pending->copied) pending->copied->synchronize();
+    auto rec = pending->rec;
+    rec.loss = pending->host[0].item<double>();
+    rec.grad_norm = pending->host[1].item<double>();
+    pending.reset();
+    if (!fp16 && !std::isfinite(rec.grad_norm)) throw non_finite(rec);
+    log_step(rec);
+    history.push_back(rec);
+  };
+
   while (step < cfg.max_steps) {
     const auto t0 = Clock::now();
     StepRecord rec;
@@ -278,6 +330,7 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       loss_sum += loss.detach().to(at::kFloat).reshape({});
       torch::autograd::backward({loss.to(at::kFloat).reshape({}) * (scale / cfg.grad_accum)});
     }
+    resolve();  // the previous step, while the GPU runs this one's backward
 
     // 2. unscale (fp16) and take the global gradient norm: the reducer already averaged the
     //    gradients, so every rank holds the same ones and the local norm is the global norm.
@@ -287,27 +340,32 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       if (p.grad().defined()) grads.push_back(p.grad());
     if (fp16 && !grads.empty()) {
       auto found_inf = at::zeros({1}, f32);
-      at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf, at::full({}, 1.0 / scale, f32));
+      at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf,
+                                                     at::full({}, 1.0 / scale, f32));
     }
     auto norm = grads.empty() ? at::zeros({}, f32)
                               : at::linalg_vector_norm(at::stack(at::_foreach_norm(grads)), 2);
-    const auto host = at::stack({loss_sum / cfg.grad_accum, norm.to(at::kFloat)}).cpu();  // one sync
-    rec.loss = host[0].item<double>();
-    rec.grad_norm = host[1].item<double>();
-    const bool finite = std::isfinite(rec.grad_norm);
-    if (!finite && !fp16)
-      throw DDPError(ErrorKind::kFailure,
-                     "non-finite gradient at step " + std::to_string(step + 1) + " (rank " +
-                         std::to_string(rank) + " loss " + std::to_string(rec.loss) +
-                         "): lower the learning rate, check the data for inf/nan, or train with "
-                         "precision='fp16' and its loss scaler");
+    auto numbers = at::stack({loss_sum / cfg.grad_accum, norm.to(at::kFloat)});
 
-    // 3. clip and update; a step with inf/nan gradients (fp16) is skipped on every rank alike
-    if (finite) {
-      if (cfg.grad_clip > 0 && rec.grad_norm > cfg.grad_clip)
+    // 3. clip and update. fp16: a step with inf/nan gradients is skipped on every rank alike, as
+    //    the host decides from the norm; otherwise the clip factor stays on the device (as in
+    //    torch.nn.utils.clip_grad_norm_), and a non-finite norm raises when it is read.
+    bool finite = true;
+    if (fp16) {
+      const auto host = numbers.cpu();  // one sync
+      rec.loss = host[0].item<double>();
+      rec.grad_norm = host[1].item<double>();
+      finite = std::isfinite(rec.grad_norm);
+      if (finite && cfg.grad_clip > 0 && rec.grad_norm > cfg.grad_clip)
         at::_foreach_mul_(grads, cfg.grad_clip / (rec.grad_norm + 1e-6));
-      if (opt) opt->step(rec.lr);
-      else cb.optimizer_step(rec.lr);
+    } else if (cfg.grad_clip > 0 && !grads.empty()) {
+      at::_foreach_mul_(grads, (cfg.grad_clip / (norm + 1e-6)).clamp_max(1.0));
+    }
+    if (finite) {
+      if (opt)
+        opt->step(rec.lr);
+      else
+        cb.optimizer_step(rec.lr);
     }
     rec.skipped = !finite;
 
@@ -362,29 +420,27 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       rec.eval_loss = s[1].item<double>() > 0 ? s[0].item<double>() / s[1].item<double>() : -1;
     }
 
-    // 7. log (rank 0)
-    if (rank == 0 && cb.log && cfg.log_every > 0 && (step % cfg.log_every == 0 || last || step == 1)) {
-      char line[256];
-      int n = std::snprintf(line, sizeof line,
-                            "step %5lld/%lld | loss %.4f | lr %.2e | norm %.3f | %.1f ms | %.0f %s",
-                            static_cast<long long>(step), static_cast<long long>(cfg.max_steps),
-                            rec.loss, rec.lr, rec.grad_norm, rec.seconds * 1e3, rec.throughput,
-                            cfg.tokens_per_micro_batch > 0
-                                ? (cfg.throughput_unit == "tokens" ? "tok/s" : "samples/s")
-                                : "batches/s");
-      std::string s(line, static_cast<size_t>(std::max(0, n)));
-      if (rec.mfu > 0) s += " | mfu " + std::to_string(rec.mfu * 100).substr(0, 4) + "%";
-      if (fp16) s += " | scale " + std::to_string(static_cast<long long>(scale));
-      if (rec.skipped) s += " | skipped (inf/nan)";
-      if (rec.eval_loss >= 0) s += " | eval " + std::to_string(rec.eval_loss).substr(0, 6);
-      cb.log(s);
+    // 7. the step's record: logged (rank 0) and kept once its numbers are on the host
+    const bool ckpt_due =
+        !ckpt_path.empty() && cfg.ckpt_every > 0 && (step % cfg.ckpt_every == 0 || last);
+    pending.emplace();
+    pending->rec = rec;
+    if (fp16) {
+      pending->host = at::tensor({rec.loss, rec.grad_norm}, at::kDouble);
+    } else if (device.is_cpu() || last || ckpt_due) {
+      pending->host = numbers.cpu();  // a non-finite step raises before it is checkpointed
+    } else {
+      pending->host = at::empty({2}, at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
+      pending->host.copy_(numbers, /*non_blocking=*/true);
+      pending->copied.emplace(device.type());
+      pending->copied->record(c10::impl::VirtualGuardImpl(device.type()).getStream(device));
     }
-    history.push_back(rec);
+    if (!pending->copied) resolve();
 
     // 8. checkpoint (rank 0 writes, atomically)
-    if (!ckpt_path.empty() && cfg.ckpt_every > 0 && (step % cfg.ckpt_every == 0 || last))
-      write_checkpoint();
+    if (ckpt_due) write_checkpoint();
   }
+  resolve();
   return history;
 }
 

@@ -13,15 +13,15 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/function.h>  // Node; named node.h only from torch 2.12
 #include <torch/csrc/autograd/variable.h>
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 
 #include <atomic>
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
@@ -35,7 +35,7 @@ namespace nbdist::ddp {
 NBDIST_DEFINE_ERROR(DDPError, "ddp");
 
 struct ReducerOptions {
-  int64_t bucket_cap_bytes = 25 << 20;  // bytes per bucket after the first
+  int64_t bucket_cap_bytes = 25 << 20;   // bytes per bucket after the first
   int64_t first_bucket_bytes = 1 << 20;  // bytes of the first bucket (small: starts comms early)
   // Traverse the graph each forward to find unused params, and all-reduce a used-bitmap after
   // backward so that params unused on every rank keep their .grad (None stays None).
@@ -102,10 +102,10 @@ class Reducer {
 
  private:
   struct Bucket {
-    at::Tensor buffer;              // flat storage of all gradients in this bucket
-    std::vector<int64_t> params;    // parameter indices
-    std::vector<int64_t> offsets;   // element offset of each parameter in buffer
-    int64_t pending = 0;            // params not yet ready in the current backward
+    at::Tensor buffer;             // flat storage of all gradients in this bucket
+    std::vector<int64_t> params;   // parameter indices
+    std::vector<int64_t> offsets;  // element offset of each parameter in buffer
+    int64_t pending = 0;           // params not yet ready in the current backward
     c10::intrusive_ptr<::c10d::Work> work;
   };
 
@@ -120,9 +120,9 @@ class Reducer {
   // An embedding weight whose lookups this backward exchanges by rows (see embedding_grads.cc).
   struct EmbeddingUse {
     int64_t param = -1;
-    int64_t dense_edges = 0;          // edges into its AccumulateGrad from other nodes
-    int64_t dense_done = 0;           // of those, how many have delivered
-    bool wrote = false;               // the bucket view holds this backward's first dense part
+    int64_t dense_edges = 0;  // edges into its AccumulateGrad from other nodes
+    int64_t dense_done = 0;   // of those, how many have delivered
+    bool wrote = false;       // the bucket view holds this backward's first dense part
     int64_t padding_idx = -1;
     std::vector<at::Tensor> indices;  // each lookup's indices, flattened
     std::vector<at::Tensor> rows;     // gradient of each lookup's output (set during backward)
@@ -181,13 +181,13 @@ class Reducer {
   std::vector<Bucket> buckets_;
   std::unique_ptr<CopyEngineAllreduce> copy_engines_;  // null: the process group all-reduces
   std::string transport_note_;
-  std::vector<int64_t> bucket_of_;   // param index -> bucket
-  std::vector<int64_t> slot_of_;     // param index -> position in its bucket
+  std::vector<int64_t> bucket_of_;  // param index -> bucket
+  std::vector<int64_t> slot_of_;    // param index -> position in its bucket
 
-  std::mutex mutex_;  // hooks may run on autograd device threads
-  bool armed_ = false;        // a synchronizing backward is expected
+  std::mutex mutex_;    // hooks may run on autograd device threads
+  bool armed_ = false;  // a synchronizing backward is expected
   bool callback_queued_ = false;
-  bool finished_ = true;      // the last armed backward completed its reduction
+  bool finished_ = true;  // the last armed backward completed its reduction
   std::vector<char> ready_;
   std::vector<char> unused_;  // found unused by the graph traversal for this backward
   // find_unused_parameters: params whose gradient hook fired since the last synchronized backward
@@ -211,7 +211,7 @@ class Reducer {
   std::vector<EmbeddingUse> emb_;
   std::vector<int64_t> emb_of_;
   uint64_t emb_serial_ = 0;
-  bool emb_off_ = false;         // no rank had an embedding lookup in the first backward
+  bool emb_off_ = false;  // no rank had an embedding lookup in the first backward
   bool emb_probed_ = false;
   SizeGather sizes_;
   std::shared_ptr<std::atomic<Reducer*>> self_;

@@ -14,6 +14,7 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 from _ddp_models import TinyGPT, flat_params, gpt_batches
 
+import nbdist  # noqa: E402
 from nbdist.ddp import DDP, TrainConfig, train
 
 pytestmark = pytest.mark.gpu
@@ -104,8 +105,32 @@ def test_train_on_gpu_learns(launch, precision):
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("no bf16 on this GPU")
     for history in launch(_train_rank, args=(precision,), nprocs=NGPU):
-        assert len(history) == 30
+        assert [h["step"] for h in history] == list(range(1, 31))  # each once, in order
         assert history[-1]["loss"] < 0.8 * history[0]["loss"]
+
+
+def _late_nan_rank(precision: str, nan_at: int):
+    """bf16/fp32 on a GPU: a step's loss and norm reach the host one step late."""
+    torch.manual_seed(0)
+    seen = [0]
+
+    def loss_fn(m, batch):
+        seen[0] += 1
+        loss = m(*batch)[1]
+        return loss * float("nan") if seen[0] == nan_at else loss
+
+    cfg = TrainConfig(max_steps=6, lr=1e-3, precision=precision, log_every=1)
+    try:
+        train(TinyGPT(), gpt_batches(8, 4), cfg, loss_fn=loss_fn)
+    except nbdist.DDPError as e:
+        return str(e)
+    return "no error"
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_non_finite_step_is_named_though_read_late(launch, precision):
+    for message in launch(_late_nan_rank, args=(precision, 3), nprocs=NGPU):
+        assert "non-finite gradient at step 3" in message, message
 
 
 class _GatedGPT(TinyGPT):

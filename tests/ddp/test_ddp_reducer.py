@@ -134,8 +134,8 @@ def _uneven_lookups(sequences: tuple[int, ...], steps: int) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
     identical = []
     for x, y in batches_for("gpt_wide", steps, sum(sequences)):
-        start = sum(sequences[:rank])
-        loss_of("gpt_wide", ddp, (x[start:start + sequences[rank]], y[start:start + sequences[rank]])).backward()
+        mine = slice(sum(sequences[:rank]), sum(sequences[:rank + 1]))
+        loss_of("gpt_wide", ddp, (x[mine], y[mine])).backward()
         opt.step()
         opt.zero_grad()
         identical.append(_identical_across_ranks(flat_params(model)))
