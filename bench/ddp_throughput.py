@@ -126,7 +126,7 @@ class _TailProbe:
 
 
 def _hand_loop(model, wrapped, batches, accum, steps, device, amp, no_sync_all=False,
-               probe=None):
+               probe=None, set_to_none=True):
     """The usual hand-written loop (nanoGPT): returns seconds per step over `steps` steps."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1,
                             fused=device.type == "cuda")
@@ -148,7 +148,7 @@ def _hand_loop(model, wrapped, batches, accum, steps, device, amp, no_sync_all=F
                 scaled.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=set_to_none)
 
     return _time(one_step, steps, device)
 
@@ -179,7 +179,8 @@ def _parse_variant(spec: str):
     stream, bucket / first = bucket sizes in MiB, aff = 1 to pin each rank's main thread to its
     own cores, each = 1 for plain in a multi-rank sweep (every rank trains alone), t = nbdist's
     transport (nccl, peer, host, auto), piece = copy-engine piece size in KiB, emb = 0 to
-    all-reduce the embedding's gradient densely (nbdist's embedding_rows=False)."""
+    all-reduce the embedding's gradient densely (nbdist's embedding_rows=False), none = 0 for
+    zero_grad(set_to_none=False) in the hand-written loop."""
     name, *rest = spec.split(":")
     return name, dict(kv.split("=", 1) for kv in rest)
 
@@ -320,8 +321,11 @@ def _rank(args: dict) -> dict:
                         out[f"{spec}/accum{accum}"] = {"error": str(exc)}
                         continue
                 probe = _TailProbe(device)
-                sec = _hand_loop(model, wrapped, batches, accum, steps, device, amp, probe=probe)
+                none = opts.get("none", "1") == "1"
+                sec = _hand_loop(model, wrapped, batches, accum, steps, device, amp, probe=probe,
+                                 set_to_none=none)
                 quiet = _hand_loop(model, wrapped, batches, accum, steps, device, amp,
+                                   set_to_none=none,
                                    no_sync_all=True)
                 tail = probe.mean_ms()
                 record(spec, accum, sec, None if tail is None else tail / 1e3 / sec, flops,
@@ -333,8 +337,22 @@ def _rank(args: dict) -> dict:
                                     grad_clip=1.0, bucket_cap_mb=25,
                                     transport=opts.get("t", "auto"),
                                     embedding_rows=opts.get("emb", "1") == "1")
-                hist = nd.train(model, batches, tc)
-                sec = sum(h["seconds"] for h in hist[steps[0]:]) / steps[1]
+                # Timed like the hand-written loops: from a synchronized device at the first
+                # timed step's first forward to a synchronized device after the last step (the
+                # loop's own per-step host times are off by the part of a step the host runs
+                # ahead of the GPU).
+                calls, start = [0], []
+
+                def loss_fn(m, batch, calls=calls, start=start, first=steps[0] * accum):
+                    if calls[0] == first:
+                        _sync(device)
+                        start.append(time.perf_counter())
+                    calls[0] += 1
+                    return m(*batch)[1]
+
+                nd.train(model, batches, tc, loss_fn=loss_fn)
+                _sync(device)
+                sec = (time.perf_counter() - start[0]) / steps[1]
                 record(spec, accum, sec, None, flops)
             if pinned is not None:
                 os.sched_setaffinity(0, pinned)

@@ -190,6 +190,8 @@ void Reducer::start_size_gather(const std::vector<int64_t>& local) {
     g.device_out = at::empty({world_size_ * n}, in.options());
     g.work = all_gather_flat(pg_, g.device_out, in);
     auto side = c10::cuda::getStreamFromPool(false, device.index());
+    // Read there; a forward whose backward never comes drops it before that read has run.
+    g.device_out.record_stream(side);
     c10::cuda::CUDAStreamGuard guard(side);
     g.work->wait();
     g.host = at::empty({world_size_ * n}, counts.options().pinned_memory(true));

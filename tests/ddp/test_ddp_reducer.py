@@ -170,6 +170,69 @@ def test_embedding_rows_with_uneven_lookups(launch, sequences, rows):
         assert res["embedding"] == ((steps, 0) if rows else (0, steps))
 
 
+class _Lookups(torch.nn.Module):
+    """An untied embedding looked up twice (padding index 0), and one no rank ever uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(512, 16, padding_idx=0)
+        self.spare = torch.nn.Embedding(512, 16)
+        self.head = torch.nn.Linear(16, 4)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.emb(a).mean(1) + 2 * self.emb(b).mean(1)))
+
+
+def _lookup_batches(steps: int):
+    g = torch.Generator().manual_seed(7)
+    a = torch.randint(0, 512, (steps, 8, 6), generator=g)
+    a[:, :, 0] = 0  # padding in every row
+    return [(a[s], torch.randint(1, 512, (8, 3), generator=g),
+             torch.randint(0, 4, (8,), generator=g)) for s in range(steps)]
+
+
+def _lookup_step(model, batch) -> torch.Tensor:
+    a, b, y = batch
+    return torch.nn.functional.cross_entropy(model(a, b), y)
+
+
+def _train_lookups(steps: int) -> dict:
+    rank, world = _init()
+    torch.manual_seed(rank)
+    model = _Lookups()
+    ddp = DDP(model, bucket_cap_mb=0.01, first_bucket_mb=0.01, find_unused_parameters=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    identical = []
+    for batch in _lookup_batches(steps):
+        _lookup_step(ddp, [t.chunk(world)[rank] for t in batch]).backward()
+        opt.step()
+        opt.zero_grad()
+        identical.append(_identical_across_ranks(flat_params(model)))
+    dist.destroy_process_group()
+    return {"params": flat_params(model), "identical": identical,
+            "rows": ddp.reducer.embedding_row_exchanges,
+            "spare_grad": model.spare.weight.grad, "padding_row": model.emb.weight[0].clone()}
+
+
+def test_untied_embedding_looked_up_twice_with_padding(launch):
+    steps = 8
+    results = launch(_train_lookups, args=(steps,), nprocs=2)
+    torch.manual_seed(0)
+    model = _Lookups()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    for batch in _lookup_batches(steps):
+        _lookup_step(model, batch).backward()
+        opt.step()
+        opt.zero_grad()
+    want = flat_params(model)
+    for res in results:
+        assert all(res["identical"])
+        assert _rel(res["params"], want) <= 1e-5, _rel(res["params"], want)
+        assert res["rows"] == steps  # emb's two lookups as rows; spare, never used, has none
+        assert res["spare_grad"] is None
+        assert not res["padding_row"].any()  # the padding index gets no gradient
+
+
 def _mismatched_model() -> tuple[str, str]:
     rank, _ = _init()
     torch.manual_seed(0)

@@ -113,8 +113,11 @@ def test_concurrent_marks_keep_the_series_ordered(fake_nvml):
     for gpu in (0, 1):
         times = [r["t_s"] for r in gpu_rows(m, gpu)]
         assert all(a < b for a, b in zip(times, times[1:]))
+        # The counter counts whole millijoules (as NVML's does): two marks of the two threads
+        # within ~10 us of each other may read the same value, never a smaller one.
         energies = [r["energy_j"] for r in counter_rows(m, gpu)]
-        assert all(a < b for a, b in zip(energies, energies[1:]))
+        assert all(a <= b for a, b in zip(energies, energies[1:]))
+        assert energies[-1] > energies[0]
     labels = [label for label, _ in sorted(m.marks, key=lambda x: x[1])]
     windows = [m.summary(a, b).gpus[0].energy_j for a, b in zip(labels, labels[1:])]
     assert sum(windows) == pytest.approx(m.summary(labels[0], labels[-1]).gpus[0].energy_j,
