@@ -373,26 +373,11 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
       // The average goes out on a stream of its own, so that the next piece's fetch and sum
       // overlap it (2xH200, P2P off: 1.087x instead of 1.071x torch DDP).
       order(reduce, piece_event(p, k), {publish});
-      const char* src = mine() + p.bucket_off + start * p.esize;
-      if (peer_) {
-        for (int j = 0; j < world_; ++j) {
-          if (j == rank_) continue;
-          copy(peer(j) + p.bucket_off + start * p.esize, src, len * p.esize, publish);
-          signal(publish, p, 1, k, rank_, j, round);
-        }
-      } else {
-        copy(host_ag(p, rank_, k), src, len * p.esize, publish);
-        signal(publish, p, 1, k, rank_, rank_, round);
-        // All-gather, receiving side (host path): piece k of the other ranks' averages. Queued
-        // here, piece by piece, rather than after the whole loop: the host's enqueueing of the
-        // last bucket is on the critical path, and this lets the fetches start early.
-        for (int s = 0; s < world_; ++s) {
-          if (s == rank_) continue;
-          wait(gather, p, 1, k, s, s, round);
-          const auto [sstart, slen] = range(p, s, k);
-          copy(mine() + p.bucket_off + sstart * p.esize, host_ag(p, s, k), slen * p.esize, gather);
-        }
-      }
+      publish_piece(p, k, start, len, publish, round);
+      // All-gather, receiving side (host path): piece k of the other ranks' averages. Queued
+      // here, piece by piece, rather than after the whole loop: the host's enqueueing of the
+      // last bucket is on the critical path, and this lets the fetches start early.
+      if (!peer_) fetch_piece(p, k, p.chunk, gather, round);
     }
 
     // All-gather, receiving side (peer path): the other ranks' averaged chunks are in this
@@ -420,25 +405,12 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
     // Then the all-gather half of launch(), each rank's own chunk standing for its average.
     for (int64_t k = 0; k < p.pieces && k * p.piece < used; ++k) {
       const auto len = std::min(p.piece, used - k * p.piece);
-      const auto start = rank_ * p.chunk + k * p.piece;
-      const char* src = mine() + p.bucket_off + start * p.esize;
-      if (peer_) {
-        for (int j = 0; j < world_; ++j) {
-          if (j == rank_) continue;
-          copy(peer(j) + p.bucket_off + start * p.esize, src, len * p.esize, publish);
-          signal(publish, p, 1, k, rank_, j, round);
-        }
+      publish_piece(p, k, rank_ * p.chunk + k * p.piece, len, publish, round);
+      if (!peer_) {
+        fetch_piece(p, k, used, gather, round);
+      } else {
         for (int s = 0; s < world_; ++s)
           if (s != rank_) wait(gather, p, 1, k, s, rank_, round);
-      } else {
-        copy(host_ag(p, rank_, k), src, len * p.esize, publish);
-        signal(publish, p, 1, k, rank_, rank_, round);
-        for (int s = 0; s < world_; ++s) {
-          if (s == rank_) continue;
-          wait(gather, p, 1, k, s, s, round);
-          copy(mine() + p.bucket_off + (s * p.chunk + k * p.piece) * p.esize, host_ag(p, s, k),
-               len * p.esize, gather);
-        }
       }
     }
   }
@@ -475,6 +447,36 @@ class CopyEngineImpl final : public CopyEngineAllreduce {
   // ... and where `owner` stages piece k of its average (all-gather).
   char* host_ag(const Plan& p, int owner, int64_t k) const {
     return host() + p.host_ag_off + (int64_t{owner} * p.chunk + k * p.piece) * p.esize;
+  }
+
+  // All-gather, sending side: piece k of this rank's chunk (elements [start, start + len) of the
+  // bucket) goes straight into every other rank's bucket (peer) or into this rank's staging slot
+  // (host), each followed by its phase-1 flag.
+  void publish_piece(const Plan& p, int64_t k, int64_t start, int64_t len,
+                     const c10::cuda::CUDAStream& s, uint32_t round) const {
+    const char* src = mine() + p.bucket_off + start * p.esize;
+    if (!peer_) {
+      copy(host_ag(p, rank_, k), src, len * p.esize, s);
+      signal(s, p, 1, k, rank_, rank_, round);
+      return;
+    }
+    for (int j = 0; j < world_; ++j) {
+      if (j == rank_) continue;
+      copy(peer(j) + p.bucket_off + start * p.esize, src, len * p.esize, s);
+      signal(s, p, 1, k, rank_, j, round);
+    }
+  }
+  // All-gather, receiving side of the host path: piece k of every other rank's chunk, host ->
+  // device once its flag is up; only the first `limit` elements of each chunk.
+  void fetch_piece(const Plan& p, int64_t k, int64_t limit, const c10::cuda::CUDAStream& s,
+                   uint32_t round) const {
+    for (int r = 0; r < world_; ++r) {
+      if (r == rank_) continue;
+      wait(s, p, 1, k, r, r, round);
+      const auto [start, len] = range(p, r, k);
+      const auto n = std::min(len, limit - k * p.piece);
+      copy(mine() + p.bucket_off + start * p.esize, host_ag(p, r, k), n * p.esize, s);
+    }
   }
 
   // Elements [start, start+len) of piece k of `owner`'s chunk (len may be 0 for tiny buckets).

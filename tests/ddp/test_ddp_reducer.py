@@ -126,6 +126,14 @@ def test_grad_accum_reduces_once_per_step(launch, as_view):
         assert all(res["identical"])
 
 
+def _assert_match(results: list[dict], reference: torch.nn.Module) -> None:
+    """Every rank's parameters: the same on all ranks after each step, and the one process's."""
+    want = flat_params(reference)
+    for res in results:
+        assert all(res["identical"])
+        assert _rel(res["params"], want) <= 1e-5, _rel(res["params"], want)
+
+
 def _uneven_lookups(sequences: tuple[int, ...], steps: int) -> dict:
     """Each rank looks up a different number of tokens per step (sequences[rank] sequences)."""
     rank, world = _init()
@@ -163,10 +171,8 @@ def test_embedding_rows_with_uneven_lookups(launch, sequences, rows):
         loss.backward()
         opt.step()
         opt.zero_grad()
-    want = flat_params(model)
+    _assert_match(results, model)
     for res in results:
-        assert all(res["identical"])
-        assert _rel(res["params"], want) <= 1e-5, _rel(res["params"], want)
         assert res["embedding"] == ((steps, 0) if rows else (0, steps))
 
 
@@ -224,10 +230,8 @@ def test_untied_embedding_looked_up_twice_with_padding(launch):
         _lookup_step(model, batch).backward()
         opt.step()
         opt.zero_grad()
-    want = flat_params(model)
+    _assert_match(results, model)
     for res in results:
-        assert all(res["identical"])
-        assert _rel(res["params"], want) <= 1e-5, _rel(res["params"], want)
         assert res["rows"] == steps  # emb's two lookups as rows; spare, never used, has none
         assert res["spare_grad"] is None
         assert not res["padding_row"].any()  # the padding index gets no gradient
