@@ -334,9 +334,12 @@ def _rank(args: dict) -> dict:
             elif variant == "nbdist_train":
                 tc = nd.TrainConfig(max_steps=sum(steps), grad_accum=accum, lr=1e-4,
                                     warmup_steps=0, precision="bf16", log_every=0,
-                                    grad_clip=1.0, bucket_cap_mb=25,
-                                    transport=opts.get("t", "auto"),
-                                    embedding_rows=opts.get("emb", "1") == "1")
+                                    grad_clip=1.0)
+                # Wrapped here rather than by train(), so that tearing the reducer down (its
+                # copy-engine buffers: ~1.5 GB to unpin and free with P2P off) happens after the
+                # clock stops, as it does for the hand-written loops.
+                wrapped = nd.DDP(model, bucket_cap_mb=25, transport=opts.get("t", "auto"),
+                                 embedding_rows=opts.get("emb", "1") == "1")
                 # Timed like the hand-written loops: from a synchronized device at the first
                 # timed step's first forward to a synchronized device after the last step (the
                 # loop's own per-step host times are off by the part of a step the host runs
@@ -350,10 +353,11 @@ def _rank(args: dict) -> dict:
                     calls[0] += 1
                     return m(*batch)[1]
 
-                nd.train(model, batches, tc, loss_fn=loss_fn)
+                nd.train(wrapped, batches, tc, loss_fn=loss_fn)
                 _sync(device)
                 sec = (time.perf_counter() - start[0]) / steps[1]
-                record(spec, accum, sec, None, flops)
+                record(spec, accum, sec, None, flops, transport=_transport_of(wrapped))
+                del wrapped
             if pinned is not None:
                 os.sched_setaffinity(0, pinned)
             del model
