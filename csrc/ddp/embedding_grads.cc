@@ -98,6 +98,10 @@ void Reducer::plan_embedding_uses(const Producers& producers) {
     use.padding_idx = lookups[0]->padding_idx.expect_int();
     int64_t n = 0;
     for (auto* lookup : lookups) {
+      // Saved through hooks (activation checkpointing, offloading): unpacking them now would
+      // run those hooks outside backward. Such a weight keeps the dense path.
+      if (lookup->indices_.has_hooks()) ok = false;
+      if (!ok) break;
       auto indices = lookup->indices_.unpack();
       if (!indices.defined() || lookup->padding_idx.expect_int() != use.padding_idx) ok = false;
       if (!ok) break;
