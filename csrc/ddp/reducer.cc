@@ -93,8 +93,8 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
     hook_keys_.push_back(
         acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
             [this, index](const torch::autograd::variable_list& outputs,
-                          const torch::autograd::variable_list&) {
-              on_grad_ready(index);
+                          const torch::autograd::variable_list& inputs) {
+              on_grad_ready(index, !inputs.empty() && inputs[0].defined());
               return outputs;
             })));
     param_of_acc_[acc.get()] = index;
@@ -336,7 +336,14 @@ void Reducer::prepare_for_backward(bool sync, const std::vector<at::Tensor>& out
   used_work_.reset();
   for (auto& t : saved_grad_) t.reset();
   std::fill(unused_.begin(), unused_.end(), 0);
-  const bool embeddings = options_.embedding_rows && world_size_ > 1 && !emb_off_;
+  bool embeddings = options_.embedding_rows && world_size_ > 1 && !emb_off_;
+  if (embeddings && sizes_.work) {
+    // A forward whose backward has not come yet (two forwards, one backward): its hooks are
+    // stale now and pass gradients through, so this round takes the dense path throughout.
+    // Every rank runs the same forwards, so every rank skips alike.
+    sizes_ = SizeGather();
+    embeddings = false;
+  }
   if (!options_.find_unused_parameters && !embeddings) return;
   std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>> producers;
   std::unordered_set<torch::autograd::Node*> seen;
@@ -385,7 +392,7 @@ void Reducer::walk_graph(
   }
 }
 
-void Reducer::on_grad_ready(int64_t index) {
+void Reducer::on_grad_ready(int64_t index, bool received) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (options_.find_unused_parameters) used_[index] = 1;
   if (!armed_) return;
@@ -393,7 +400,17 @@ void Reducer::on_grad_ready(int64_t index) {
   begin_backward_locked();
   if (emb_of_[index] >= 0) {
     // An embedding weight: its dense parts went into the bucket from their producers' hooks and
-    // its lookups' gradients are exchanged as rows; AccumulateGrad itself received nothing.
+    // its lookups' gradients are exchanged as rows; AccumulateGrad itself received nothing,
+    // unless the weight was also used outside the forward (where no hook was put): that part
+    // went into .grad behind the reducer's back, possibly after its bucket was sent.
+    if (received)
+      throw DDPError(ErrorKind::kInvalidInput,
+                     "rank " + std::to_string(rank_) + ": parameter '" + names_[index] +
+                         "' received a gradient from outside the wrapped module's forward (a "
+                         "use of the weight after forward, e.g. a penalty on it or an output "
+                         "layer applied to the outputs); with embedding_rows=True its gradient "
+                         "is assembled from the forward's graph: pass embedding_rows=False to "
+                         "DDP (TrainConfig.embedding_rows=False) or move that use into forward");
     // Ready already, unless some producer was not part of this backward.
     if (!ready_[index]) {
       if (!rebuilt_) arrival_.push_back(index);

@@ -135,7 +135,8 @@ class Reducer {
     std::shared_ptr<void> event;  // CUDA: the copy to `host` is done
   };
 
-  void on_grad_ready(int64_t index);
+  // `received`: AccumulateGrad got a gradient (for an embedding weight it should get none).
+  void on_grad_ready(int64_t index, bool received);
   void begin_backward_locked();
   // Graph walk from the outputs: the set of nodes reached, and for every parameter the (node,
   // output slot) pairs that feed its AccumulateGrad.

@@ -250,6 +250,55 @@ def test_untied_embedding_looked_up_twice_with_padding(launch, checkpointed):
         assert not res["padding_row"].any()  # the padding index gets no gradient
 
 
+def _two_forwards_or_outside_use(case: str, steps: int) -> dict:
+    """gpt_wide, two ways of reaching the embedding's gradient that the row exchange does not
+    see coming: two forwards before one backward, and a use of the tied weight after forward."""
+    rank, world = _init()
+    model = build("gpt_wide", seed=rank)
+    ddp = DDP(model, bucket_cap_mb=0.02, first_bucket_mb=0.005)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    identical = []
+    for x, y in batches_for("gpt_wide", steps, BATCH):
+        x, y = x.chunk(world)[rank], y.chunk(world)[rank]
+        if case == "two_forwards":
+            loss = sum(loss_of("gpt_wide", ddp, (a, b)) for a, b in zip(x.chunk(2), y.chunk(2)))
+        else:
+            loss = loss_of("gpt_wide", ddp, (x, y)) + 1e-3 * model.wte.weight.pow(2).sum()
+        try:
+            loss.backward()
+        except RuntimeError as e:
+            dist.destroy_process_group()
+            return {"error": str(e)}
+        opt.step()
+        opt.zero_grad()
+        identical.append(_identical_across_ranks(flat_params(model)))
+    dist.destroy_process_group()
+    return {"params": flat_params(model), "identical": identical,
+            "rows": ddp.reducer.embedding_row_exchanges}
+
+
+def test_two_forwards_before_one_backward_take_the_dense_path(launch):
+    steps = 4
+    results = launch(_two_forwards_or_outside_use, args=("two_forwards", steps), nprocs=2)
+    model = build("gpt_wide", seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    for x, y in batches_for("gpt_wide", steps, BATCH):
+        # Each rank's loss is the sum of its two halves' means; DDP averages over ranks.
+        halves = [(a, b) for xr, yr in zip(x.chunk(2), y.chunk(2))
+                  for a, b in zip(xr.chunk(2), yr.chunk(2))]
+        (sum(loss_of("gpt_wide", model, h) for h in halves) / 2).backward()
+        opt.step()
+        opt.zero_grad()
+    _assert_match(results, model)
+    assert all(res["rows"] == 0 for res in results)
+
+
+def test_embedding_weight_used_outside_forward_is_a_clear_error(launch):
+    for res in launch(_two_forwards_or_outside_use, args=("outside", 2), nprocs=2):
+        assert "received a gradient from outside the wrapped module's forward" in res["error"]
+        assert "embedding_rows=False" in res["error"]
+
+
 def _mismatched_model() -> tuple[str, str]:
     rank, _ = _init()
     torch.manual_seed(0)

@@ -81,7 +81,11 @@ class DDP(torch.nn.Module):
             weight's other uses (a tied output layer) then reach its bucket as soon as backward
             produces them instead of waiting for the lookup, which backward reaches last. The
             result is exact and identical on every rank. Not for ``sparse=True`` or
-            ``scale_grad_by_freq=True`` embeddings, nor for weights with hooks of their own.
+            ``scale_grad_by_freq=True`` embeddings, weights with hooks of their own, or lookups
+            under activation checkpointing (those keep the dense path), nor after two forwards
+            before one backward (that round is dense). A weight that also gets a gradient from
+            outside the forward (a penalty on it, an output layer applied to the outputs) raises
+            an error saying to pass ``embedding_rows=False``.
             ``reducer.embedding_row_exchanges`` counts the exchanges.
     """
 
