@@ -21,18 +21,13 @@
 // rank runs on every synchronizing backward while the exchange is on, so that all ranks take the
 // same decisions; it is turned off for good if no rank had a lookup in the first backward.
 
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/generated/Functions.h>
 #include <torch/csrc/autograd/utils/lambda_post_hook.h>
 
 #include "ddp/reducer.h"
-
-#ifdef NBDIST_DDP_CUDA
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <cuda_runtime_api.h>
-#endif
 
 namespace nbdist::ddp {
 
@@ -40,7 +35,6 @@ namespace {
 
 using torch::autograd::Node;
 using torch::autograd::variable_list;
-using Producers = std::vector<std::vector<std::pair<Node*, int64_t>>>;
 
 constexpr const char* kLookupNode = "EmbeddingBackward0";
 
@@ -186,31 +180,23 @@ void Reducer::start_size_gather(const std::vector<int64_t>& local) {
   const auto n = static_cast<int64_t>(local.size());
   auto counts = at::tensor(local, at::TensorOptions().dtype(at::kLong));
   SizeGather g;
-  if (device.is_cuda()) {
-#ifdef NBDIST_DDP_CUDA
+  if (device.is_cpu()) {
+    g.device_out = at::empty({world_size_ * n}, counts.options());
+    g.work = all_gather_flat(pg_, g.device_out, counts);
+    g.counts = HostCopy(g.device_out);  // valid once the work is done
+  } else {
     // The counts reach the host through a side stream, so neither the compute stream nor the
-    // host waits here; finish_size_gather waits for the copy only.
+    // host waits here; finish_size_gather waits for that copy only.
     auto in = counts.pin_memory().to(device, /*non_blocking=*/true);
     g.device_out = at::empty({world_size_ * n}, in.options());
     g.work = all_gather_flat(pg_, g.device_out, in);
-    auto side = c10::cuda::getStreamFromPool(false, device.index());
+    const c10::impl::VirtualGuardImpl impl(device.type());
+    const auto side = impl.getStreamFromGlobalPool(device);
     // Read there; a forward whose backward never comes drops it before that read has run.
     g.device_out.record_stream(side);
-    c10::cuda::CUDAStreamGuard guard(side);
+    c10::StreamGuard guard(side);
     g.work->wait();
-    g.host = at::empty({world_size_ * n}, counts.options().pinned_memory(true));
-    g.host.copy_(g.device_out, /*non_blocking=*/true);
-    cudaEvent_t event = nullptr;
-    C10_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
-    g.event = std::shared_ptr<void>(
-        event, [](void* e) { (void)cudaEventDestroy(static_cast<cudaEvent_t>(e)); });
-    C10_CUDA_CHECK(cudaEventRecord(event, side.stream()));
-#else
-    throw DDPError(ErrorKind::kInvalidInput, "this nbdist build has no CUDA support");
-#endif
-  } else {
-    g.host = at::empty({world_size_ * n}, counts.options());
-    g.work = all_gather_flat(pg_, g.host, counts);
+    g.counts = HostCopy(g.device_out);
   }
   sizes_ = std::move(g);
 }
@@ -218,12 +204,10 @@ void Reducer::start_size_gather(const std::vector<int64_t>& local) {
 std::vector<int64_t> Reducer::finish_size_gather() {
   auto g = std::move(sizes_);
   sizes_ = SizeGather();
-#ifdef NBDIST_DDP_CUDA
-  if (g.event) C10_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(g.event.get())));
-#endif
-  if (!g.event) g.work->wait();
-  const auto* data = g.host.data_ptr<int64_t>();
-  return std::vector<int64_t>(data, data + g.host.numel());
+  if (g.device_out.is_cpu()) g.work->wait();
+  const auto& host = g.counts.get();
+  const auto* data = host.data_ptr<int64_t>();
+  return std::vector<int64_t>(data, data + host.numel());
 }
 
 void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets) {

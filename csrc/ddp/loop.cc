@@ -1,8 +1,6 @@
 #include "ddp/loop.h"
 
 #include <ATen/autocast_mode.h>
-#include <c10/core/Event.h>
-#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/csrc/autograd/autograd.h>
 
 #include <chrono>
@@ -12,6 +10,7 @@
 
 #include "ddp/checkpoint.h"
 #include "ddp/collectives.h"
+#include "ddp/host_copy.h"
 
 namespace nbdist::ddp {
 
@@ -266,8 +265,7 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
   // are read at once.
   struct Pending {
     StepRecord rec;
-    at::Tensor host;  // [loss, norm]
-    std::optional<c10::Event> copied;
+    HostCopy numbers;  // [loss, norm]; undefined when rec already has them (fp16)
   };
   std::optional<Pending> pending;
   auto log_step = [&](const StepRecord& rec) {
@@ -297,10 +295,12 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
   // Fills in the pending step's loss and norm, logs it and adds it to the history.
   auto resolve = [&]() {
     if (!pending) return;
-    if (pending->copied) pending->copied->synchronize();
     auto rec = pending->rec;
-    rec.loss = pending->host[0].item<double>();
-    rec.grad_norm = pending->host[1].item<double>();
+    if (pending->numbers.defined()) {
+      const auto& host = pending->numbers.get();
+      rec.loss = host[0].item<double>();
+      rec.grad_norm = host[1].item<double>();
+    }
     pending.reset();
     if (!fp16 && !std::isfinite(rec.grad_norm)) throw non_finite(rec);
     log_step(rec);
@@ -425,17 +425,9 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
         !ckpt_path.empty() && cfg.ckpt_every > 0 && (step % cfg.ckpt_every == 0 || last);
     pending.emplace();
     pending->rec = rec;
-    if (fp16) {
-      pending->host = at::tensor({rec.loss, rec.grad_norm}, at::kDouble);
-    } else if (device.is_cpu() || last || ckpt_due) {
-      pending->host = numbers.cpu();  // a non-finite step raises before it is checkpointed
-    } else {
-      pending->host = at::empty({2}, at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
-      pending->host.copy_(numbers, /*non_blocking=*/true);
-      pending->copied.emplace(device.type());
-      pending->copied->record(c10::impl::VirtualGuardImpl(device.type()).getStream(device));
-    }
-    if (!pending->copied) resolve();
+    if (!fp16) pending->numbers = HostCopy(numbers);
+    // Read now: a non-finite checkpoint step raises before it is written.
+    if (fp16 || device.is_cpu() || last || ckpt_due) resolve();
 
     // 8. checkpoint (rank 0 writes, atomically)
     if (ckpt_due) write_checkpoint();

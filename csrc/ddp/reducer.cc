@@ -336,7 +336,7 @@ void Reducer::prepare_for_backward(bool sync, const std::vector<at::Tensor>& out
   used_work_.reset();
   for (auto& t : saved_grad_) t.reset();
   std::fill(unused_.begin(), unused_.end(), 0);
-  bool embeddings = options_.embedding_rows && world_size_ > 1 && !emb_off_;
+  bool embeddings = embeddings_active();
   if (embeddings && sizes_.work) {
     // A forward whose backward has not come yet (two forwards, one backward): its hooks are
     // stale now and pass gradients through, so this round takes the dense path throughout.
@@ -345,7 +345,7 @@ void Reducer::prepare_for_backward(bool sync, const std::vector<at::Tensor>& out
     embeddings = false;
   }
   if (!options_.find_unused_parameters && !embeddings) return;
-  std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>> producers;
+  Producers producers;
   std::unordered_set<torch::autograd::Node*> seen;
   walk_graph(outputs, embeddings ? &producers : nullptr, &seen);
   if (options_.find_unused_parameters)
@@ -355,14 +355,11 @@ void Reducer::prepare_for_backward(bool sync, const std::vector<at::Tensor>& out
 }
 
 bool Reducer::wants_outputs() const {
-  return options_.find_unused_parameters ||
-         (options_.embedding_rows && world_size_ > 1 && !emb_off_);
+  return options_.find_unused_parameters || embeddings_active();
 }
 
-void Reducer::walk_graph(
-    const std::vector<at::Tensor>& outputs,
-    std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>>* producers,
-    std::unordered_set<torch::autograd::Node*>* seen) const {
+void Reducer::walk_graph(const std::vector<at::Tensor>& outputs, Producers* producers,
+                         std::unordered_set<torch::autograd::Node*>* seen) const {
   if (producers) producers->assign(params_.size(), {});
   std::vector<torch::autograd::Node*> stack;
   for (const auto& out : outputs) {

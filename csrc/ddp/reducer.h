@@ -29,6 +29,7 @@
 
 #include "common/error.h"
 #include "ddp/copy_engine.h"
+#include "ddp/host_copy.h"
 
 namespace nbdist::ddp {
 
@@ -130,21 +131,22 @@ class Reducer {
   // An all-gather of one int64 per parameter whose result the host reads at the end of backward
   // without stalling the compute stream (it is started in prepare_for_backward).
   struct SizeGather {
-    at::Tensor host, device_out;
-    c10::intrusive_ptr<::c10d::Work> work;
-    std::shared_ptr<void> event;  // CUDA: the copy to `host` is done
+    at::Tensor device_out;
+    c10::intrusive_ptr<::c10d::Work> work;  // set while a gather awaits its backward
+    HostCopy counts;
   };
+  // For each parameter, the (node, output slot) pairs that feed its AccumulateGrad.
+  using Producers = std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>>;
 
   // `received`: AccumulateGrad got a gradient (for an embedding weight it should get none).
   void on_grad_ready(int64_t index, bool received);
   void begin_backward_locked();
-  // Graph walk from the outputs: the set of nodes reached, and for every parameter the (node,
-  // output slot) pairs that feed its AccumulateGrad.
-  void walk_graph(const std::vector<at::Tensor>& outputs,
-                  std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>>* producers,
+  // Graph walk from the outputs: the set of nodes reached, and (when asked) the producers.
+  void walk_graph(const std::vector<at::Tensor>& outputs, Producers* producers,
                   std::unordered_set<torch::autograd::Node*>* seen) const;
-  void plan_embedding_uses(
-      const std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>>& producers);
+  // Whether this rank still looks for embedding lookups (the same answer on every rank).
+  bool embeddings_active() const { return options_.embedding_rows && world_size_ > 1 && !emb_off_; }
+  void plan_embedding_uses(const Producers& producers);
   // Hooks of this backward's graph (false: the graph is an older one, leave the gradient be).
   bool on_dense_part(uint64_t serial, size_t use, const at::Tensor& part);
   bool on_lookup_grad(uint64_t serial, size_t use, size_t lookup, const at::Tensor& grad);
