@@ -127,10 +127,12 @@ class _TailProbe:
 
 def _hand_loop(model, wrapped, batches, accum, steps, device, amp, no_sync_all=False,
                probe=None, set_to_none=True):
-    """The usual hand-written loop (nanoGPT): returns seconds per step over `steps` steps."""
+    """The usual hand-written loop (nanoGPT): returns seconds per step over `steps` steps. fp16
+    adds torch's GradScaler the way its documentation clips (unscale_, clip, step, update)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1,
                             fused=device.type == "cuda")
     no_sync = getattr(wrapped, "no_sync", None)
+    scaler = torch.amp.GradScaler(device.type) if amp == torch.float16 else None
 
     def one_step(i):
         if probe is not None:
@@ -143,11 +145,19 @@ def _hand_loop(model, wrapped, batches, accum, steps, device, amp, no_sync_all=F
                 with torch.autocast(device.type, dtype=amp):
                     loss = wrapped(x, y)[1]
                 scaled = loss / accum
+                if scaler is not None:
+                    scaled = scaler.scale(scaled)
                 if last and probe is not None:
                     probe.watch(scaled)
                 scaled.backward()
+        if scaler is not None:
+            scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
         opt.zero_grad(set_to_none=set_to_none)
 
     return _time(one_step, steps, device)
@@ -180,7 +190,9 @@ def _parse_variant(spec: str):
     own cores, each = 1 for plain in a multi-rank sweep (every rank trains alone), t = nbdist's
     transport (nccl, peer, host, auto), piece = copy-engine piece size in KiB, emb = 0 to
     all-reduce the embedding's gradient densely (nbdist's embedding_rows=False), none = 0 for
-    zero_grad(set_to_none=False) in the hand-written loop."""
+    zero_grad(set_to_none=False) in the hand-written loop, prec = fp16 for fp16 autocast with a
+    dynamic loss scaler (the hand-written loops: torch's GradScaler, unscale_ before clipping, as
+    its documentation shows; train(): precision="fp16")."""
     name, *rest = spec.split(":")
     return name, dict(kv.split("=", 1) for kv in rest)
 
@@ -253,7 +265,6 @@ def _rank(args: dict) -> dict:
     else:
         device = torch.device("cpu")
         dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
-    amp = torch.bfloat16
     cfg = args["model"]
     g = torch.Generator(device="cpu").manual_seed(1234 + rank)
     batches = []
@@ -293,6 +304,8 @@ def _rank(args: dict) -> dict:
             else:
                 os.environ.pop("NBDIST_CE_PIECE_KB", None)
             pinned = _pin_main_thread(opts, rank, world)
+            fp16 = opts.get("prec") == "fp16"
+            amp = torch.float16 if fp16 else torch.bfloat16
             if variant == "plain":
                 # In a multi-rank sweep: every rank trains its own copy, no communication at all
                 # (what running N processes side by side costs by itself).
@@ -333,7 +346,8 @@ def _rank(args: dict) -> dict:
                        transport=_transport_of(wrapped))
             elif variant == "nbdist_train":
                 tc = nd.TrainConfig(max_steps=sum(steps), grad_accum=accum, lr=1e-4,
-                                    warmup_steps=0, precision="bf16", log_every=0,
+                                    warmup_steps=0, precision="fp16" if fp16 else "bf16",
+                                    log_every=0,
                                     grad_clip=1.0)
                 # Wrapped here rather than by train(), so that tearing the reducer down (its
                 # copy-engine buffers: ~1.5 GB to unpin and free with P2P off) happens after the
@@ -548,12 +562,15 @@ def _sweep(a, base: dict, env: dict, n: int) -> int:
             if "error" in out[name]:
                 print(f"{name:<10}failed: {out[name]['error'].splitlines()[0][:100]}")
                 continue
-            ref = out[name].get(f"torch_ddp/accum{accum}", {}).get("tokens_per_s")
             for v in variants:
                 r = out[name].get(f"{v}/accum{accum}")
                 if r is None or "error" in r:
                     print(f"{name:<10}{v:<34}{accum:>6}  {r and r['error']}")
                     continue
+                # against torch DDP in the same precision (fp16 rows against torch's GradScaler)
+                prec = _parse_variant(v)[1].get("prec")
+                ref = out[name].get("torch_ddp" + (f":prec={prec}" if prec else "")
+                                    + f"/accum{accum}", {}).get("tokens_per_s")
                 r["scaling"] = r["tokens_per_s"] / (n * one)
                 r["vs_torch_ddp"] = r["tokens_per_s"] / ref if ref else None
                 print(f"{name:<10}{v:<34}{accum:>6}{1e3 * r['step_s']:>9.2f}"

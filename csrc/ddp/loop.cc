@@ -62,10 +62,12 @@ class AdamW {
     }
   }
 
-  void step(double lr) {
+  // found_inf (fp16; undefined otherwise): a nonzero value skips the update on the device, moments
+  // and step counts included, without the host reading it (the fused kernel's own gate).
+  void step(double lr, const at::Tensor& found_inf) {
     at::NoGradGuard no_grad;
-    step_group(decay_, lr, cfg_.weight_decay);
-    step_group(no_decay_, lr, 0.0);
+    step_group(decay_, lr, cfg_.weight_decay, found_inf);
+    step_group(no_decay_, lr, 0.0, found_inf);
   }
 
   // Optimizer state of parameter i (registration order), for checkpoints.
@@ -78,7 +80,7 @@ class AdamW {
     std::vector<at::Tensor> params, exp_avg, exp_avg_sq, steps;
   };
 
-  void step_group(Group& all, double lr, double wd) {
+  void step_group(Group& all, double lr, double wd, const at::Tensor& found_inf) {
     // A param without a gradient (unused on every rank) is skipped, decay and moments alike, as
     // torch.optim does; the lists below alias the group's tensors, so updates land in place.
     Group g;
@@ -95,12 +97,21 @@ class AdamW {
     at::_foreach_add_(g.steps, 1);
     if (fused_) {
       try {
-        at::_fused_adamw_(g.params, grads, g.exp_avg, g.exp_avg_sq, {}, g.steps, lr, cfg_.beta1,
-                          cfg_.beta2, wd, cfg_.eps, false, false);
+        at::_fused_adamw_(
+            g.params, grads, g.exp_avg, g.exp_avg_sq, {}, g.steps, lr, cfg_.beta1, cfg_.beta2, wd,
+            cfg_.eps, false, false, std::nullopt,
+            found_inf.defined() ? std::optional<at::Tensor>(found_inf) : std::nullopt);
+        if (found_inf.defined())  // a skipped step does not count
+          at::_foreach_sub_(g.steps, std::vector<at::Tensor>(g.steps.size(), found_inf));
         return;
       } catch (const c10::NotImplementedError&) {
         fused_ = false;  // no fused kernel for this device/dtype: the same math, unfused
       }
+    }
+    // The fallback decides on the host (it reads the step counts there anyway).
+    if (found_inf.defined() && found_inf.item<double>() != 0) {
+      at::_foreach_add_(g.steps, -1);
+      return;
     }
     for (size_t i = 0; i < g.params.size(); ++i) {
       const double t = g.steps[i].item<double>();
@@ -227,6 +238,16 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     }
   }
 
+  // The fp16 loss scaler lives on the device (torch's GradScaler kernels): the scale, the count of
+  // good steps since it last changed, and each step's found-inf flag, which gates the fused AdamW
+  // there. Only a user optimizer makes the host read the flag (it cannot be told to skip
+  // otherwise).
+  at::Tensor scale_dev, good_dev;
+  if (fp16) {
+    scale_dev = at::full({}, scale, f32);
+    good_dev = at::full({}, good_steps, f32.dtype(at::kInt));
+  }
+
   auto write_checkpoint = [&] {
     // Each rank's RNG goes into the file so that a resumed run draws the same dropout masks.
     auto cpu_rng =
@@ -252,20 +273,19 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     ck["step"] = at::scalar_tensor(step, at::kLong);
     ck["world_size"] = at::scalar_tensor(world, at::kLong);
     ck["data_position"] = at::scalar_tensor(cb.data_position(), at::kLong);
-    ck["scaler.scale"] = scalar(scale);
-    ck["scaler.good_steps"] = at::scalar_tensor(good_steps, at::kLong);
+    ck["scaler.scale"] = scalar(fp16 ? scale_dev.item<double>() : scale);
+    ck["scaler.good_steps"] = at::scalar_tensor(fp16 ? good_dev.item<int64_t>() : 0, at::kLong);
     save_checkpoint(ckpt_path, ck);
   };
 
   std::vector<StepRecord> history;
-  // A step's loss and gradient norm reach the host one step late (bf16/fp32 on a GPU): reading
-  // them at once would leave the GPU idle while the host queues the next step. The host copy is
-  // taken as soon as the step's numbers exist and read after the next step's backward has been
-  // queued; checkpoint, eval and last steps (and fp16, whose loss scaler decides on the host)
-  // are read at once.
+  // A step's numbers (loss, gradient norm; fp16: the scale it used and whether it overflowed)
+  // reach the host one step late on a GPU: reading them at once would leave the GPU idle while
+  // the host queues the next step. The host copy is taken as soon as they exist and read after
+  // the next step's backward has been queued; checkpoint and last steps are read at once.
   struct Pending {
     StepRecord rec;
-    HostCopy numbers;  // [loss, norm]; undefined when rec already has them (fp16)
+    HostCopy numbers;  // [loss, norm] or, fp16, [loss, norm, scale, found_inf]
   };
   std::optional<Pending> pending;
   auto log_step = [&](const StepRecord& rec) {
@@ -296,12 +316,15 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
   auto resolve = [&]() {
     if (!pending) return;
     auto rec = pending->rec;
-    if (pending->numbers.defined()) {
-      const auto& host = pending->numbers.get();
-      rec.loss = host[0].item<double>();
-      rec.grad_norm = host[1].item<double>();
-    }
+    const auto host = pending->numbers.get().to(at::kDouble);
     pending.reset();
+    const double* v = host.const_data_ptr<double>();
+    rec.loss = v[0];
+    rec.grad_norm = v[1];
+    if (fp16) {
+      rec.scale = v[2];
+      rec.skipped = v[3] != 0;
+    }
     if (!fp16 && !std::isfinite(rec.grad_norm)) throw non_finite(rec);
     log_step(rec);
     history.push_back(rec);
@@ -311,7 +334,6 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     const auto t0 = Clock::now();
     StepRecord rec;
     rec.lr = lr_at(cfg, step);
-    rec.scale = scale;
 
     // 1. forward and backward on each micro-batch; only the last one all-reduces, bucket by
     //    bucket while its backward is still running (the reducer's hooks)
@@ -328,7 +350,9 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
                        "the loss must be a tensor with one element, got " +
                            (loss.defined() ? "shape " + c10::str(loss.sizes()) : "None"));
       loss_sum += loss.detach().to(at::kFloat).reshape({});
-      torch::autograd::backward({loss.to(at::kFloat).reshape({}) * (scale / cfg.grad_accum)});
+      auto scaled = loss.to(at::kFloat).reshape({});
+      scaled = fp16 ? scaled * (scale_dev / cfg.grad_accum) : scaled / cfg.grad_accum;
+      torch::autograd::backward({scaled});
     }
     resolve();  // the previous step, while the GPU runs this one's backward
 
@@ -338,47 +362,33 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     std::vector<at::Tensor> grads;
     for (const auto& p : params)
       if (p.grad().defined()) grads.push_back(p.grad());
-    if (fp16 && !grads.empty()) {
-      auto found_inf = at::zeros({1}, f32);
-      at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf,
-                                                     at::full({}, 1.0 / scale, f32));
+    //    fp16: the reduced gradients are the same on every rank, so is their found-inf flag.
+    at::Tensor found_inf;
+    if (fp16) {
+      found_inf = at::zeros({}, f32);
+      if (!grads.empty())
+        at::_amp_foreach_non_finite_check_and_unscale_(grads, found_inf, scale_dev.reciprocal());
     }
     auto norm = grads.empty() ? at::zeros({}, f32)
                               : at::linalg_vector_norm(at::stack(at::_foreach_norm(grads)), 2);
-    auto numbers = at::stack({loss_sum / cfg.grad_accum, norm.to(at::kFloat)});
+    std::vector<at::Tensor> parts{loss_sum / cfg.grad_accum, norm.to(at::kFloat)};
+    if (fp16) parts.insert(parts.end(), {scale_dev, found_inf});
+    auto numbers = at::stack(parts);  // a copy: the scale this step used
 
-    // 3. clip and update. fp16: a step with inf/nan gradients is skipped on every rank alike, as
-    //    the host decides from the norm; otherwise the clip factor stays on the device (as in
-    //    torch.nn.utils.clip_grad_norm_), and a non-finite norm raises when it is read.
-    bool finite = true;
-    if (fp16) {
-      const auto host = numbers.cpu();  // one sync
-      rec.loss = host[0].item<double>();
-      rec.grad_norm = host[1].item<double>();
-      finite = std::isfinite(rec.grad_norm);
-      if (finite && cfg.grad_clip > 0 && rec.grad_norm > cfg.grad_clip)
-        at::_foreach_mul_(grads, cfg.grad_clip / (rec.grad_norm + 1e-6));
-    } else if (cfg.grad_clip > 0 && !grads.empty()) {
+    // 3. clip and update, all on the device: the clip factor as in torch.nn.utils.clip_grad_norm_;
+    //    fp16: a step with inf/nan gradients is skipped on every rank alike (the fused AdamW
+    //    reads found_inf); bf16/fp32: a non-finite norm raises when it is read.
+    if (cfg.grad_clip > 0 && !grads.empty())
       at::_foreach_mul_(grads, (cfg.grad_clip / (norm + 1e-6)).clamp_max(1.0));
-    }
-    if (finite) {
-      if (opt)
-        opt->step(rec.lr);
-      else
-        cb.optimizer_step(rec.lr);
-    }
-    rec.skipped = !finite;
+    if (opt)
+      opt->step(rec.lr, found_inf);
+    else if (!fp16 || found_inf.item<double>() == 0)
+      cb.optimizer_step(rec.lr);
 
-    // 4. loss scaler: back off on overflow, grow after growth_interval good steps
-    if (fp16) {
-      if (!finite) {
-        scale *= cfg.backoff_factor;
-        good_steps = 0;
-      } else if (++good_steps == cfg.growth_interval) {
-        scale *= cfg.growth_factor;
-        good_steps = 0;
-      }
-    }
+    // 4. loss scaler: back off on overflow, grow after growth_interval good steps (on the device)
+    if (fp16)
+      at::_amp_update_scale_(scale_dev, good_dev, found_inf, cfg.growth_factor, cfg.backoff_factor,
+                             cfg.growth_interval);
 
     // 5. zero the gradients in place (they are views into the reducer's buckets); with
     //    find_unused_parameters drop them instead, so that a param unused in the next step has
@@ -425,9 +435,9 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
         !ckpt_path.empty() && cfg.ckpt_every > 0 && (step % cfg.ckpt_every == 0 || last);
     pending.emplace();
     pending->rec = rec;
-    if (!fp16) pending->numbers = HostCopy(numbers);
+    pending->numbers = HostCopy(numbers);
     // Read now: a non-finite checkpoint step raises before it is written.
-    if (fp16 || device.is_cpu() || last || ckpt_due) resolve();
+    if (device.is_cpu() || last || ckpt_due) resolve();
 
     // 8. checkpoint (rank 0 writes, atomically)
     if (ckpt_due) write_checkpoint();

@@ -133,6 +133,39 @@ def test_non_finite_step_is_named_though_read_late(launch, precision):
         assert "non-finite gradient at step 3" in message, message
 
 
+def _fp16_scaler_rank():
+    """fp16 on a GPU: the scaler decides on the device, and each step's skip and scale reach the
+    host with its loss, one step late."""
+    rank = int(os.environ["RANK"])
+    torch.manual_seed(0)
+    seen, snapshots = [0], []
+
+    def loss_fn(m, batch):
+        seen[0] += 1
+        snapshots.append(flat_params(m).cpu())
+        loss = m(*batch)[1]
+        # The last rank's step 3 (micro-batches 5, 6) overflows; the reduced gradient is inf.
+        return loss * float("inf") if rank == NGPU - 1 and seen[0] == 6 else loss
+
+    cfg = TrainConfig(max_steps=8, grad_accum=2, lr=1e-2, precision="fp16", log_every=1,
+                      init_scale=1024.0, growth_interval=3, grad_clip=1.0)
+    model = TinyGPT()
+    history = train(model, gpt_batches(5, 4), cfg, loss_fn=loss_fn)
+    return history, snapshots, flat_params(model).cpu()
+
+
+def test_fp16_scaler_runs_on_the_device(launch):
+    results = launch(_fp16_scaler_rank, nprocs=NGPU)
+    for history, snapshots, _ in results:
+        assert [h["step"] for h in history] == list(range(1, 9))
+        assert [h["skipped"] for h in history] == [False, False, True] + [False] * 5
+        assert [h["scale"] for h in history] == [1024, 1024, 1024, 512, 512, 512, 1024, 1024]
+        assert torch.equal(snapshots[4], snapshots[6])  # the skipped step left the weights alone
+        assert not torch.equal(snapshots[2], snapshots[4])
+        assert all(h["grad_norm"] > 0 for h in history if not h["skipped"])
+    assert torch.equal(results[0][2], results[-1][2])
+
+
 class _GatedGPT(TinyGPT):
     """TinyGPT plus a branch that runs only on batches whose first token is even (so some ranks
     and steps skip it) and a layer that never runs."""

@@ -386,6 +386,12 @@ def train(
     Each history entry has step, loss (this rank), lr (the schedule's), grad_norm, scale, skipped,
     seconds, throughput (tokens/s over all ranks for integer inputs, else samples/s), mfu and
     eval_loss (or None).
+
+    On a GPU the loop does not wait for each step's numbers: clipping, the fp16 loss scaler and
+    its skip decision run on the device, and a step's loss, norm, scale and skip reach the host
+    (log line, history, the non-finite check) while the next step runs. Checkpoint and last steps
+    are read at once. Only a user optimizer in fp16 makes each step wait, to know whether to call
+    its ``step()``.
     """
     if not isinstance(cfg, TrainConfig):
         raise DDPValueError(f"cfg must be a nbdist.ddp.TrainConfig, got {type(cfg).__name__}")
