@@ -126,9 +126,10 @@ class _TailProbe:
 
 
 def _hand_loop(model, wrapped, batches, accum, steps, device, amp, no_sync_all=False,
-               probe=None, set_to_none=True):
+               probe=None, set_to_none=True, profile=None):
     """The usual hand-written loop (nanoGPT): returns seconds per step over `steps` steps. fp16
-    adds torch's GradScaler the way its documentation clips (unscale_, clip, step, update)."""
+    adds torch's GradScaler the way its documentation clips (unscale_, clip, step, update).
+    profile: a dict that receives _profile_steps' summary of 3 more steps."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1,
                             fused=device.type == "cuda")
     no_sync = getattr(wrapped, "no_sync", None)
@@ -136,7 +137,7 @@ def _hand_loop(model, wrapped, batches, accum, steps, device, amp, no_sync_all=F
 
     def one_step(i):
         if probe is not None:
-            probe.armed = i >= steps[0]  # timed steps only
+            probe.armed = steps[0] <= i < sum(steps)  # timed steps only
         for m in range(accum):
             x, y = batches[(i * accum + m) % len(batches)]
             last = m == accum - 1 and not no_sync_all
@@ -160,7 +161,68 @@ def _hand_loop(model, wrapped, batches, accum, steps, device, amp, no_sync_all=F
             opt.step()
         opt.zero_grad(set_to_none=set_to_none)
 
-    return _time(one_step, steps, device)
+    sec = _time(one_step, steps, device)
+    if profile is not None:
+        profile.update(_profile_steps(one_step, sum(steps), 3, device))
+    return sec
+
+
+def _profile_steps(one_step, first: int, n: int, device) -> dict:
+    """n more steps under torch.profiler, summarized per step from the CUDA kernel trace: the
+    span, the compute stream's busy time and idle gaps (busy = union of its kernels), and kernel
+    time by kind over all streams (NCCL kernels run on their own stream)."""
+    import json
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type != "cuda":
+        return {}
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(n):
+            one_step(first + i)
+        _sync(device)
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        path = f.name
+    prof.export_chrome_trace(path)
+    with open(path) as f:
+        events = json.load(f)["traceEvents"]
+    os.unlink(path)
+    kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+               and "dur" in e]
+    if not kernels:
+        return {}
+    kinds = {"nccl": ("nccl",), "gemm": ("gemm", "cutlass", "nvjet", "xmma", "sm90", "sm80"),
+             "attention": ("flash", "fmha", "attention"),
+             "optimizer": ("adam", "multi_tensor", "foreach"),
+             "embedding": ("embedding", "index_put", "indexing", "scatter", "gather"),
+             "norm": ("norm",), "copy/fill": ("memcpy", "memset", "copy", "fill")}
+    by_kind: dict[str, float] = {}
+    streams: dict[int, list] = {}
+    for e in kernels:
+        name = e["name"].lower()
+        kind = next((k for k, keys in kinds.items() if any(x in name for x in keys)), "other")
+        if e.get("cat") != "kernel":
+            kind = "copy/fill"
+        by_kind[kind] = by_kind.get(kind, 0.0) + e["dur"]
+        if kind != "nccl":
+            streams.setdefault(e.get("args", {}).get("stream", -1), []).append(e)
+    compute = max(streams.values(), key=lambda ks: sum(k["dur"] for k in ks))
+    compute.sort(key=lambda k: k["ts"])
+    busy, end = 0.0, None
+    for k in compute:
+        a, b = k["ts"], k["ts"] + k["dur"]
+        if end is None or a >= end:
+            busy += b - a
+            end = b
+        elif b > end:
+            busy += b - end
+            end = b
+    span = max(k["ts"] + k["dur"] for k in kernels) - min(k["ts"] for k in kernels)
+    return {"steps": n, "span_ms": span / n / 1e3, "compute_busy_ms": busy / n / 1e3,
+            "compute_idle_ms": (span - busy) / n / 1e3,
+            "kernel_ms": {k: v / n / 1e3 for k, v in sorted(by_kind.items())}}
 
 
 class _null:
@@ -190,7 +252,8 @@ def _parse_variant(spec: str):
     own cores, each = 1 for plain in a multi-rank sweep (every rank trains alone), t = nbdist's
     transport (nccl, peer, host, auto), piece = copy-engine piece size in KiB, emb = 0 to
     all-reduce the embedding's gradient densely (nbdist's embedding_rows=False), none = 0 for
-    zero_grad(set_to_none=False) in the hand-written loop, prec = fp16 for fp16 autocast with a
+    zero_grad(set_to_none=False) in the hand-written loop, prof = 1 to profile 3 more steps
+    (plain and the DDP wrappers; with and without sync), prec = fp16 for fp16 autocast with a
     dynamic loss scaler (the hand-written loops: torch's GradScaler, unscale_ before clipping, as
     its documentation shows; train(): precision="fp16")."""
     name, *rest = spec.split(":")
@@ -281,7 +344,8 @@ def _rank(args: dict) -> dict:
         m = GPT(**cfg).to(device)
         return m
 
-    def record(name, accum, sec, exposed=None, flops=0.0, overhead=None, transport=None):
+    def record(name, accum, sec, exposed=None, flops=0.0, overhead=None, transport=None,
+               profile=None):
         tps = tokens_per_step * accum / sec
         # exposed_comm_frac: end of backward -> last bucket done, over the step time.
         # comm_overhead_frac: (step with sync - step under no_sync) / step; it also counts
@@ -290,6 +354,10 @@ def _rank(args: dict) -> dict:
                                        "exposed_comm_frac": exposed,
                                        "comm_overhead_frac": overhead, "flops_per_token": flops,
                                        "transport": transport}
+        if profile:
+            out[f"{name}/accum{accum}"]["profile"] = profile
+            if rank == 0:
+                print(f"profile {name}/accum{accum}: {profile}", flush=True)
         if rank == 0:  # in the log as it happens: a later variant that fails loses nothing
             print(f"variant {name}/accum{accum}: {1e3 * sec:.2f} ms/step, {tps:,.0f} tokens/s, "
                   f"overhead {overhead}, transport {transport}", flush=True)
@@ -311,8 +379,9 @@ def _rank(args: dict) -> dict:
                 # (what running N processes side by side costs by itself).
                 if world != 1 and opts.get("each") != "1":
                     continue
-                record(spec, accum, _hand_loop(model, model, batches, accum, steps, device, amp),
-                       flops=flops)
+                prof = {} if opts.get("prof") == "1" else None
+                record(spec, accum, _hand_loop(model, model, batches, accum, steps, device, amp,
+                                               profile=prof), flops=flops, profile=prof)
             elif variant in ("torch_ddp", "nbdist_ddp"):
                 try:
                     group = _comm_group(opts, device)
@@ -335,15 +404,18 @@ def _rank(args: dict) -> dict:
                         continue
                 probe = _TailProbe(device)
                 none = opts.get("none", "1") == "1"
+                prof = {} if opts.get("prof") == "1" else None
+                quiet_prof = {} if prof is not None else None
                 sec = _hand_loop(model, wrapped, batches, accum, steps, device, amp, probe=probe,
-                                 set_to_none=none)
+                                 set_to_none=none, profile=prof)
                 quiet = _hand_loop(model, wrapped, batches, accum, steps, device, amp,
                                    set_to_none=none,
-                                   no_sync_all=True)
+                                   no_sync_all=True, profile=quiet_prof)
                 tail = probe.mean_ms()
                 record(spec, accum, sec, None if tail is None else tail / 1e3 / sec, flops,
                        overhead=max(0.0, (sec - quiet) / sec),
-                       transport=_transport_of(wrapped))
+                       transport=_transport_of(wrapped),
+                       profile=prof and dict(sync=prof, no_sync=quiet_prof))
             elif variant == "nbdist_train":
                 tc = nd.TrainConfig(max_steps=sum(steps), grad_accum=accum, lr=1e-4,
                                     warmup_steps=0, precision="fp16" if fp16 else "bf16",

@@ -28,7 +28,7 @@ def _size(bucket_mb: float) -> dict:
     return {} if bucket_mb < 0.1 else {"vocab": 256, "d": 128}
 
 
-def _nccl_rank(steps: int, transport: str, bucket_mb: float, accum: int):
+def _nccl_rank(steps: int, transport: str, bucket_mb: float, accum: int, as_view: bool):
     rank = int(os.environ["RANK"])
     os.environ["NBDIST_CE_PIECE_KB"] = "64"  # several pieces per chunk once buckets are 1 MiB
     # One GPU per rank, whether the launcher shows all GPUs or only this rank's.
@@ -40,7 +40,8 @@ def _nccl_rank(steps: int, transport: str, bucket_mb: float, accum: int):
     torch.backends.cudnn.allow_tf32 = False
     torch.manual_seed(rank)  # rank 0's weights must win
     model = TinyGPT(**_size(bucket_mb)).to(device)
-    ddp = DDP(model, bucket_cap_mb=bucket_mb, first_bucket_mb=bucket_mb / 4, transport=transport)
+    ddp = DDP(model, bucket_cap_mb=bucket_mb, first_bucket_mb=bucket_mb / 4, transport=transport,
+              gradient_as_bucket_view=as_view)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     world = dist.get_world_size()
     identical = True
@@ -65,15 +66,16 @@ def _nccl_rank(steps: int, transport: str, bucket_mb: float, accum: int):
 
 
 # The process group's all-reduce, and both copy-engine paths (many tiny buckets, and 1 MiB
-# buckets in 64 KiB pieces with accumulation under no_sync).
-@pytest.mark.parametrize("transport,bucket_mb,accum", [
-    ("nccl", 0.02, 1), ("peer", 0.02, 1), ("host", 0.02, 1), ("nccl", 1, 2), ("peer", 1, 2),
-    ("host", 1, 2)])
-def test_nccl_ranks_match_one_process(launch, transport, bucket_mb, accum):
+# buckets in 64 KiB pieces with accumulation under no_sync). as_view=False: .grad is not the
+# bucket; the average is copied back into it.
+@pytest.mark.parametrize("transport,bucket_mb,accum,as_view", [
+    ("nccl", 0.02, 1, True), ("peer", 0.02, 1, True), ("host", 0.02, 1, True),
+    ("nccl", 1, 2, True), ("peer", 1, 2, True), ("host", 1, 2, True), ("nccl", 1, 1, False)])
+def test_nccl_ranks_match_one_process(launch, transport, bucket_mb, accum, as_view):
     if transport != "nccl" and NGPU < 2:
         pytest.skip("the copy-engine all-reduce needs 2 GPUs")
     steps = 10
-    results = launch(_nccl_rank, args=(steps, transport, bucket_mb, accum), nprocs=NGPU)
+    results = launch(_nccl_rank, args=(steps, transport, bucket_mb, accum, as_view), nprocs=NGPU)
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     ref = TinyGPT(**_size(bucket_mb)).cuda()
