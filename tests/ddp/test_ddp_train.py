@@ -104,6 +104,37 @@ def test_loss_scaler_skips_inf_steps_and_regrows(launch, user_opt):
     assert torch.equal(results[0][2], results[1][2])
 
 
+def _fp16_resume_run(ckpt_dir: str, max_steps: int):
+    """fp16 with overflows that depend on the data only (so a resumed run meets them again)."""
+    rank = int(os.environ["RANK"])
+    torch.manual_seed(0)
+    model = TinyGPT()
+
+    def loss_fn(m, batch):
+        loss = m(*batch)[1]
+        return loss * float("inf") if rank == 1 and int(batch[0].sum()) % 5 == 0 else loss
+
+    cfg = _config(ckpt_dir, max_steps, precision="fp16", schedule="constant", warmup_steps=0,
+                  init_scale=1024.0, growth_interval=2, ckpt_every=3)
+    history = train(model, gpt_batches(5, 4), cfg, loss_fn=loss_fn)
+    return flat_params(model), [(h["step"], h["scale"], h["skipped"]) for h in history]
+
+
+def test_loss_scaler_state_survives_resume(launch, tmp_path):
+    ref = launch(_fp16_resume_run, args=(str(tmp_path / "ref"), 8), nprocs=2)
+    steps = ref[0][1]
+    skipped = [s for _, _, s in steps]
+    assert any(skipped) and not all(skipped), steps  # the run has overflows and growth
+    assert len({scale for _, scale, _ in steps}) > 1, steps
+    # Cut after step 3, one good step into a growth interval of 2 (step 4 regrows the scale).
+    first = launch(_fp16_resume_run, args=(str(tmp_path / "cut"), 3), nprocs=2)
+    rest = launch(_fp16_resume_run, args=(str(tmp_path / "cut"), 8), nprocs=2)
+    for r in range(2):
+        # The scale and the count of good steps went into the checkpoint and came back.
+        assert first[r][1] + rest[r][1] == steps
+        assert torch.equal(rest[r][0], ref[r][0])
+
+
 def _bad_run(kind: str):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
