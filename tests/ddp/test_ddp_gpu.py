@@ -102,7 +102,7 @@ def _train_rank(precision: str):
     return train(model, gpt_batches(8, 8), cfg)  # train() moves the model to this rank's GPU
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "auto"])
 def test_train_on_gpu_learns(launch, precision):
     if precision == "bf16" and not torch.cuda.is_bf16_supported():
         pytest.skip("no bf16 on this GPU")

@@ -135,6 +135,26 @@ def test_loss_scaler_state_survives_resume(launch, tmp_path):
         assert torch.equal(rest[r][0], ref[r][0])
 
 
+def _precision_run(precision: str):
+    import contextlib
+    import io
+
+    torch.manual_seed(0)
+    model = TinyGPT()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        train(model, gpt_batches(3, 4), TrainConfig(max_steps=3, precision=precision, log_every=1))
+    return flat_params(model), out.getvalue()
+
+
+def test_auto_precision_is_fp32_on_cpu(launch):
+    auto = launch(_precision_run, args=("auto",), nprocs=2)
+    fp32 = launch(_precision_run, args=("fp32",), nprocs=2)
+    assert torch.equal(auto[0][0], fp32[0][0])
+    assert auto[0][1].splitlines()[0] == "precision='auto': fp32 on cpu"
+    assert "precision=" not in fp32[0][1]
+
+
 def _bad_run(kind: str):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))

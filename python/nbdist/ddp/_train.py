@@ -18,7 +18,7 @@ from .. import _ddp
 from .._errors import DDPValueError
 from ._wrapper import _TRANSPORTS, DDP
 
-_PRECISIONS = ("bf16", "fp16", "fp32")
+_PRECISIONS = ("bf16", "fp16", "fp32", "auto")
 _SCHEDULES = ("cosine", "linear", "constant")
 # Dense bf16/fp16 tensor-core peak per GPU (FLOP/s), for MFU; matched on the device name.
 _PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12,
@@ -37,7 +37,9 @@ class TrainConfig:
         weight_decay: AdamW decoupled decay (on tensors of 2+ dims only); betas, eps: AdamW's.
             These three apply to the built-in AdamW only, not to a user ``optimizer``.
         grad_clip: max global gradient norm (0: no clipping).
-        precision: "bf16" (autocast), "fp16" (autocast + dynamic loss scaler) or "fp32".
+        precision: "bf16" (autocast), "fp16" (autocast + dynamic loss scaler), "fp32", or
+            "auto": bf16 on GPUs that have it, fp16 on those that do not (T4), fp32 on CPU. The
+            log's first line says which.
         eval_every, eval_steps: evaluate every N steps (and at the end) on eval_steps batches
             per rank; the loss is averaged over ranks.
         ckpt_dir, ckpt_every: write ckpt_dir/latest.pt every N steps (and at the end), atomically.
@@ -410,8 +412,13 @@ def train(
         module.to(device)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL and autocast follow the current device
-    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise DDPValueError("TrainConfig.precision='bf16': this GPU has no bf16; use 'fp16'")
+    precision = cfg.precision
+    if precision == "auto":
+        precision = ("fp32" if device.type != "cuda" else
+                     "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DDPValueError("TrainConfig.precision='bf16': this GPU has no bf16; use 'fp16' "
+                            "(or 'auto')")
     _ensure_process_group(device)
     rank, world = dist.get_rank(), dist.get_world_size()
     ddp = model if isinstance(model, DDP) else DDP(
@@ -458,7 +465,7 @@ def train(
     c.min_lr = float(cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr)
     c.warmup_steps, c.schedule, c.weight_decay = cfg.warmup_steps, cfg.schedule, cfg.weight_decay
     c.beta1, c.beta2 = (float(b) for b in cfg.betas)
-    c.eps, c.grad_clip, c.precision = cfg.eps, float(cfg.grad_clip), cfg.precision
+    c.eps, c.grad_clip, c.precision = cfg.eps, float(cfg.grad_clip), precision
     c.eval_every, c.eval_steps = cfg.eval_every, cfg.eval_steps
     c.ckpt_dir, c.ckpt_every, c.resume = cfg.ckpt_dir or "", cfg.ckpt_every, cfg.resume
     c.log_every, c.tokens_per_micro_batch = cfg.log_every, float(tokens)
@@ -476,6 +483,8 @@ def train(
     opt_step, opt_state, opt_load = (None, None, None) if optimizer is None else \
         _optimizer_callbacks(optimizer, cfg)
     torch.manual_seed(cfg.seed + rank)
+    if rank == 0 and cfg.log_every > 0 and cfg.precision == "auto":
+        print(f"precision='auto': {precision} on {device}", flush=True)
     return _ddp.train(
         ddp.reducer, list(module.buffers()), c, forward_loss,
         eval_loss if evals is not None else None,
