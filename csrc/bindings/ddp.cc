@@ -99,6 +99,8 @@ PYBIND11_MODULE(_ddp, m) {
       .def_property_readonly("wants_outputs", &Reducer::wants_outputs)
       .def_property_readonly("embedding_row_exchanges", &Reducer::embedding_row_exchanges)
       .def_property_readonly("embedding_dense_exchanges", &Reducer::embedding_dense_exchanges)
+      .def_property_readonly("embedding_copy_engine_exchanges",
+                             &Reducer::embedding_copy_engine_exchanges)
       .def("bucket_indices", &Reducer::bucket_indices);
 
   using nbdist::ddp::TrainConfig;

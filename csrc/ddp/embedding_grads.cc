@@ -281,6 +281,13 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
       ex.gather = slot->second.first;
       std::tie(own_indices, own_values) = gather_chunk(ex.param, rank_, most);
     } else {
+      if (copy_engines_ && rebuilt_) {
+        // Outgrown (or never sized): room for half as many again, up to the most lookups that
+        // still take this path. Every rank decides alike, from the gathered counts.
+        const auto room = std::min(most + most / 2, (p.size(0) - 1) / world_size_);
+        emb_capacity_[ex.param] = std::max(emb_capacity_[ex.param], room);
+        emb_regrow_ = true;
+      }
       own_indices = at::empty({most}, indices.options().dtype(at::kLong));
       own_values = at::empty({most, dim}, values.options());
     }
@@ -325,6 +332,7 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
           auto [indices, values] = gather_chunk(ex.param, r, ex.most);
           view.index_put_({indices}, values, /*accumulate=*/true);
         }
+        ++embedding_copy_engine_exchanges_;
       }
       ++embedding_row_exchanges_;
     }

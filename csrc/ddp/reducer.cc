@@ -319,6 +319,17 @@ void Reducer::prepare_forward() {
     install_buckets(std::move(buckets));
     rebuilt_ = true;
     rebuild_pending_ = false;
+    emb_regrow_ = false;
+  }
+  if (emb_regrow_) {
+    // Same buckets, bigger gather buffers: the copy engines are rebuilt (a collective, reached
+    // by every rank at its next forward) and the gradients so far move into the new buffers.
+    emb_regrow_ = false;
+    std::vector<int64_t> order;
+    for (const auto& b : buckets_) order.insert(order.end(), b.params.begin(), b.params.end());
+    auto buckets = plan_buckets(order);
+    create_copy_engines(buckets);
+    install_buckets(std::move(buckets));
   }
 }
 

@@ -100,6 +100,8 @@ class Reducer {
   // rows would have moved more bytes (or a rank could not exchange rows), since construction.
   int64_t embedding_row_exchanges() const { return embedding_row_exchanges_; }
   int64_t embedding_dense_exchanges() const { return embedding_dense_exchanges_; }
+  // Of the row exchanges, those that went through the copy engines' gather buffers.
+  int64_t embedding_copy_engine_exchanges() const { return embedding_copy_engine_exchanges_; }
 
  private:
   struct Bucket {
@@ -219,10 +221,14 @@ class Reducer {
   SizeGather sizes_;
   std::shared_ptr<std::atomic<Reducer*>> self_;
   std::unordered_map<const torch::autograd::Node*, int64_t> param_of_acc_;
-  std::map<int64_t, int64_t> emb_capacity_;  // param -> rows per rank in the first exchange
+  std::map<int64_t, int64_t> emb_capacity_;  // param -> rows per rank a gather buffer holds
   std::map<int64_t, std::pair<int64_t, int64_t>> emb_gather_;  // param -> (buffer, capacity)
   int64_t embedding_row_exchanges_ = 0;
   int64_t embedding_dense_exchanges_ = 0;
+  int64_t embedding_copy_engine_exchanges_ = 0;
+  // A backward had more lookups than a gather buffer holds (its rows went over the process
+  // group): the next forward rebuilds the copy engines with room for 1.5x as many.
+  bool emb_regrow_ = false;
 };
 
 }  // namespace nbdist::ddp

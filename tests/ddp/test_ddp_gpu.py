@@ -28,16 +28,21 @@ def _size(bucket_mb: float) -> dict:
     return {} if bucket_mb < 0.1 else {"vocab": 256, "d": 128}
 
 
-def _nccl_rank(steps: int, transport: str, bucket_mb: float, accum: int, as_view: bool):
-    rank = int(os.environ["RANK"])
-    os.environ["NBDIST_CE_PIECE_KB"] = "64"  # several pieces per chunk once buckets are 1 MiB
-    # One GPU per rank, whether the launcher shows all GPUs or only this rank's.
-    local = int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count()
+def _cuda_rank() -> torch.device:
+    """This rank's GPU (whether the launcher shows all GPUs or only this rank's), NCCL, no TF32."""
+    local = int(os.environ.get("LOCAL_RANK", os.environ["RANK"])) % torch.cuda.device_count()
     torch.cuda.set_device(local)
     device = torch.device("cuda", local)
     dist.init_process_group("nccl", device_id=device, timeout=datetime.timedelta(seconds=60))
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+    return device
+
+
+def _nccl_rank(steps: int, transport: str, bucket_mb: float, accum: int, as_view: bool):
+    rank = int(os.environ["RANK"])
+    os.environ["NBDIST_CE_PIECE_KB"] = "64"  # several pieces per chunk once buckets are 1 MiB
+    device = _cuda_rank()
     torch.manual_seed(rank)  # rank 0's weights must win
     model = TinyGPT(**_size(bucket_mb)).to(device)
     ddp = DDP(model, bucket_cap_mb=bucket_mb, first_bucket_mb=bucket_mb / 4, transport=transport,
@@ -91,6 +96,53 @@ def test_nccl_ranks_match_one_process(launch, transport, bucket_mb, accum, as_vi
         # 256 embedding rows and 32 or 64 lookups a rank: exchanged as rows every step (through
         # the copy engines from the second step on, over NCCL for "nccl").
         assert rows == (steps if bucket_mb >= 0.1 else 0)
+        assert float((params - want).norm() / want.norm()) < 1e-4
+
+
+def _growing_batches():
+    """3 steps of 4 sequences, then 3 of 8: each rank's lookups double after step 3."""
+    return gpt_batches(3, 4) + gpt_batches(3, 8, seed=7)
+
+
+def _growing_rank(transport: str):
+    rank, device = int(os.environ["RANK"]), _cuda_rank()
+    world = dist.get_world_size()
+    torch.manual_seed(0)
+    model = TinyGPT(vocab=256, d=128).to(device)
+    ddp = DDP(model, transport=transport)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for batch in _growing_batches():
+        x, y = (t.chunk(world)[rank].to(device) for t in batch)
+        ddp(x, y)[1].backward()
+        opt.step()
+        opt.zero_grad()
+    p = flat_params(model)
+    out = [torch.empty_like(p) for _ in range(world)]
+    dist.all_gather(out, p)
+    r = ddp.reducer
+    return (p.cpu(), all(torch.equal(out[0], o) for o in out), r.embedding_row_exchanges,
+            r.embedding_copy_engine_exchanges)
+
+
+@pytest.mark.parametrize("transport", ["peer", "host"])
+def test_copy_engine_rows_regrow_with_the_batch(launch, transport):
+    if NGPU < 2:
+        pytest.skip("the copy-engine all-reduce needs 2 GPUs")
+    results = launch(_growing_rank, args=(transport,), nprocs=NGPU)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    ref = TinyGPT(vocab=256, d=128).cuda()
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    for x, y in _growing_batches():
+        ref(x.cuda(), y.cuda())[1].backward()
+        opt.step()
+        opt.zero_grad()
+    want = flat_params(ref).cpu()
+    for params, identical, rows, through_copy_engines in results:
+        assert identical and rows == 6
+        # Step 1 sizes the gather buffers (its rows go over NCCL), steps 2-3 use them, step 4
+        # outgrows them (NCCL again) and the next forward rebuilds them larger for steps 5-6.
+        assert through_copy_engines == 4
         assert float((params - want).norm() / want.norm()) < 1e-4
 
 

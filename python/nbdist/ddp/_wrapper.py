@@ -86,7 +86,9 @@ class DDP(torch.nn.Module):
             before one backward (that round is dense). A weight that also gets a gradient from
             outside the forward (a penalty on it, an output layer applied to the outputs) raises
             an error saying to pass ``embedding_rows=False``.
-            ``reducer.embedding_row_exchanges`` counts the exchanges.
+            ``reducer.embedding_row_exchanges`` counts the exchanges (those through the copy
+            engines: ``reducer.embedding_copy_engine_exchanges``; their buffers are sized by
+            the first backward and rebuilt 1.5x larger when a later one outgrows them).
     """
 
     def __init__(
