@@ -618,6 +618,9 @@ def _sweep(a, base: dict, env: dict, n: int) -> int:
                 "p2p_conn": {"NCCL_P2P_DISABLE": "0", "CUDA_DEVICE_MAX_CONNECTIONS": "32"},
                 "nop2p_conn": {"NCCL_P2P_DISABLE": "1", "CUDA_DEVICE_MAX_CONNECTIONS": "32"}}
     variants = a.sweep.split(",")
+    twice = sorted({v for v in variants if variants.count(v) > 1})
+    if twice:  # results are keyed by the variant: a repeat would overwrite the first run
+        raise SystemExit(f"--sweep lists {', '.join(twice)} more than once")
     t0 = time.time()
     out = {"plain": _launch(dict(base, variants=["plain"]), 1, dict(env, NCCL_P2P_DISABLE="0"))}
     for name in a.settings.split(","):
