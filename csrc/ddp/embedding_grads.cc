@@ -110,15 +110,13 @@ void Reducer::plan_embedding_uses(const Producers& producers) {
     use.rows.resize(lookups.size());
     if (n > 0) {
       const auto all = use.indices.size() == 1 ? use.indices[0] : at::cat(use.indices);
-      at::Tensor order;
-      std::tie(use.sorted, order) = at::sort(all, /*stable=*/true, 0, /*descending=*/false);
+      std::tie(use.sorted, use.order) = at::sort(all, /*stable=*/true, 0, /*descending=*/false);
       auto starts = at::ones({n}, all.options().dtype(at::kBool));
       if (n > 1) {
         auto later = starts.narrow(0, 1, n - 1);  // a row starts where the index changes
         at::ne_out(later, use.sorted.narrow(0, 1, n - 1), use.sorted.narrow(0, 0, n - 1));
       }
       use.distinct = starts.cumsum(0).sub_(1);
-      use.slot = at::empty_like(use.distinct).scatter_(0, order, use.distinct);
       local.narrow(0, static_cast<int64_t>(i), 1).copy_(use.distinct.narrow(0, n - 1, 1).add(1));
     } else {
       local.narrow(0, static_cast<int64_t>(i), 1).zero_();
@@ -305,16 +303,14 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
       own_indices = at::empty({most}, indices.options().dtype(at::kLong));
       own_values = at::empty({most, dim}, values.options());
     }
-    // Row k of this rank's part: its k-th distinct index and the sum of its vectors (summed
-    // like nn.Embedding's own backward sums them, which copes with rows looked up thousands of
-    // times); the rest up to `most` are zero vectors at index 0.
+    // Row k of this rank's part: its k-th distinct index and the sum of its vectors; the rest
+    // up to `most` are zero vectors at index 0.
     own_indices.zero_();
+    own_values.zero_();
     if (n > 0) {
       own_indices.index_put_({use->distinct}, use->sorted);  // equal values where rows repeat
-      at::mul_out(own_values, at::embedding_dense_backward(values, use->slot, most, -1, false),
-                  at::scalar_tensor(scale, at::kDouble));
-    } else {
-      own_values.zero_();
+      own_values.index_put_({use->distinct}, values.index_select(0, use->order).mul_(scale),
+                            /*accumulate=*/true);
     }
     if (ex.gather >= 0) {
       const auto capacity = emb_gather_.at(ex.param).second;
@@ -332,13 +328,9 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
     emb_probed_ = true;
     emb_off_ = exchanges.empty();  // the same on every rank: decided from the gathered counts
   }
-  // The copy engines, rebuilt with the buckets, get gather buffers with room for half as many
-  // rows again (the distinct rows of a batch vary from step to step).
-  if (!rebuilt_)
+  if (!rebuilt_)  // the copy engines, rebuilt with the buckets, get a gather buffer this size
     for (const auto& ex : exchanges)
-      if (ex.rows)
-        emb_capacity_[ex.param] =
-            std::min(ex.most + ex.most / 2, (params_[ex.param].size(0) - 1) / world_size_);
+      if (ex.rows) emb_capacity_[ex.param] = ex.most;
   wait_buckets();
   for (auto& ex : exchanges) {
     for (auto& w : ex.works) w->wait();

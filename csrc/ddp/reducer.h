@@ -132,10 +132,10 @@ class Reducer {
     int64_t padding_idx = -1;
     std::vector<at::Tensor> indices;  // each lookup's indices, flattened
     std::vector<at::Tensor> rows;     // gradient of each lookup's output (set during backward)
-    // Set in forward, on the device, so that a rank sends each row it looked up once, with the
-    // sum of its vectors: all lookups' indices sorted, which distinct row each sorted one is
-    // (0, 0, 1, 2, 2, ...), and which distinct row each lookup (in lookup order) is.
-    at::Tensor sorted, distinct, slot;
+    // All lookups' indices sorted (set in forward, on the device): the sorted indices, where each
+    // came from, and which distinct row it is (0, 0, 1, 2, 2, ...), so that a rank sends each
+    // row it looked up once, with the sum of its vectors.
+    at::Tensor sorted, order, distinct;
   };
   // An all-gather of one int64 per parameter (the distinct rows each rank looked up, -1 where it
   // does not exchange rows) whose result the host reads at the end of backward without stalling

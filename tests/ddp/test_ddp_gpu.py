@@ -100,13 +100,8 @@ def test_nccl_ranks_match_one_process(launch, transport, bucket_mb, accum, as_vi
 
 
 def _growing_batches():
-    """3 steps of 4 sequences, then 3 of 8: each rank's 32 distinct rows become 64 after step 3
-    (token i of a step is 7i + step mod 256, so no row repeats within a rank)."""
-    out = []
-    for step, sequences in enumerate([4, 4, 4, 8, 8, 8]):
-        t = (torch.arange(sequences * 17).view(sequences, 17) * 7 + step) % 256
-        out.append((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
-    return out
+    """3 steps of 4 sequences, then 3 of 8: each rank's lookups double after step 3."""
+    return gpt_batches(3, 4) + gpt_batches(3, 8, seed=7)
 
 
 def _growing_rank(transport: str):
@@ -145,8 +140,8 @@ def test_copy_engine_rows_regrow_with_the_batch(launch, transport):
     want = flat_params(ref).cpu()
     for params, identical, rows, through_copy_engines in results:
         assert identical and rows == 6
-        # Step 1 sizes the gather buffers (its rows go over NCCL; room for 48), steps 2-3 use
-        # them, step 4's 64 outgrow them (NCCL again), the next forward rebuilds them larger.
+        # Step 1 sizes the gather buffers (its rows go over NCCL), steps 2-3 use them, step 4
+        # outgrows them (NCCL again) and the next forward rebuilds them larger for steps 5-6.
         assert through_copy_engines == 4
         assert float((params - want).norm() / want.norm()) < 1e-4
 
