@@ -305,10 +305,8 @@ def _transport_of(wrapped) -> str:
     if reducer is not None and hasattr(reducer, "transport"):
         note = reducer.transport_note
         rows = reducer.embedding_row_exchanges
-        sent = getattr(reducer, "embedding_rows_sent", 0)
         return (reducer.transport + (f" ({note})" if note else "") +
-                (f", embedding rows exchanged {rows} times" if rows else "") +
-                (f" ({sent / rows:,.0f} rows a rank each time)" if rows and sent else ""))
+                (f", embedding rows exchanged {rows} times" if rows else ""))
     return "process group"
 
 
@@ -333,16 +331,8 @@ def _rank(args: dict) -> dict:
     cfg = args["model"]
     g = torch.Generator(device="cpu").manual_seed(1234 + rank)
     batches = []
-    shape = (args["micro_batch"], cfg["block"] + 1)
-    # Token ids: uniform, or Zipf-distributed like text (token k drawn with weight 1/(k+1)^s).
-    zipf = args.get("zipf", 0.0)
-    weights = 1.0 / torch.arange(1, cfg["vocab"] + 1, dtype=torch.float64) ** zipf
     for _ in range(8):
-        if zipf:
-            t = torch.multinomial(weights, shape[0] * shape[1], replacement=True,
-                                  generator=g).view(shape)
-        else:
-            t = torch.randint(0, cfg["vocab"], shape, generator=g)
+        t = torch.randint(0, cfg["vocab"], (args["micro_batch"], cfg["block"] + 1), generator=g)
         t = t.to(device)
         batches.append((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
     tokens_per_step = args["micro_batch"] * cfg["block"] * world  # per micro-step, all ranks
@@ -534,9 +524,6 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--no-p2p-off", action="store_true", help="skip the NCCL_P2P_DISABLE=1 run")
     ap.add_argument("--tiny", action="store_true", help="a tiny model (smoke test)")
-    ap.add_argument("--zipf", type=float, default=0.0,
-                    help="token ids Zipf-distributed with this exponent, as in text (about 1); "
-                         "0: uniform (the default)")
     ap.add_argument("--sweep", default="",
                     help="comma-separated variants (e.g. torch_ddp,nbdist_ddp:ctas=4:hp=1) to "
                          "compare under --settings instead of the standard table")
@@ -552,7 +539,7 @@ def main() -> int:
         model = dict(vocab=50304, layers=12, d=768, heads=12, block=a.seq)
     n = a.gpus or (min(2, torch.cuda.device_count()) if a.device == "cuda" else 2)
     base = dict(device=a.device, model=model, micro_batch=a.micro_batch, warmup=a.warmup,
-                steps=a.steps, accum=[int(x) for x in a.accum.split(",")], zipf=a.zipf)
+                steps=a.steps, accum=[int(x) for x in a.accum.split(",")])
     env = {"NCCL_NVLS_ENABLE": "0", "NCCL_DEBUG": os.environ.get("NCCL_DEBUG", "WARN")}
     if a.sweep:
         return _sweep(a, base, env, n)
@@ -614,7 +601,7 @@ def main() -> int:
               f"{fmt(r.get('comm_overhead_frac'), '{:.1%}'):>9}{fmt(r['mfu'], '{:.1%}'):>7}")
     result = dict(
         benchmark="ddp_throughput", model=model, micro_batch=a.micro_batch, warmup=a.warmup,
-        steps=a.steps, device=a.device, zipf=a.zipf,
+        steps=a.steps, device=a.device,
         device_name=name,
         torch=torch.__version__, gpus=n, wall_s=time.time() - t0, rows=rows)
     atomic_write_json(a.out, result, indent=1)
@@ -666,7 +653,7 @@ def _sweep(a, base: dict, env: dict, n: int) -> int:
                       f"{(r['vs_torch_ddp'] or 0):>8.3f}"
                       f"{(r['exposed_comm_frac'] or 0):>9.1%}"
                       f"{(r['comm_overhead_frac'] or 0):>9.1%}")
-    atomic_write_json(a.out, dict(benchmark="ddp_sweep", runs=out, gpus=n, zipf=a.zipf,
+    atomic_write_json(a.out, dict(benchmark="ddp_sweep", runs=out, gpus=n,
                                   wall_s=time.time() - t0), indent=1)
     print(f"wrote {a.out} in {time.time() - t0:.0f} s")
     return 0

@@ -3,8 +3,7 @@
 # the benchmarks, and leave every result as JSON under $OUT (the device tool brings $OUT back).
 #   usage: bash bench/device.sh [phase ...]    phases: build tests launch monitor jobs ddp arc (default: all);
 #   also tests-launch / tests-ddp (GPU launcher / DDP tests only), profile (bench/launch_profile.py), sweep (DDP
-#   comm variants: SWEEP=variant,... SWEEP_SETTINGS=p2p,nop2p,nop2p_ce SWEEP_ACCUM SWEEP_STEPS
-#   SWEEP_ARGS, e.g. "--zipf 1.1")
+#   comm variants: SWEEP=variant,... SWEEP_SETTINGS=p2p,nop2p,nop2p_ce SWEEP_ACCUM SWEEP_STEPS)
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0): using it can put the shared host's GPUs out of
 # service. Each benchmark has its own time limit so that one slow phase cannot eat the whole call.
 set -uo pipefail
@@ -57,7 +56,7 @@ if has sweep; then
   step ddp sweep
   NBDIST_BENCH_LOG_DIR="$OUT/ddp_sweep_logs" NBDIST_BENCH_TIMEOUT=${SWEEP_TIMEOUT:-200} timeout 400 "$py" bench/ddp_throughput.py --out "$OUT/ddp_sweep.json" --accum "${SWEEP_ACCUM:-1}" \
     --steps "${SWEEP_STEPS:-15}" --settings "${SWEEP_SETTINGS:-p2p,nop2p,nop2p_ce}" \
-    --sweep "${SWEEP:-torch_ddp,nbdist_ddp}" ${SWEEP_ARGS:-} 2>&1 | grep -v "^\[rank" | tail -40
+    --sweep "${SWEEP:-torch_ddp,nbdist_ddp}" 2>&1 | grep -v "^\[rank" | tail -40
 fi
 if has launch && [ -f bench/launch_latency.py ]; then
   step launch latency

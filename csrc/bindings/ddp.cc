@@ -101,7 +101,6 @@ PYBIND11_MODULE(_ddp, m) {
       .def_property_readonly("embedding_dense_exchanges", &Reducer::embedding_dense_exchanges)
       .def_property_readonly("embedding_copy_engine_exchanges",
                              &Reducer::embedding_copy_engine_exchanges)
-      .def_property_readonly("embedding_rows_sent", &Reducer::embedding_rows_sent)
       .def("bucket_indices", &Reducer::bucket_indices);
 
   using nbdist::ddp::TrainConfig;

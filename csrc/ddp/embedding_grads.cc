@@ -10,18 +10,16 @@
 //     ([n, dim]) and hands the node an undefined gradient (so it computes nothing);
 //   * a post-hook on every other producer of that gradient (the tied layer) moves its part into
 //     the bucket as soon as it exists; the bucket is ready once all of them have delivered;
-//   * finalize_backward has each rank sum its vectors of each distinct row it looked up (the
-//     indices were sorted in forward), all-gathers every rank's rows and sums, and adds them to
-//     the averaged bucket with index_put_, the same computation on the same data on every rank
-//     (so the result is bit-identical everywhere).
-// Padded to the largest rank's count of distinct rows u, this moves world x u x dim values instead
-// of the dense rows x dim (u <= n lookups; far fewer for text, whose common tokens recur); when
-// n alone rules it out (world x n >= rows: small tables, long batches), when world x u would be
-// more than rows, or when some rank could not take the rows, the lookups' part is all-reduced
-// densely instead. The counts u travel in a small all-gather started in prepare_for_backward,
-// which every rank runs on every synchronizing backward while the exchange is on, so that all
-// ranks take the same decisions; it is turned off for good if no rank had a lookup in the first
-// backward.
+//   * finalize_backward all-gathers every rank's indices and vectors and turns them into the
+//     weight gradient with embedding_dense_backward, the same computation on the same data on
+//     every rank (so the result is bit-identical everywhere), and adds its average to the
+//     averaged bucket.
+// Padded to the largest rank's lookup count, this moves world x n x dim values instead of the
+// dense rows x dim; when that would be more (world x n >= rows: small tables, long batches), or
+// when some rank could not take the rows, the lookups' part is all-reduced densely instead.
+// The lookup counts travel in a small all-gather started in prepare_for_backward, which every
+// rank runs on every synchronizing backward while the exchange is on, so that all ranks take the
+// same decisions; it is turned off for good if no rank had a lookup in the first backward.
 
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
@@ -64,9 +62,7 @@ c10::intrusive_ptr<::c10d::Work> all_gather_flat(const c10::intrusive_ptr<::c10d
 
 void Reducer::plan_embedding_uses(const Producers& producers) {
   using torch::autograd::generated::EmbeddingBackward0;
-  // Distinct rows to exchange, per parameter (-1: none), computed on the device.
-  auto local = at::full({static_cast<int64_t>(params_.size())}, -1,
-                        at::TensorOptions().dtype(at::kLong).device(params_[0].device()));
+  std::vector<int64_t> local(params_.size(), -1);  // lookups exchanged as rows, per parameter
   const auto token = self_;
   const auto serial = emb_serial_;
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -108,20 +104,8 @@ void Reducer::plan_embedding_uses(const Producers& producers) {
     }
     if (!ok || world_size_ * n >= p.size(0)) continue;  // the rows would move more than W
     use.rows.resize(lookups.size());
-    if (n > 0) {
-      const auto all = use.indices.size() == 1 ? use.indices[0] : at::cat(use.indices);
-      std::tie(use.sorted, use.order) = at::sort(all, /*stable=*/true, 0, /*descending=*/false);
-      auto starts = at::ones({n}, all.options().dtype(at::kBool));
-      if (n > 1) {
-        auto later = starts.narrow(0, 1, n - 1);  // a row starts where the index changes
-        at::ne_out(later, use.sorted.narrow(0, 1, n - 1), use.sorted.narrow(0, 0, n - 1));
-      }
-      use.distinct = starts.cumsum(0).sub_(1);
-      local.narrow(0, static_cast<int64_t>(i), 1).copy_(use.distinct.narrow(0, n - 1, 1).add(1));
-    } else {
-      local.narrow(0, static_cast<int64_t>(i), 1).zero_();
-    }
     const size_t u = emb_.size();
+    local[i] = n;
     emb_of_[i] = static_cast<int64_t>(u);
     emb_.push_back(std::move(use));
     for (size_t j = 0; j < lookups.size(); ++j)
@@ -191,17 +175,21 @@ bool Reducer::on_dense_part(uint64_t serial, size_t u, const at::Tensor& part) {
   return true;
 }
 
-void Reducer::start_size_gather(const at::Tensor& local) {
+void Reducer::start_size_gather(const std::vector<int64_t>& local) {
   const auto device = params_[0].device();
+  const auto n = static_cast<int64_t>(local.size());
+  auto counts = at::tensor(local, at::TensorOptions().dtype(at::kLong));
   SizeGather g;
-  auto in = local;  // the collective's input: non-const
-  g.device_out = at::empty({world_size_ * in.numel()}, in.options());
-  g.work = all_gather_flat(pg_, g.device_out, in);
   if (device.is_cpu()) {
+    g.device_out = at::empty({world_size_ * n}, counts.options());
+    g.work = all_gather_flat(pg_, g.device_out, counts);
     g.counts = HostCopy(g.device_out);  // valid once the work is done
   } else {
     // The counts reach the host through a side stream, so neither the compute stream nor the
     // host waits here; finish_size_gather waits for that copy only.
+    auto in = counts.pin_memory().to(device, /*non_blocking=*/true);
+    g.device_out = at::empty({world_size_ * n}, in.options());
+    g.work = all_gather_flat(pg_, g.device_out, in);
     const c10::impl::VirtualGuardImpl impl(device.type());
     const auto side = impl.getStreamFromGlobalPool(device);
     // Read there; a forward whose backward never comes drops it before that read has run.
@@ -303,15 +291,11 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
       own_indices = at::empty({most}, indices.options().dtype(at::kLong));
       own_values = at::empty({most, dim}, values.options());
     }
-    // Row k of this rank's part: its k-th distinct index and the sum of its vectors; the rest
-    // up to `most` are zero vectors at index 0.
-    own_indices.zero_();
-    own_values.zero_();
-    if (n > 0) {
-      own_indices.index_put_({use->distinct}, use->sorted);  // equal values where rows repeat
-      own_values.index_put_({use->distinct}, values.index_select(0, use->order).mul_(scale),
-                            /*accumulate=*/true);
-    }
+    own_indices.narrow(0, 0, n).copy_(indices);
+    auto head = own_values.narrow(0, 0, n);
+    at::mul_out(head, values, at::scalar_tensor(scale, at::kDouble));
+    if (n < most)
+      own_indices.narrow(0, n, most - n).zero_(), own_values.narrow(0, n, most - n).zero_();
     if (ex.gather >= 0) {
       const auto capacity = emb_gather_.at(ex.param).second;
       copy_engines_->gather(ex.gather, static_cast<uint32_t>(sync_rounds_ + 1),
@@ -350,7 +334,6 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
         }
         ++embedding_copy_engine_exchanges_;
       }
-      embedding_rows_sent_ += ex.most;
       ++embedding_row_exchanges_;
     }
     auto& grad = params_[ex.param].mutable_grad();

@@ -102,9 +102,6 @@ class Reducer {
   int64_t embedding_dense_exchanges() const { return embedding_dense_exchanges_; }
   // Of the row exchanges, those that went through the copy engines' gather buffers.
   int64_t embedding_copy_engine_exchanges() const { return embedding_copy_engine_exchanges_; }
-  // Rows each rank sent in them, all exchanges together (distinct rows, padded to the most any
-  // rank had in that exchange).
-  int64_t embedding_rows_sent() const { return embedding_rows_sent_; }
 
  private:
   struct Bucket {
@@ -132,14 +129,9 @@ class Reducer {
     int64_t padding_idx = -1;
     std::vector<at::Tensor> indices;  // each lookup's indices, flattened
     std::vector<at::Tensor> rows;     // gradient of each lookup's output (set during backward)
-    // All lookups' indices sorted (set in forward, on the device): the sorted indices, where each
-    // came from, and which distinct row it is (0, 0, 1, 2, 2, ...), so that a rank sends each
-    // row it looked up once, with the sum of its vectors.
-    at::Tensor sorted, order, distinct;
   };
-  // An all-gather of one int64 per parameter (the distinct rows each rank looked up, -1 where it
-  // does not exchange rows) whose result the host reads at the end of backward without stalling
-  // the compute stream (it is started in prepare_for_backward).
+  // An all-gather of one int64 per parameter whose result the host reads at the end of backward
+  // without stalling the compute stream (it is started in prepare_for_backward).
   struct SizeGather {
     at::Tensor device_out;
     c10::intrusive_ptr<::c10d::Work> work;  // set while a gather awaits its backward
@@ -170,7 +162,7 @@ class Reducer {
   // and values in one of them.
   std::vector<BucketLayout> gather_layouts(int64_t first_index);
   std::pair<at::Tensor, at::Tensor> gather_chunk(int64_t param, int rank, int64_t rows);
-  void start_size_gather(const at::Tensor& local);
+  void start_size_gather(const std::vector<int64_t>& local);
   std::vector<int64_t> finish_size_gather();
   void mark_ready_locked(int64_t index);
   void launch_ready_buckets_locked();
@@ -234,7 +226,6 @@ class Reducer {
   int64_t embedding_row_exchanges_ = 0;
   int64_t embedding_dense_exchanges_ = 0;
   int64_t embedding_copy_engine_exchanges_ = 0;
-  int64_t embedding_rows_sent_ = 0;
   // A backward had more lookups than a gather buffer holds (its rows went over the process
   // group): the next forward rebuilds the copy engines with room for 1.5x as many.
   bool emb_regrow_ = false;

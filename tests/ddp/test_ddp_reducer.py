@@ -176,57 +176,6 @@ def test_embedding_rows_with_uneven_lookups(launch, sequences, rows):
         assert res["embedding"] == ((steps, 0) if rows else (0, steps))
 
 
-def _repeated_tokens(steps: int, sequences: int) -> list:
-    """gpt_wide batches whose tokens come from a few rows only (as common words recur in text);
-    rank r's part has r + 4 kinds of token."""
-    g = torch.Generator().manual_seed(5)
-    out = []
-    for _ in range(steps):
-        parts = [torch.randint(0, r + 4, (sequences, 17), generator=g) * 37 for r in range(2)]
-        t = torch.cat(parts)
-        out.append((t[:, :-1].contiguous(), t[:, 1:].contiguous()))
-    return out
-
-
-def _repeated_rank(steps: int, sequences: int) -> dict:
-    rank, world = _init()
-    model = build("gpt_wide")
-    ddp = DDP(model, bucket_cap_mb=0.02)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
-    identical = []
-    for x, y in _repeated_tokens(steps, sequences):
-        mine = slice(rank * sequences, (rank + 1) * sequences)
-        loss_of("gpt_wide", ddp, (x[mine], y[mine])).backward()
-        opt.step()
-        opt.zero_grad()
-        identical.append(_identical_across_ranks(flat_params(model)))
-    dist.destroy_process_group()
-    r = ddp.reducer
-    return {"params": flat_params(model), "identical": identical,
-            "rows": (r.embedding_row_exchanges, r.embedding_rows_sent)}
-
-
-def test_embedding_rows_send_each_distinct_row_once(launch):
-    steps, sequences = 5, 3
-    results = launch(_repeated_rank, args=(steps, sequences), nprocs=2)
-    model = build("gpt_wide")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
-    sent = 0
-    for x, y in _repeated_tokens(steps, sequences):
-        halves = [(x[r * sequences:(r + 1) * sequences], y[r * sequences:(r + 1) * sequences])
-                  for r in range(2)]
-        (sum(loss_of("gpt_wide", model, h) for h in halves) / 2).backward()
-        opt.step()
-        opt.zero_grad()
-        # 48 lookups a rank, but only the rows a rank looked up go out, each once, padded to
-        # the rank with the most.
-        sent += max(int(h[0].unique().numel()) for h in halves)
-    assert 0 < sent < steps * sequences * 16
-    _assert_match(results, model)
-    for res in results:
-        assert res["rows"] == (steps, sent)
-
-
 class _Lookups(torch.nn.Module):
     """An untied embedding looked up twice (padding index 0), and one no rank ever uses; with
     `checkpointed`, the lookups run under activation checkpointing."""
