@@ -178,9 +178,7 @@ void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
   // Only now that every rank is known to hold the same model and transport: the copy engines
   // (a collective set-up) take over the buckets, whose buffers they own.
   if (world_size_ > 1 && options_.transport != "nccl") {
-    std::vector<int64_t> order;
-    for (const auto& b : buckets_) order.insert(order.end(), b.params.begin(), b.params.end());
-    auto buckets = plan_buckets(order);
+    auto buckets = replan_buckets();
     create_copy_engines(buckets);
     if (copy_engines_) install_buckets(std::move(buckets));
   }
@@ -211,6 +209,12 @@ std::vector<Reducer::Bucket> Reducer::plan_buckets(const std::vector<int64_t>& o
     bytes += static_cast<int64_t>(p.numel() * p.element_size());
   }
   return buckets;
+}
+
+std::vector<Reducer::Bucket> Reducer::replan_buckets() const {
+  std::vector<int64_t> order;
+  for (const auto& b : buckets_) order.insert(order.end(), b.params.begin(), b.params.end());
+  return plan_buckets(order);
 }
 
 void Reducer::install_buckets(std::vector<Bucket> buckets) {
@@ -325,9 +329,7 @@ void Reducer::prepare_forward() {
     // Same buckets, bigger gather buffers: the copy engines are rebuilt (a collective, reached
     // by every rank at its next forward) and the gradients so far move into the new buffers.
     emb_regrow_ = false;
-    std::vector<int64_t> order;
-    for (const auto& b : buckets_) order.insert(order.end(), b.params.begin(), b.params.end());
-    auto buckets = plan_buckets(order);
+    auto buckets = replan_buckets();
     create_copy_engines(buckets);
     install_buckets(std::move(buckets));
   }

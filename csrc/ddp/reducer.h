@@ -114,6 +114,8 @@ class Reducer {
 
   // Groups params (in `order`) into buckets, without buffers.
   std::vector<Bucket> plan_buckets(const std::vector<int64_t>& order) const;
+  // The current buckets planned afresh (same params, same order), for new buffers.
+  std::vector<Bucket> replan_buckets() const;
   // Gives the buckets their buffers (the copy engines' when they are set up, else fresh zeros)
   // and moves the gradients accumulated so far into them.
   void install_buckets(std::vector<Bucket> buckets);

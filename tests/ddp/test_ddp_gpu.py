@@ -39,6 +39,25 @@ def _cuda_rank() -> torch.device:
     return device
 
 
+def _identical_across_ranks(t: torch.Tensor) -> bool:
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t)
+    return all(torch.equal(out[0], o) for o in out)
+
+
+def _one_process(batches, **size) -> torch.Tensor:
+    """TinyGPT(**size) trained by AdamW on the full batches in one process (no TF32)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    ref = TinyGPT(**size).cuda()
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    for x, y in batches:
+        ref(x.cuda(), y.cuda())[1].backward()
+        opt.step()
+        opt.zero_grad()
+    return flat_params(ref).cpu()
+
+
 def _nccl_rank(steps: int, transport: str, bucket_mb: float, accum: int, as_view: bool):
     rank = int(os.environ["RANK"])
     os.environ["NBDIST_CE_PIECE_KB"] = "64"  # several pieces per chunk once buckets are 1 MiB
@@ -60,10 +79,7 @@ def _nccl_rank(steps: int, transport: str, bucket_mb: float, accum: int, as_view
                 (ddp(xm, ym)[1] / accum).backward()
         opt.step()
         opt.zero_grad()
-        p = flat_params(model)
-        out = [torch.empty_like(p) for _ in range(world)]
-        dist.all_gather(out, p)
-        identical &= all(torch.equal(out[0], o) for o in out)
+        identical &= _identical_across_ranks(flat_params(model))
     used = ddp.reducer.transport
     rows = ddp.reducer.embedding_row_exchanges
     dist.destroy_process_group()
@@ -81,15 +97,7 @@ def test_nccl_ranks_match_one_process(launch, transport, bucket_mb, accum, as_vi
         pytest.skip("the copy-engine all-reduce needs 2 GPUs")
     steps = 10
     results = launch(_nccl_rank, args=(steps, transport, bucket_mb, accum, as_view), nprocs=NGPU)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.manual_seed(0)
-    ref = TinyGPT(**_size(bucket_mb)).cuda()
-    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
-    for x, y in gpt_batches(steps, 8):
-        ref(x.cuda(), y.cuda())[1].backward()
-        opt.step()
-        opt.zero_grad()
-    want = flat_params(ref).cpu()
+    want = _one_process(gpt_batches(steps, 8), **_size(bucket_mb))
     for params, identical, launched, used, rows in results:
         assert used == transport
         assert identical and launched >= steps
@@ -117,10 +125,8 @@ def _growing_rank(transport: str):
         opt.step()
         opt.zero_grad()
     p = flat_params(model)
-    out = [torch.empty_like(p) for _ in range(world)]
-    dist.all_gather(out, p)
     r = ddp.reducer
-    return (p.cpu(), all(torch.equal(out[0], o) for o in out), r.embedding_row_exchanges,
+    return (p.cpu(), _identical_across_ranks(p), r.embedding_row_exchanges,
             r.embedding_copy_engine_exchanges)
 
 
@@ -129,15 +135,7 @@ def test_copy_engine_rows_regrow_with_the_batch(launch, transport):
     if NGPU < 2:
         pytest.skip("the copy-engine all-reduce needs 2 GPUs")
     results = launch(_growing_rank, args=(transport,), nprocs=NGPU)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.manual_seed(0)
-    ref = TinyGPT(vocab=256, d=128).cuda()
-    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
-    for x, y in _growing_batches():
-        ref(x.cuda(), y.cuda())[1].backward()
-        opt.step()
-        opt.zero_grad()
-    want = flat_params(ref).cpu()
+    want = _one_process(_growing_batches(), vocab=256, d=128)
     for params, identical, rows, through_copy_engines in results:
         assert identical and rows == 6
         # Step 1 sizes the gather buffers (its rows go over NCCL), steps 2-3 use them, step 4
