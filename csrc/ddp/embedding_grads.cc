@@ -20,12 +20,18 @@
 // The lookup counts travel in a small all-gather started in prepare_for_backward, which every
 // rank runs on every synchronizing backward while the exchange is on, so that all ranks take the
 // same decisions; it is turned off for good if no rank had a lookup in the first backward.
+// A weight may also get a gradient from outside the forward (a penalty on it, an output layer
+// applied to the outputs), which the graph walk from the outputs cannot see: a pre-hook on its
+// AccumulateGrad keeps that part aside, and the first exchange agrees (one small collective, read
+// on the host once) on which weights had one; those take the dense path with it, then and for
+// good. Such a gradient showing up only in a later backward is an error.
 
 #include <c10/core/StreamGuard.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
-#include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/generated/Functions.h>
 #include <torch/csrc/autograd/utils/lambda_post_hook.h>
+
+#include <algorithm>
 
 #include "ddp/reducer.h"
 
@@ -37,16 +43,6 @@ using torch::autograd::Node;
 using torch::autograd::variable_list;
 
 constexpr const char* kLookupNode = "EmbeddingBackward0";
-
-class LambdaPreHook : public torch::autograd::FunctionPreHook {
- public:
-  explicit LambdaPreHook(std::function<variable_list(const variable_list&)> fn)
-      : fn_(std::move(fn)) {}
-  variable_list operator()(const variable_list& grads) override { return fn_(grads); }
-
- private:
-  std::function<variable_list(const variable_list&)> fn_;
-};
 
 // All-gather into one flat tensor: torch 2.11 calls it _allgather_base, later releases keep that
 // name as a deprecated alias of all_gather_single.
@@ -68,7 +64,7 @@ void Reducer::plan_embedding_uses(const Producers& producers) {
   for (size_t i = 0; i < params_.size(); ++i) {
     const auto& p = params_[i];
     const auto& prods = producers[i];
-    if (prods.empty() || p.dim() != 2) continue;
+    if (prods.empty() || p.dim() != 2 || emb_dense_only_[i]) continue;
     std::vector<EmbeddingBackward0*> lookups;
     bool ok = true;
     int64_t dense = 0;
@@ -130,6 +126,25 @@ void Reducer::plan_embedding_uses(const Producers& producers) {
     }
   }
   start_size_gather(local);
+}
+
+bool Reducer::take_outside_grad(int64_t index, const at::Tensor& grad) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!armed_ || emb_of_[index] < 0 || !grad.defined()) return false;
+  auto& outside = emb_[emb_of_[index]].outside;
+  outside = outside.defined() ? outside + grad : grad;
+  return true;
+}
+
+void Reducer::agree_on_outside_uses_locked() {
+  std::vector<int32_t> flags(params_.size(), 0);
+  for (const auto& use : emb_) flags[use.param] = use.outside.defined() ? 1 : 0;
+  std::vector<at::Tensor> v{
+      at::tensor(flags, at::TensorOptions().dtype(at::kInt)).to(params_[0].device())};
+  pg_->allreduce(v)->wait();
+  const auto host = v[0].cpu();
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (host.data_ptr<int32_t>()[i] > 0) emb_dense_only_[i] = 1;
 }
 
 bool Reducer::on_lookup_grad(uint64_t serial, size_t use, size_t lookup, const at::Tensor& grad) {
@@ -218,6 +233,36 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
   const auto counts = finish_size_gather();
   const auto num_params = params_.size();
   const double scale = 1.0 / world_size_;
+  // Weights that got a gradient from outside the forward in the first exchange take the dense
+  // path in it, with that gradient, and keep it for good (one host sync, once).
+  if (!emb_probed_) agree_on_outside_uses_locked();
+  // Per parameter: the most lookups a rank has (-1: no rank exchanges it) and whether they go
+  // as rows, the same decision on every rank.
+  std::vector<std::pair<int64_t, bool>> plan(num_params, {-1, false});
+  for (size_t i = 0; i < num_params; ++i) {
+    int64_t most = -1;
+    bool everyone = true;
+    for (int r = 0; r < world_size_; ++r) {
+      const auto n = counts[r * num_params + i];
+      most = std::max(most, n);
+      everyone = everyone && n >= 0;
+    }
+    plan[i] = {most, everyone && world_size_ * most < params_[i].size(0) && !emb_dense_only_[i]};
+    const EmbeddingUse* use = emb_of_[i] >= 0 ? &emb_[emb_of_[i]] : nullptr;
+    // Found before any exchange is issued: a later backward that brings such a gradient for a
+    // weight exchanged as rows (its bucket may be on the wire already).
+    if (use && use->outside.defined() && plan[i].second)
+      throw DDPError(ErrorKind::kInvalidInput,
+                     "rank " + std::to_string(rank_) + ": parameter '" + names_[i] +
+                         "' received a gradient from outside the wrapped module's forward (a "
+                         "penalty on the weight, an output layer applied to the outputs) in "
+                         "synchronizing backward " +
+                         std::to_string(sync_rounds_ + 1) +
+                         " but not in the first, from which embedding_rows=True learns which "
+                         "weights keep the dense path; use the weight the same way from the "
+                         "first step, or pass embedding_rows=False to DDP "
+                         "(TrainConfig.embedding_rows=False)");
+  }
   struct Exchange {
     int64_t param = -1;
     int64_t most = 0;     // rows per rank in the exchange
@@ -229,13 +274,7 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
   std::vector<Exchange> exchanges;
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < num_params; ++i) {
-    int64_t most = -1;
-    bool everyone = true;
-    for (int r = 0; r < world_size_; ++r) {
-      const auto n = counts[r * num_params + i];
-      most = std::max(most, n);
-      everyone = everyone && n >= 0;
-    }
+    const auto [most, rows] = plan[i];
     if (most < 0) continue;  // no rank took this parameter's lookups
     const auto& p = params_[i];
     const auto dim = p.size(1);
@@ -257,11 +296,13 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
       if (use->padding_idx >= 0)
         values = values.masked_fill(indices.eq(use->padding_idx).unsqueeze(1), 0);
     }
-    if (!(everyone && world_size_ * most < p.size(0))) {
-      // Dense: ranks that took the rows contribute them as a weight gradient; the others
-      // already have theirs in the bucket and contribute zeros.
+    if (!rows) {
+      // Dense: ranks that took the rows contribute them as a weight gradient, with what came
+      // from outside the forward; the others already have theirs in the bucket and contribute
+      // zeros.
       ex.values = use ? at::embedding_dense_backward(values, indices, p.size(0), -1, false)
                       : at::zeros_like(p, p.options().requires_grad(false));
+      if (use && use->outside.defined()) ex.values.add_(use->outside);
       ::c10d::AllreduceOptions opts;
       if (use_avg_op_)
         opts.reduceOp = ::c10d::ReduceOp(::c10d::ReduceOp::AVG);
@@ -310,7 +351,9 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
   }
   if (!emb_probed_) {
     emb_probed_ = true;
-    emb_off_ = exchanges.empty();  // the same on every rank: decided from the gathered counts
+    // The same on every rank: decided from the gathered counts and the agreed dense-only set.
+    emb_off_ = std::none_of(exchanges.begin(), exchanges.end(),
+                            [this](const Exchange& ex) { return !emb_dense_only_[ex.param]; });
   }
   if (!rebuilt_)  // the copy engines, rebuilt with the buckets, get a gather buffer this size
     for (const auto& ex : exchanges)
@@ -340,7 +383,8 @@ void Reducer::finish_embeddings_locked(const std::function<void()>& wait_buckets
     if (options_.gradient_as_bucket_view && !(grad.defined() && grad.is_alias_of(view)))
       grad = view;
   }
-  for (auto& use : emb_) use.indices.clear(), use.rows.clear();  // the graph's, not ours to keep
+  for (auto& use : emb_)  // the graph's, not ours to keep
+    use.indices.clear(), use.rows.clear(), use.outside.reset();
 }
 
 std::pair<at::Tensor, at::Tensor> Reducer::gather_chunk(int64_t param, int rank, int64_t rows) {

@@ -93,14 +93,22 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
     hook_keys_.push_back(
         acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
             [this, index](const torch::autograd::variable_list& outputs,
-                          const torch::autograd::variable_list& inputs) {
-              on_grad_ready(index, !inputs.empty() && inputs[0].defined());
+                          const torch::autograd::variable_list& /*inputs*/) {
+              on_grad_ready(index);
               return outputs;
             })));
+    auto pre =
+        std::make_unique<LambdaPreHook>([this, index](const torch::autograd::variable_list& grads) {
+          if (grads.empty() || !take_outside_grad(index, grads[0])) return grads;
+          return torch::autograd::variable_list{at::Tensor()};
+        });
+    pre_hooks_.push_back(pre.get());
+    acc->add_pre_hook(std::move(pre));
     param_of_acc_[acc.get()] = index;
     accumulators_.push_back(std::move(acc));
   }
   emb_of_.assign(params_.size(), -1);
+  emb_dense_only_.assign(params_.size(), 0);
   self_ = std::make_shared<std::atomic<Reducer*>>(this);
   // Reverse registration order approximates the order in which backward produces gradients.
   std::vector<int64_t> order(params_.size());
@@ -110,7 +118,13 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
 
 Reducer::~Reducer() {
   self_->store(nullptr);  // hooks left on graphs that were never run back through do nothing
-  for (size_t i = 0; i < accumulators_.size(); ++i) accumulators_[i]->del_post_hook(hook_keys_[i]);
+  for (size_t i = 0; i < accumulators_.size(); ++i) {
+    accumulators_[i]->del_post_hook(hook_keys_[i]);
+    auto& pre = accumulators_[i]->pre_hooks();
+    pre.erase(std::remove_if(pre.begin(), pre.end(),
+                             [&](const auto& h) { return h.get() == pre_hooks_[i]; }),
+              pre.end());
+  }
 }
 
 void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
@@ -402,7 +416,7 @@ void Reducer::walk_graph(const std::vector<at::Tensor>& outputs, Producers* prod
   }
 }
 
-void Reducer::on_grad_ready(int64_t index, bool received) {
+void Reducer::on_grad_ready(int64_t index) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (options_.find_unused_parameters) used_[index] = 1;
   if (!armed_) return;
@@ -410,18 +424,9 @@ void Reducer::on_grad_ready(int64_t index, bool received) {
   begin_backward_locked();
   if (emb_of_[index] >= 0) {
     // An embedding weight: its dense parts went into the bucket from their producers' hooks and
-    // its lookups' gradients are exchanged as rows; AccumulateGrad itself received nothing,
-    // unless the weight was also used outside the forward (where no hook was put): that part
-    // went into .grad behind the reducer's back, possibly after its bucket was sent.
-    if (received)
-      throw DDPError(ErrorKind::kInvalidInput,
-                     "rank " + std::to_string(rank_) + ": parameter '" + names_[index] +
-                         "' received a gradient from outside the wrapped module's forward (a "
-                         "use of the weight after forward, e.g. a penalty on it or an output "
-                         "layer applied to the outputs); with embedding_rows=True its gradient "
-                         "is assembled from the forward's graph: pass embedding_rows=False to "
-                         "DDP (TrainConfig.embedding_rows=False) or move that use into forward");
-    // Ready already, unless some producer was not part of this backward.
+    // its lookups' gradients are exchanged as rows; what AccumulateGrad received from outside
+    // the forward was kept aside by its pre-hook. Ready already, unless some producer was not
+    // part of this backward.
     if (!ready_[index]) {
       if (!rebuilt_) arrival_.push_back(index);
       mark_ready_locked(index);

@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/function.h>  // Node; named node.h only from torch 2.12
+#include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
 #include <atomic>
@@ -34,6 +35,19 @@
 namespace nbdist::ddp {
 
 NBDIST_DEFINE_ERROR(DDPError, "ddp");
+
+// A node pre-hook from a function (torch has a lambda post-hook class only).
+class LambdaPreHook : public torch::autograd::FunctionPreHook {
+ public:
+  using Fn = std::function<torch::autograd::variable_list(const torch::autograd::variable_list&)>;
+  explicit LambdaPreHook(Fn fn) : fn_(std::move(fn)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& grads) override {
+    return fn_(grads);
+  }
+
+ private:
+  Fn fn_;
+};
 
 struct ReducerOptions {
   int64_t bucket_cap_bytes = 25 << 20;   // bytes per bucket after the first
@@ -131,6 +145,9 @@ class Reducer {
     int64_t padding_idx = -1;
     std::vector<at::Tensor> indices;  // each lookup's indices, flattened
     std::vector<at::Tensor> rows;     // gradient of each lookup's output (set during backward)
+    // What its AccumulateGrad received from a use outside the forward (a penalty on the weight,
+    // an output layer applied to the outputs), which the graph walk from the outputs cannot see.
+    at::Tensor outside;
   };
   // An all-gather of one int64 per parameter whose result the host reads at the end of backward
   // without stalling the compute stream (it is started in prepare_for_backward).
@@ -142,8 +159,13 @@ class Reducer {
   // For each parameter, the (node, output slot) pairs that feed its AccumulateGrad.
   using Producers = std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>>;
 
-  // `received`: AccumulateGrad got a gradient (for an embedding weight it should get none).
-  void on_grad_ready(int64_t index, bool received);
+  void on_grad_ready(int64_t index);
+  // AccumulateGrad's pre-hook: an embedding weight exchanged by rows keeps what arrives there
+  // (from outside the forward) aside, out of .grad and its bucket, for finish_embeddings_locked.
+  bool take_outside_grad(int64_t index, const at::Tensor& grad);
+  // The first exchange: which weights any rank took a gradient from outside the forward for
+  // (a collective, read on the host once); they keep the dense path from then on.
+  void agree_on_outside_uses_locked();
   void begin_backward_locked();
   // Graph walk from the outputs: the set of nodes reached, and (when asked) the producers.
   void walk_graph(const std::vector<at::Tensor>& outputs, Producers* producers,
@@ -184,6 +206,7 @@ class Reducer {
   using NodeHolder = decltype(torch::autograd::impl::grad_accumulator(std::declval<at::Tensor>()));
   std::vector<NodeHolder> accumulators_;
   std::vector<uintptr_t> hook_keys_;
+  std::vector<const torch::autograd::FunctionPreHook*> pre_hooks_;  // ours, per accumulator
 
   std::vector<Bucket> buckets_;
   std::unique_ptr<CopyEngineAllreduce> copy_engines_;  // null: the process group all-reduces
@@ -220,6 +243,7 @@ class Reducer {
   uint64_t emb_serial_ = 0;
   bool emb_off_ = false;  // no rank had an embedding lookup in the first backward
   bool emb_probed_ = false;
+  std::vector<char> emb_dense_only_;  // param -> used outside the forward in the first exchange
   SizeGather sizes_;
   std::shared_ptr<std::atomic<Reducer*>> self_;
   std::unordered_map<const torch::autograd::Node*, int64_t> param_of_acc_;

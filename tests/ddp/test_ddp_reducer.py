@@ -250,20 +250,27 @@ def test_untied_embedding_looked_up_twice_with_padding(launch, checkpointed):
         assert not res["padding_row"].any()  # the padding index gets no gradient
 
 
+def _penalty(model: torch.nn.Module) -> torch.Tensor:
+    return 1e-3 * model.wte.weight.pow(2).sum()
+
+
 def _two_forwards_or_outside_use(case: str, steps: int) -> dict:
     """gpt_wide, two ways of reaching the embedding's gradient that the row exchange does not
-    see coming: two forwards before one backward, and a use of the tied weight after forward."""
+    see coming: two forwards before one backward, and a use of the tied weight after forward
+    (in every step, or from the second step on)."""
     rank, world = _init()
     model = build("gpt_wide", seed=rank)
     ddp = DDP(model, bucket_cap_mb=0.02, first_bucket_mb=0.005)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
     identical = []
-    for x, y in batches_for("gpt_wide", steps, BATCH):
+    for step, (x, y) in enumerate(batches_for("gpt_wide", steps, BATCH)):
         x, y = x.chunk(world)[rank], y.chunk(world)[rank]
         if case == "two_forwards":
             loss = sum(loss_of("gpt_wide", ddp, (a, b)) for a, b in zip(x.chunk(2), y.chunk(2)))
+        elif case == "outside" or step > 0:
+            loss = loss_of("gpt_wide", ddp, (x, y)) + _penalty(model)
         else:
-            loss = loss_of("gpt_wide", ddp, (x, y)) + 1e-3 * model.wte.weight.pow(2).sum()
+            loss = loss_of("gpt_wide", ddp, (x, y))
         try:
             loss.backward()
         except RuntimeError as e:
@@ -274,7 +281,8 @@ def _two_forwards_or_outside_use(case: str, steps: int) -> dict:
         identical.append(_identical_across_ranks(flat_params(model)))
     dist.destroy_process_group()
     return {"params": flat_params(model), "identical": identical,
-            "rows": ddp.reducer.embedding_row_exchanges}
+            "rows": ddp.reducer.embedding_row_exchanges,
+            "dense": ddp.reducer.embedding_dense_exchanges}
 
 
 def test_two_forwards_before_one_backward_take_the_dense_path(launch):
@@ -293,9 +301,28 @@ def test_two_forwards_before_one_backward_take_the_dense_path(launch):
     assert all(res["rows"] == 0 for res in results)
 
 
-def test_embedding_weight_used_outside_forward_is_a_clear_error(launch):
-    for res in launch(_two_forwards_or_outside_use, args=("outside", 2), nprocs=2):
+# A penalty on the tied weight, outside the forward: the first backward finds it (the graph walk
+# from the outputs cannot) and that weight keeps the dense path, with the same result as one
+# process. Without the pre-hook that keeps it aside, it would land in a bucket already sent.
+def test_embedding_weight_used_outside_forward_keeps_the_dense_path(launch):
+    steps = 4
+    results = launch(_two_forwards_or_outside_use, args=("outside", steps), nprocs=2)
+    model = build("gpt_wide", seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
+    for batch in batches_for("gpt_wide", steps, BATCH):
+        (loss_of("gpt_wide", model, batch) + _penalty(model)).backward()
+        opt.step()
+        opt.zero_grad()
+    _assert_match(results, model)
+    for res in results:
+        assert "error" not in res
+        assert res["rows"] == 0 and res["dense"] == 1  # the first backward only, then its bucket
+
+
+def test_embedding_weight_used_outside_forward_only_later_is_a_clear_error(launch):
+    for res in launch(_two_forwards_or_outside_use, args=("outside_later", 3), nprocs=2):
         assert "received a gradient from outside the wrapped module's forward" in res["error"]
+        assert "synchronizing backward 2 but not in the first" in res["error"]
         assert "embedding_rows=False" in res["error"]
 
 

@@ -84,8 +84,10 @@ class DDP(torch.nn.Module):
             ``scale_grad_by_freq=True`` embeddings, weights with hooks of their own, or lookups
             under activation checkpointing (those keep the dense path), nor after two forwards
             before one backward (that round is dense). A weight that also gets a gradient from
-            outside the forward (a penalty on it, an output layer applied to the outputs) raises
-            an error saying to pass ``embedding_rows=False``.
+            outside the forward (a penalty on it, an output layer applied to the outputs) is
+            found in the first backward and keeps the dense path from then on; one that first
+            gets such a gradient in a later backward raises an error saying to pass
+            ``embedding_rows=False``.
             ``reducer.embedding_row_exchanges`` counts the exchanges (those through the copy
             engines: ``reducer.embedding_copy_engine_exchanges``; their buffers are sized by
             the first backward and rebuilt 1.5x larger when a later one outgrows them).
