@@ -45,14 +45,19 @@ def _identical_across_ranks(t: torch.Tensor) -> bool:
     return all(torch.equal(out[0], o) for o in out)
 
 
-def _one_process(batches, **size) -> torch.Tensor:
+def _penalty(model: torch.nn.Module) -> torch.Tensor:
+    """A use of the tied embedding outside the forward."""
+    return 1e-3 * model.wte.weight.pow(2).sum()
+
+
+def _one_process(batches, penalty: bool = False, **size) -> torch.Tensor:
     """TinyGPT(**size) trained by AdamW on the full batches in one process (no TF32)."""
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.manual_seed(0)
     ref = TinyGPT(**size).cuda()
     opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
     for x, y in batches:
-        ref(x.cuda(), y.cuda())[1].backward()
+        (ref(x.cuda(), y.cuda())[1] + (_penalty(ref) if penalty else 0)).backward()
         opt.step()
         opt.zero_grad()
     return flat_params(ref).cpu()
@@ -141,6 +146,37 @@ def test_copy_engine_rows_regrow_with_the_batch(launch, transport):
         # Step 1 sizes the gather buffers (its rows go over NCCL), steps 2-3 use them, step 4
         # outgrows them (NCCL again) and the next forward rebuilds them larger for steps 5-6.
         assert through_copy_engines == 4
+        assert float((params - want).norm() / want.norm()) < 1e-4
+
+
+def _penalty_rank(transport: str):
+    rank, device = int(os.environ["RANK"]), _cuda_rank()
+    world = dist.get_world_size()
+    torch.manual_seed(0)
+    model = TinyGPT(vocab=256, d=128).to(device)
+    ddp = DDP(model, transport=transport)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for batch in gpt_batches(6, 8):
+        x, y = (t.chunk(world)[rank].to(device) for t in batch)
+        (ddp(x, y)[1] + _penalty(model)).backward()
+        opt.step()
+        opt.zero_grad()
+    p = flat_params(model)
+    r = ddp.reducer
+    return (p.cpu(), _identical_across_ranks(p), r.embedding_row_exchanges,
+            r.embedding_dense_exchanges)
+
+
+# The first backward finds the penalty on the tied weight (through NCCL's all-reduce, read on
+# the host) and that weight keeps the dense path; on the copy-engine path too.
+@pytest.mark.parametrize("transport", ["nccl", "host"])
+def test_embedding_used_outside_forward_on_gpu(launch, transport):
+    if transport != "nccl" and NGPU < 2:
+        pytest.skip("the copy-engine all-reduce needs 2 GPUs")
+    results = launch(_penalty_rank, args=(transport,), nprocs=NGPU)
+    want = _one_process(gpt_batches(6, 8), penalty=True, vocab=256, d=128)
+    for params, identical, rows, dense in results:
+        assert identical and rows == 0 and dense == (1 if NGPU > 1 else 0)
         assert float((params - want).norm() / want.norm()) < 1e-4
 
 
