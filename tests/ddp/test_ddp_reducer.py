@@ -26,14 +26,15 @@ def _identical_across_ranks(t: torch.Tensor) -> bool:
     return all(torch.equal(out[0], o) for o in out)
 
 
-def _train_ddp(name: str, grad_accum: int, bucket_cap_mb: float, as_view: bool = True) -> dict:
+def _train_ddp(name: str, grad_accum: int, bucket_cap_mb: float, as_view: bool = True,
+               batch_size: int = BATCH) -> dict:
     rank, world = _init()
     # Ranks start from different weights: DDP must replace them with rank 0's.
     model = build(name, seed=rank)
     ddp = DDP(model, bucket_cap_mb=bucket_cap_mb, first_bucket_mb=bucket_cap_mb / 4,
               gradient_as_bucket_view=as_view)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
-    batches = batches_for(name, STEPS, BATCH)
+    batches = batches_for(name, STEPS, batch_size)
     identical, rounds = [], []
     for batch in batches:
         shard = [t.chunk(world)[rank] for t in batch]
@@ -62,12 +63,13 @@ def _train_ddp(name: str, grad_accum: int, bucket_cap_mb: float, as_view: bool =
     }
 
 
-def _train_reference(name: str, world: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def _train_reference(name: str, world: int,
+                     batch_size: int = BATCH) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """One process. The gradient DDP computes is the mean over ranks of each rank's mean loss;
     BatchNorm statistics follow rank 0's shard (DDP broadcasts rank 0's buffers)."""
     model = build(name, seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)
-    for batch in batches_for(name, STEPS, BATCH):
+    for batch in batches_for(name, STEPS, batch_size):
         if name.startswith("gpt"):  # no batch statistics: the full batch at once
             loss_of(name, model, batch).backward()
         else:
@@ -110,6 +112,21 @@ def test_two_ranks_match_one_process(launch, name):
     for launched, buckets in results[0]["rounds"]:
         assert buckets > 1 and launched == buckets
     assert results[0]["rebuilt"]
+
+
+# Code for any number of ranks, checked beyond two: 3 ranks (the row exchange pads to the
+# largest rank's lookups and all-gathers 3 chunks; BatchNorm buffers follow rank 0).
+@pytest.mark.parametrize("name", ["gpt_wide", "cnn"])
+def test_three_ranks_match_one_process(launch, name):
+    cap_mb = 0.002 if name == "cnn" else 0.02
+    results = launch(_train_ddp, args=(name, 1, cap_mb, True, 12), nprocs=3)
+    ref_params, ref_buffers = _train_reference(name, 3, batch_size=12)
+    for rank, res in enumerate(results):
+        assert all(res["identical"]), f"rank params diverged at steps {res['identical']}"
+        assert _rel(res["params"], ref_params) <= 1e-5, (rank, _rel(res["params"], ref_params))
+        assert res["embedding"] == EMBEDDINGS[name], res["embedding"]
+    for b, rb in zip(results[0]["buffers"], ref_buffers):
+        assert torch.allclose(b.double(), rb.double(), rtol=1e-5, atol=1e-6), (b, rb)
 
 
 @pytest.mark.parametrize("as_view", [True, False], ids=["bucket_view", "grad_copy"])
@@ -155,12 +172,14 @@ def _uneven_lookups(sequences: tuple[int, ...], steps: int) -> dict:
 
 # 2 and 3 sequences: both ranks exchange rows, rank 0's padded to rank 1's 48 lookups. 1 and 20:
 # rank 1's 320 lookups x 2 ranks are more than the 512 rows, so it keeps its part in the bucket
-# while rank 0 took its rows out: those go through a dense all-reduce instead.
-@pytest.mark.parametrize("sequences,rows", [((2, 3), True), ((1, 20), False)],
-                         ids=["padded_rows", "dense_fallback"])
+# while rank 0 took its rows out: those go through a dense all-reduce instead. The same on 3
+# ranks: 1, 2 and 4 sequences (padded to 64 lookups), and 1, 1 and 12 (3 x 192 > 512 rows).
+@pytest.mark.parametrize("sequences,rows", [((2, 3), True), ((1, 20), False),
+                                            ((1, 2, 4), True), ((1, 1, 12), False)],
+                         ids=["padded_rows", "dense_fallback", "3_padded_rows", "3_dense_fallback"])
 def test_embedding_rows_with_uneven_lookups(launch, sequences, rows):
     steps = 6
-    results = launch(_uneven_lookups, args=(sequences, steps), nprocs=2)
+    results = launch(_uneven_lookups, args=(sequences, steps), nprocs=len(sequences))
     # One process: the average over ranks of each rank's mean loss.
     model = build("gpt_wide", seed=0)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, foreach=False)

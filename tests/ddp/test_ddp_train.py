@@ -238,3 +238,9 @@ def test_resume_on_another_number_of_ranks(launch, tmp_path):
     assert torch.equal(results[0][0], results[1][0])
     saved = load_checkpoint(ckpt + "/latest.pt")
     assert int(saved["world_size"]) == 2 and int(saved["data_position"]) == 5 + 2
+    # 2 ranks -> 3: 14 micro-batches over all ranks become 4 per rank (rounded down).
+    results = launch(_elastic_run, args=(ckpt, 10), nprocs=3)
+    assert all(steps == [9, 10] for _, steps in results)
+    assert all(torch.equal(results[0][0], params) for params, _ in results)
+    saved = load_checkpoint(ckpt + "/latest.pt")
+    assert int(saved["world_size"]) == 3 and int(saved["data_position"]) == 4 + 2
