@@ -29,6 +29,7 @@ import time
 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
 
 import torch  # noqa: E402
+import torch._dynamo  # noqa: E402  (variants set its config)
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
@@ -255,7 +256,10 @@ def _parse_variant(spec: str):
     zero_grad(set_to_none=False) in the hand-written loop, prof = 1 to profile 3 more steps
     (plain and the DDP wrappers; with and without sync), prec = fp16 for fp16 autocast with a
     dynamic loss scaler (the hand-written loops: torch's GradScaler, unscale_ before clipping, as
-    its documentation shows; train(): precision="fp16")."""
+    its documentation shows; train(): precision="fp16"), comp = 1 to run the model through
+    torch.compile (default inductor; wrapped by the DDPs as nanoGPT does: DDP(compile(model))),
+    ddpopt = 0 to turn dynamo's graph splitting at DDP buckets off (torch._dynamo.config
+    .optimize_ddp)."""
     name, *rest = spec.split(":")
     return name, dict(kv.split("=", 1) for kv in rest)
 
@@ -374,13 +378,15 @@ def _rank(args: dict) -> dict:
             pinned = _pin_main_thread(opts, rank, world)
             fp16 = opts.get("prec") == "fp16"
             amp = torch.float16 if fp16 else torch.bfloat16
+            torch._dynamo.config.optimize_ddp = opts.get("ddpopt", "1") == "1"
+            net = torch.compile(model) if opts.get("comp") == "1" else model
             if variant == "plain":
                 # In a multi-rank sweep: every rank trains its own copy, no communication at all
                 # (what running N processes side by side costs by itself).
                 if world != 1 and opts.get("each") != "1":
                     continue
                 prof = {} if opts.get("prof") == "1" else None
-                record(spec, accum, _hand_loop(model, model, batches, accum, steps, device, amp,
+                record(spec, accum, _hand_loop(model, net, batches, accum, steps, device, amp,
                                                profile=prof), flops=flops, profile=prof)
             elif variant in ("torch_ddp", "nbdist_ddp"):
                 try:
@@ -391,11 +397,11 @@ def _rank(args: dict) -> dict:
                 bucket = float(opts.get("bucket", 25))
                 if variant == "torch_ddp":
                     wrapped = torch.nn.parallel.DistributedDataParallel(
-                        model, device_ids=[device.index] if device.type == "cuda" else None,
+                        net, device_ids=[device.index] if device.type == "cuda" else None,
                         bucket_cap_mb=bucket, process_group=group)
                 else:
                     try:
-                        wrapped = nd.DDP(model, process_group=group, bucket_cap_mb=bucket,
+                        wrapped = nd.DDP(net, process_group=group, bucket_cap_mb=bucket,
                                          first_bucket_mb=float(opts.get("first", 1)),
                                          transport=opts.get("t", "auto"),
                                          embedding_rows=opts.get("emb", "1") == "1")
@@ -424,7 +430,7 @@ def _rank(args: dict) -> dict:
                 # Wrapped here rather than by train(), so that tearing the reducer down (its
                 # copy-engine buffers: ~1.5 GB to unpin and free with P2P off) happens after the
                 # clock stops, as it does for the hand-written loops.
-                wrapped = nd.DDP(model, bucket_cap_mb=25, transport=opts.get("t", "auto"),
+                wrapped = nd.DDP(net, bucket_cap_mb=25, transport=opts.get("t", "auto"),
                                  embedding_rows=opts.get("emb", "1") == "1")
                 # Timed like the hand-written loops: from a synchronized device at the first
                 # timed step's first forward to a synchronized device after the last step (the
@@ -444,6 +450,8 @@ def _rank(args: dict) -> dict:
                 sec = (time.perf_counter() - start[0]) / steps[1]
                 record(spec, accum, sec, None, flops, transport=_transport_of(wrapped))
                 del wrapped
+            del net
+            torch._dynamo.reset()  # the next variant compiles its own model afresh
             if pinned is not None:
                 os.sched_setaffinity(0, pinned)
             del model
@@ -642,10 +650,12 @@ def _sweep(a, base: dict, env: dict, n: int) -> int:
                 if r is None or "error" in r:
                     print(f"{name:<10}{v:<34}{accum:>6}  {r and r['error']}")
                     continue
-                # against torch DDP in the same precision (fp16 rows against torch's GradScaler)
-                prec = _parse_variant(v)[1].get("prec")
-                ref = out[name].get("torch_ddp" + (f":prec={prec}" if prec else "")
-                                    + f"/accum{accum}", {}).get("tokens_per_s")
+                # against torch DDP on the same model and precision (fp16 rows against torch's
+                # GradScaler, compiled against compiled): its variant with those options, in the
+                # order this one lists them
+                same = "".join(f":{k}={x}" for k, x in _parse_variant(v)[1].items()
+                               if k in ("prec", "comp", "ddpopt"))
+                ref = out[name].get(f"torch_ddp{same}/accum{accum}", {}).get("tokens_per_s")
                 r["scaling"] = r["tokens_per_s"] / (n * one)
                 r["vs_torch_ddp"] = r["tokens_per_s"] / ref if ref else None
                 print(f"{name:<10}{v:<34}{accum:>6}{1e3 * r['step_s']:>9.2f}"

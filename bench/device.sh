@@ -54,7 +54,7 @@ if has profile; then
 fi
 if has sweep; then
   step ddp sweep
-  NBDIST_BENCH_LOG_DIR="$OUT/ddp_sweep_logs" NBDIST_BENCH_TIMEOUT=${SWEEP_TIMEOUT:-200} timeout 400 "$py" bench/ddp_throughput.py --out "$OUT/ddp_sweep.json" --accum "${SWEEP_ACCUM:-1}" \
+  NBDIST_BENCH_LOG_DIR="$OUT/ddp_sweep_logs" NBDIST_BENCH_TIMEOUT=${SWEEP_TIMEOUT:-200} timeout $((${SWEEP_TIMEOUT:-200} * 2 + 20)) "$py" bench/ddp_throughput.py --out "$OUT/ddp_sweep.json" --accum "${SWEEP_ACCUM:-1}" \
     --steps "${SWEEP_STEPS:-15}" --settings "${SWEEP_SETTINGS:-p2p,nop2p,nop2p_ce}" \
     --sweep "${SWEEP:-torch_ddp,nbdist_ddp}" 2>&1 | grep -v "^\[rank" | tail -40
 fi

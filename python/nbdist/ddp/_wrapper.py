@@ -12,6 +12,8 @@ import torch.distributed as dist
 from .. import _ddp
 from .._errors import DDPValueError
 
+_NO_HOOK = object()  # a torch whose DDP class has no _active_ddp_module for dynamo to read
+
 
 def _default_group(process_group: Any) -> Any:
     if process_group is not None:
@@ -26,6 +28,7 @@ def _default_group(process_group: Any) -> Any:
     return dist.distributed_c10d._get_default_group()
 
 
+@torch.compiler.disable  # called from DDP.forward, which torch.compile does not trace either
 def _tensors_in(obj: Any) -> list[torch.Tensor]:
     """Every tensor in a (nested) forward output, for the unused-parameter graph walk."""
     if isinstance(obj, torch.Tensor):
@@ -144,6 +147,10 @@ class DDP(torch.nn.Module):
             [n for n, _ in frozen] + [n for n, _ in module.named_buffers()],
         )
         self._require_sync = True
+        # Read by torch.compile (see forward): where it splits the graphs it compiles (not below
+        # its own first piece, 1 MiB, which it refuses to exceed the others).
+        self.bucket_bytes_cap = max(int(bucket_cap_mb * 2**20),
+                                    getattr(dist, "_DEFAULT_FIRST_BUCKET_BYTES", 1 << 20))
 
     @property
     def reducer(self) -> Any:
@@ -161,11 +168,25 @@ class DDP(torch.nn.Module):
         finally:
             self._require_sync = previous
 
+    # Not traced by torch.compile itself (the calls it makes are): the reducer runs eagerly, and
+    # the wrapped module, compiled inside or outside, is compiled while this DDP is the one that
+    # torch's DDP class reports as running. Dynamo's DDPOptimizer then splits the compiled graph
+    # at bucket boundaries (bucket_bytes_cap), so that a compiled backward hands gradients over
+    # bucket by bucket instead of all at its very end, and communication overlaps it as in eager.
+    @torch.compiler.disable(recursive=False)
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         self._reducer.prepare_forward()
         if self.broadcast_buffers and self._buffers_list:
             self._reducer.broadcast_buffers(self._buffers_list)
-        out = self.module(*args, **kwargs)
+        holder = torch.nn.parallel.DistributedDataParallel
+        running = getattr(holder, "_active_ddp_module", _NO_HOOK)
+        if running is not _NO_HOOK:
+            holder._active_ddp_module = self
+        try:
+            out = self.module(*args, **kwargs)
+        finally:
+            if running is not _NO_HOOK:
+                holder._active_ddp_module = running
         if torch.is_grad_enabled():
             tensors = _tensors_in(out) if self._reducer.wants_outputs else []
             self._reducer.prepare_for_backward(self._require_sync, tensors)
