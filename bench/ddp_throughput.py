@@ -630,7 +630,10 @@ def _sweep(a, base: dict, env: dict, n: int) -> int:
     if twice:  # results are keyed by the variant: a repeat would overwrite the first run
         raise SystemExit(f"--sweep lists {', '.join(twice)} more than once")
     t0 = time.time()
-    out = {"plain": _launch(dict(base, variants=["plain"]), 1, dict(env, NCCL_P2P_DISABLE="0"))}
+    # One GPU alone, the baseline of scaling: compiled too when some variant compiles.
+    compiled = any(_parse_variant(v)[1].get("comp") == "1" for v in variants)
+    plains = ["plain"] + (["plain:comp=1"] if compiled else [])
+    out = {"plain": _launch(dict(base, variants=plains), 1, dict(env, NCCL_P2P_DISABLE="0"))}
     for name in a.settings.split(","):
         try:
             out[name] = _launch(dict(base, variants=variants), n, dict(env, **settings[name]))
@@ -640,7 +643,6 @@ def _sweep(a, base: dict, env: dict, n: int) -> int:
     print(f"{'setting':<10}{'variant':<34}{'accum':>6}{'step ms':>9}{'tokens/s':>11}"
           f"{'scaling':>9}{'vs DDP':>8}{'exposed':>9}{'overhead':>9}")
     for accum in base["accum"]:
-        one = out["plain"][f"plain/accum{accum}"]["tokens_per_s"]
         for name in a.settings.split(","):
             if "error" in out[name]:
                 print(f"{name:<10}failed: {out[name]['error'].splitlines()[0][:100]}")
@@ -656,6 +658,8 @@ def _sweep(a, base: dict, env: dict, n: int) -> int:
                 same = "".join(f":{k}={x}" for k, x in _parse_variant(v)[1].items()
                                if k in ("prec", "comp", "ddpopt"))
                 ref = out[name].get(f"torch_ddp{same}/accum{accum}", {}).get("tokens_per_s")
+                alone = "plain:comp=1" if _parse_variant(v)[1].get("comp") == "1" else "plain"
+                one = out["plain"][f"{alone}/accum{accum}"]["tokens_per_s"]
                 r["scaling"] = r["tokens_per_s"] / (n * one)
                 r["vs_torch_ddp"] = r["tokens_per_s"] / ref if ref else None
                 print(f"{name:<10}{v:<34}{accum:>6}{1e3 * r['step_s']:>9.2f}"
