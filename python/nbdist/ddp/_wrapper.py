@@ -54,6 +54,11 @@ class DDP(torch.nn.Module):
     them when ``gradient_as_bucket_view``) whose all-reduces start as soon as each bucket is full,
     so communication overlaps the rest of backward; gradients come out averaged over ranks.
 
+    ``torch.compile`` works on the module (``DDP(torch.compile(model))``) or on this wrapper:
+    compiled while this DDP runs, the graph is split at bucket boundaries (dynamo's DDP graph
+    splitting, ``torch._dynamo.config.optimize_ddp``), so that a compiled backward hands its
+    gradients over bucket by bucket rather than all at its end.
+
     Args:
         module: the model, already on this rank's device.
         process_group: a c10d process group; default: the default group.
