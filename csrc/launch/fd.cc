@@ -1,6 +1,7 @@
 #include "launch/fd.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -40,6 +41,11 @@ std::vector<int>& registry() {
   static std::vector<int> fds;
   return fds;
 }
+void registry_lock() { registry_mutex().lock(); }
+void registry_unlock() { registry_mutex().unlock(); }
+// No holder of the registry lock waits for anything: holding it across fork cannot deadlock.
+[[maybe_unused]] const int g_registry_atfork =
+    ::pthread_atfork(registry_lock, registry_unlock, registry_unlock);
 }  // namespace
 
 void register_parent_fd(int fd) {
@@ -57,6 +63,15 @@ void unregister_parent_fd(int fd) {
 std::vector<int> parent_fds_snapshot() {
   std::lock_guard<std::mutex> lock(registry_mutex());
   return registry();
+}
+
+void forget_parent_fds(const std::vector<int>& fds) {
+  std::lock_guard<std::mutex> lock(registry_mutex());
+  auto& r = registry();
+  r.erase(
+      std::remove_if(r.begin(), r.end(),
+                     [&fds](int fd) { return std::find(fds.begin(), fds.end(), fd) != fds.end(); }),
+      r.end());
 }
 
 }  // namespace nbdist::launch

@@ -42,8 +42,13 @@ Pipe make_pipe(bool nonblocking_read);
 
 // Descriptors owned by a launcher in this process. Children forked without exec close them all
 // (except the ones they were handed) so that pipes reach EOF and sockets are not kept bound.
+// The registry's lock is held across every fork (pthread_atfork), so that a child never inherits
+// it locked by a thread that does not exist there.
 void register_parent_fd(int fd);
 void unregister_parent_fd(int fd);
 std::vector<int> parent_fds_snapshot();
+// In a forked child that closed `fds`: drops them from its registry, whose numbers the child's
+// own files may take next (a nested launch must not close those in its ranks).
+void forget_parent_fds(const std::vector<int>& fds);
 
 }  // namespace nbdist::launch

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -40,12 +42,18 @@ enum Stage { kSetpgid = 1, kPdeathsig, kParentDied, kDup2, kChdir, kExec };
 
 const char* stage_name(int stage) {
   switch (stage) {
-    case kSetpgid: return "setpgid";
-    case kPdeathsig: return "prctl(PR_SET_PDEATHSIG)";
-    case kParentDied: return "parent exited during start";
-    case kDup2: return "dup2";
-    case kChdir: return "chdir";
-    case kExec: return "execve";
+    case kSetpgid:
+      return "setpgid";
+    case kPdeathsig:
+      return "prctl(PR_SET_PDEATHSIG)";
+    case kParentDied:
+      return "parent exited during start";
+    case kDup2:
+      return "dup2";
+    case kChdir:
+      return "chdir";
+    case kExec:
+      return "execve";
   }
   return "unknown stage";
 }
@@ -221,14 +229,48 @@ pid_t do_spawn_reaper(int control) {
   return pid;
 }
 
+class Spawner;
+class Reaper;
+
+// The process-wide singletons (the spawner thread, the reaper) belong to one process. A child
+// forked from it (a `fork` rank that starts a nested launch, os.fork in user code) inherits the
+// objects but neither the spawner's thread (a spawn would wait for it forever) nor the reaper (not
+// its child; its mutex may even be held by a thread that does not exist there). The fork child
+// handler forgets them: they are leaked there, never touched, and the child makes its own on first
+// use. g_singletons_mu (held across fork, see the atfork handlers) only guards their creation.
+std::mutex g_singletons_mu;
+std::atomic<Spawner*> g_spawner{nullptr};
+std::atomic<Reaper*> g_reaper{nullptr};
+
+template <class T>
+T& singleton(std::atomic<T*>& slot) {
+  T* p = slot.load(std::memory_order_acquire);
+  if (p != nullptr) return *p;
+  std::lock_guard<std::mutex> lock(g_singletons_mu);
+  p = slot.load(std::memory_order_relaxed);
+  if (p == nullptr) {
+    p = new T();  // never deleted: a static destructor could run while a fork is in progress
+    slot.store(p, std::memory_order_release);
+  }
+  return *p;
+}
+
+// Creating a singleton never forks, so holding the mutex across fork cannot deadlock.
+void singletons_prepare() { g_singletons_mu.lock(); }
+void singletons_parent() { g_singletons_mu.unlock(); }
+void singletons_child() {
+  g_spawner.store(nullptr, std::memory_order_relaxed);
+  g_reaper.store(nullptr, std::memory_order_relaxed);
+  g_singletons_mu.unlock();
+}
+[[maybe_unused]] const int g_singletons_atfork =
+    ::pthread_atfork(singletons_prepare, singletons_parent, singletons_child);
+
 // The one thread that forks. It lives as long as the process (never joined: a static destructor
 // joining it at exit could deadlock with a fork in progress).
 class Spawner {
  public:
-  static Spawner& instance() {
-    static Spawner* s = new Spawner();
-    return *s;
-  }
+  static Spawner& instance() { return singleton(g_spawner); }
 
   template <class F>
   auto run(F&& f) -> decltype(f()) {
@@ -244,6 +286,7 @@ class Spawner {
   }
 
  private:
+  friend Spawner& singleton<Spawner>(std::atomic<Spawner*>&);
   Spawner() {
     std::thread([this] { loop(); }).detach();
   }
@@ -280,10 +323,7 @@ namespace {
 
 class Reaper {
  public:
-  static Reaper& instance() {
-    static Reaper* r = new Reaper();
-    return *r;
-  }
+  static Reaper& instance() { return singleton(g_reaper); }
 
   void track(pid_t pgid) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -339,11 +379,11 @@ void reaper_untrack(pid_t pgid) { Reaper::instance().untrack(pgid); }
 
 std::string signal_name(int sig) {
   static const std::pair<int, const char*> kNames[] = {
-      {SIGHUP, "SIGHUP"},   {SIGINT, "SIGINT"},     {SIGQUIT, "SIGQUIT"}, {SIGILL, "SIGILL"},
-      {SIGTRAP, "SIGTRAP"}, {SIGABRT, "SIGABRT"},   {SIGBUS, "SIGBUS"},   {SIGFPE, "SIGFPE"},
-      {SIGKILL, "SIGKILL"}, {SIGUSR1, "SIGUSR1"},   {SIGSEGV, "SIGSEGV"}, {SIGUSR2, "SIGUSR2"},
-      {SIGPIPE, "SIGPIPE"}, {SIGALRM, "SIGALRM"},   {SIGTERM, "SIGTERM"}, {SIGCHLD, "SIGCHLD"},
-      {SIGCONT, "SIGCONT"}, {SIGSTOP, "SIGSTOP"},   {SIGTSTP, "SIGTSTP"}, {SIGXCPU, "SIGXCPU"},
+      {SIGHUP, "SIGHUP"},   {SIGINT, "SIGINT"},   {SIGQUIT, "SIGQUIT"}, {SIGILL, "SIGILL"},
+      {SIGTRAP, "SIGTRAP"}, {SIGABRT, "SIGABRT"}, {SIGBUS, "SIGBUS"},   {SIGFPE, "SIGFPE"},
+      {SIGKILL, "SIGKILL"}, {SIGUSR1, "SIGUSR1"}, {SIGSEGV, "SIGSEGV"}, {SIGUSR2, "SIGUSR2"},
+      {SIGPIPE, "SIGPIPE"}, {SIGALRM, "SIGALRM"}, {SIGTERM, "SIGTERM"}, {SIGCHLD, "SIGCHLD"},
+      {SIGCONT, "SIGCONT"}, {SIGSTOP, "SIGSTOP"}, {SIGTSTP, "SIGTSTP"}, {SIGXCPU, "SIGXCPU"},
       {SIGXFSZ, "SIGXFSZ"}, {SIGSYS, "SIGSYS"},
   };
   for (const auto& [n, name] : kNames)

@@ -54,11 +54,18 @@ pid_t fork_interpreter(const std::vector<std::pair<int, int>>& fds, const std::v
     if (moved[i] >= 0) ::dup2(moved[i], fds[i].second);
   for (int fd : moved)
     if (fd >= 0) ::close(fd);
+  std::vector<int> closed;
   for (int fd : to_close) {
     bool is_target = false;
     for (auto& p : fds) is_target |= p.second == fd;
-    if (!is_target && std::find(keep.begin(), keep.end(), fd) == keep.end()) ::close(fd);
+    if (!is_target && std::find(keep.begin(), keep.end(), fd) == keep.end()) {
+      ::close(fd);
+      closed.push_back(fd);
+    }
   }
+  // The child's registry still lists what it just closed; its own descriptors will reuse those
+  // numbers, and a launch it starts (nested in this rank) must not close them in its ranks.
+  forget_parent_fds(closed);
   return 0;
 }
 

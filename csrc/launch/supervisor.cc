@@ -98,6 +98,7 @@ Supervisor::~Supervisor() {
 }
 
 void Supervisor::join_thread() {
+  if (::getpid() != owner_pid_) return;  // a forked copy: the thread exists only in the owner
   std::lock_guard<std::mutex> lock(join_mu_);
   if (thread_ && thread_->joinable() && thread_->get_id() != std::this_thread::get_id())
     thread_->join();
@@ -119,7 +120,8 @@ void Supervisor::add_epoll(int fd, uint64_t tag) {
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.u64 = tag;
-  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) throw LaunchSystemError("epoll_ctl", errno);
+  if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0)
+    throw LaunchSystemError("epoll_ctl", errno);
 }
 
 void Supervisor::remove_fd(UniqueFd& fd) {
@@ -172,7 +174,8 @@ pid_t Supervisor::spawn_rank(int rank, SpawnSpec spec, int result_fd) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     Rank& r = ranks_.at(static_cast<size_t>(rank));
-    if (!r.out_w.valid()) throw LaunchError("spawn_rank: rank " + std::to_string(rank) + " not opened");
+    if (!r.out_w.valid())
+      throw LaunchError("spawn_rank: rank " + std::to_string(rank) + " not opened");
     fds = RankFds{r.out_w.get(), r.err_w.get(), r.res_w.get(), -1};
   }
   spec.fds.emplace_back(fds.stdout_w, 1);
@@ -262,11 +265,21 @@ void Supervisor::handle(uint64_t tag) {
   Kind kind = static_cast<Kind>(tag & 7);
   Rank& r = ranks_[static_cast<size_t>(rank)];
   switch (kind) {
-    case kStdout: read_stream(r, 1); break;
-    case kStderr: read_stream(r, 2); break;
-    case kResult: read_result(r); break;
-    case kStatus: read_status(r); break;
-    case kPidfd: on_child_ready(r); break;
+    case kStdout:
+      read_stream(r, 1);
+      break;
+    case kStderr:
+      read_stream(r, 2);
+      break;
+    case kResult:
+      read_result(r);
+      break;
+    case kStatus:
+      read_status(r);
+      break;
+    case kPidfd:
+      on_child_ready(r);
+      break;
   }
 }
 
@@ -283,7 +296,8 @@ void Supervisor::read_stream(Rank& r, int stream) {
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
     // EOF (or error): flush the unterminated last line.
-    if (!r.partial[stream].empty()) push_line(r.status.rank, stream, std::move(r.partial[stream]));
+    if (!r.partial[stream].empty())
+      push_line(r.status.rank, stream, visible_line(std::move(r.partial[stream])));
     r.partial[stream].clear();
     remove_fd(fd);
     return;
@@ -301,16 +315,35 @@ void Supervisor::emit(Rank& r, int stream, const char* data, size_t n) {
   for (size_t i = 0; i < n; ++i) {
     if (data[i] == '\n') {
       part.append(data + start, i - start);
-      push_line(r.status.rank, stream, std::move(part));
+      push_line(r.status.rank, stream, visible_line(std::move(part)));
       part.clear();
       start = i + 1;
     }
   }
   part.append(data + start, n - start);
+  // A line rewritten with '\r' (a progress bar) may not end for minutes: what it shows now is
+  // queued at once, marked by a trailing '\r' (see Line), and only that much is kept.
+  size_t cut = part.rfind('\r', part.size() >= 2 ? part.size() - 2 : 0);
+  bool has_cr = cut != std::string::npos || (!part.empty() && part.back() == '\r');
+  if (has_cr) {
+    if (cut != std::string::npos && (cut != part.size() - 1)) part.erase(0, cut + 1);
+    std::string shown = part;
+    if (shown.empty() || shown.back() != '\r') shown.push_back('\r');
+    push_line(r.status.rank, stream, std::move(shown));
+  }
   if (part.size() > kMaxPartialLine) {
-    push_line(r.status.rank, stream, std::move(part));
+    push_line(r.status.rank, stream, visible_line(std::move(part)));
     part.clear();
   }
+}
+
+std::string Supervisor::visible_line(std::string text) {
+  // What a terminal shows of a finished line: a CR LF ending is a plain newline, and what was
+  // written before the last '\r' has been overwritten.
+  if (!text.empty() && text.back() == '\r') text.pop_back();
+  size_t cr = text.rfind('\r');
+  if (cr != std::string::npos) text.erase(0, cr + 1);
+  return text;
 }
 
 void Supervisor::push_line(int rank, int stream, std::string text) {
@@ -404,7 +437,7 @@ void Supervisor::on_exit(Rank& r, int wait_status, bool lost) {
     if (r.tail.size() + r.result.size() == before) break;
   }
   for (int s = 1; s <= 2; ++s) {
-    if (!r.partial[s].empty()) push_line(r.status.rank, s, std::move(r.partial[s]));
+    if (!r.partial[s].empty()) push_line(r.status.rank, s, visible_line(std::move(r.partial[s])));
     r.partial[s].clear();
   }
   remove_fd(r.out_r);
@@ -472,9 +505,10 @@ void Supervisor::check_done() {
     final_state_ = any_attached ? JobState::kSucceeded : JobState::kFailed;
   }
   if (dropped_lines_ > 0) {
-    lines_.push_back(Line{-1, 2, std::to_string(dropped_lines_) +
-                                     " output lines were not shown live (reader too slow); "
-                                     "the rank log files have everything"});
+    lines_.push_back(Line{-1, 2,
+                          std::to_string(dropped_lines_) +
+                              " output lines were not shown live (reader too slow); "
+                              "the rank log files have everything"});
     dropped_lines_ = 0;
   }
   ended_ = monotonic_now();
@@ -499,10 +533,9 @@ bool Supervisor::wait(double timeout_s, bool or_failed) {
 
 bool Supervisor::wait_activity(double timeout_s, bool or_failed) {
   std::unique_lock<std::mutex> lock(mu_);
-  return cv_.wait_for(lock, std::chrono::duration<double>(std::max(0.0, timeout_s)),
-                      [this, or_failed] {
-                        return done_ || (or_failed && failure_known()) || !lines_.empty();
-                      });
+  return cv_.wait_for(
+      lock, std::chrono::duration<double>(std::max(0.0, timeout_s)),
+      [this, or_failed] { return done_ || (or_failed && failure_known()) || !lines_.empty(); });
 }
 
 bool Supervisor::failed() {
@@ -536,9 +569,10 @@ std::vector<Line> Supervisor::take_lines(size_t max_lines) {
     lines_.pop_front();
   }
   if (lines_.empty() && dropped_lines_ > 0 && !done_) {
-    out.push_back(Line{-1, 2, std::to_string(dropped_lines_) +
-                                  " output lines were not shown live (reader too slow); "
-                                  "the rank log files have everything"});
+    out.push_back(Line{-1, 2,
+                       std::to_string(dropped_lines_) +
+                           " output lines were not shown live (reader too slow); "
+                           "the rank log files have everything"});
     dropped_lines_ = 0;
   }
   return out;

@@ -28,15 +28,15 @@ namespace nbdist::launch {
 
 struct SupervisorOptions {
   std::string job_id;
-  std::string log_dir;                   // directory of rank_<r>.log (created by the caller)
-  int nranks = 1;                        // ranks 0..nranks-1
-  size_t tail_bytes = 64 * 1024;         // in-memory tail kept per rank, bytes
-  size_t line_queue_bytes = 16 << 20;    // live-line queue cap, bytes; excess lines are counted
-  bool stream = true;                    // queue lines for the foreground at all
-  double grace_s = 5.0;                  // SIGTERM -> SIGKILL delay of a teardown, seconds
-  double timeout_s = 0.0;                // whole-attempt deadline, seconds; 0 = none
-  double dump_wait_s = 1.0;              // time given to stack dumps after a timeout, seconds
-  int dump_signal = 12;                  // SIGUSR2: ranks register faulthandler on it
+  std::string log_dir;                 // directory of rank_<r>.log (created by the caller)
+  int nranks = 1;                      // ranks 0..nranks-1
+  size_t tail_bytes = 64 * 1024;       // in-memory tail kept per rank, bytes
+  size_t line_queue_bytes = 16 << 20;  // live-line queue cap, bytes; excess lines are counted
+  bool stream = true;                  // queue lines for the foreground at all
+  double grace_s = 5.0;                // SIGTERM -> SIGKILL delay of a teardown, seconds
+  double timeout_s = 0.0;              // whole-attempt deadline, seconds; 0 = none
+  double dump_wait_s = 1.0;            // time given to stack dumps after a timeout, seconds
+  int dump_signal = 12;                // SIGUSR2: ranks register faulthandler on it
   // Log file name of each rank inside log_dir; empty: rank_<r>.log. Lets a restarting load name
   // each run's log (run_<n>.log) while reusing one-rank supervisors.
   std::vector<std::string> log_names;
@@ -57,15 +57,17 @@ struct RankStatus {
   pid_t pid = 0;
   bool attached = false;
   bool exited = false;
-  bool lost = false;           // the reporting zygote died: exit status unknown
-  int wait_status = 0;         // raw waitpid status
-  double exit_time = 0;        // CLOCK_MONOTONIC seconds when the exit was observed
-  bool after_teardown = false; // exited after the teardown began (collateral, not a cause)
+  bool lost = false;            // the reporting zygote died: exit status unknown
+  int wait_status = 0;          // raw waitpid status
+  double exit_time = 0;         // CLOCK_MONOTONIC seconds when the exit was observed
+  bool after_teardown = false;  // exited after the teardown began (collateral, not a cause)
 };
 
 struct Line {
   int rank;    // -1: a message from the supervisor itself
   int stream;  // 1 stdout, 2 stderr
+  // Without the newline. A text ending in '\r' is a line not finished yet that the rank rewrites
+  // with '\r' (a progress bar): what it shows now, to be replaced by the rank's next line.
   std::string text;
 };
 
@@ -116,7 +118,7 @@ class Supervisor {
     UniqueFd out_w, err_w, res_w, status_w;  // child ends until attach
     UniqueFd log;
     bool external = false;
-    bool reported_failure = false;  // sent an exception result: it exits by itself
+    bool reported_failure = false;         // sent an exception result: it exits by itself
     bool reported_after_teardown = false;  // that exception came after the teardown began
     // A zygote may reap a short rank and report its status before attach_rank() runs (the
     // launcher still waiting for the zygote's reply): kept here and applied at attach.
@@ -135,6 +137,7 @@ class Supervisor {
   void on_child_ready(Rank& r);
   void on_exit(Rank& r, int wait_status, bool lost);
   void emit(Rank& r, int stream, const char* data, size_t n);
+  static std::string visible_line(std::string text);
   void push_line(int rank, int stream, std::string text);
   void begin_teardown(JobState state, double grace_s);
   void check_timers();
@@ -163,9 +166,9 @@ class Supervisor {
   double kill_request_grace_ = 0;
   JobState final_state_ = JobState::kRunning;
   double started_ = 0, ended_ = 0;
-  double kill_deadline_ = 0;   // when SIGKILL follows SIGTERM; 0 = not armed
-  double timeout_at_ = 0;      // 0 = no timeout
-  double dump_until_ = 0;      // end of the stack-dump window; 0 = not dumping
+  double kill_deadline_ = 0;  // when SIGKILL follows SIGTERM; 0 = not armed
+  double timeout_at_ = 0;     // 0 = no timeout
+  double dump_until_ = 0;     // end of the stack-dump window; 0 = not dumping
   bool killed_hard_ = false;
   pid_t owner_pid_ = 0;  // the process that created it; a forked copy must not touch the ranks
   std::unique_ptr<std::thread> thread_;

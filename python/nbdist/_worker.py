@@ -96,23 +96,79 @@ def _send(fd: int, kind: bytes, payload: bytes) -> None:
         view = view[n:]
 
 
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    try:
+        return f"{cls.__module__}.{cls.__qualname__}".removeprefix("builtins.")
+    except BaseException:
+        return object.__repr__(cls)
+
+
+def _describe_failure(what: str, err: BaseException) -> str:
+    """``<what failed: ErrType>`` without calling anything of ``err`` but its type's name (its
+    str() may be the very thing that raises)."""
+    try:
+        name = type(err).__qualname__
+    except BaseException:
+        name = "?"
+    return f"<{what} failed: {name}>"
+
+
+def safe_str(exc: BaseException) -> str:
+    """str(exc); user exceptions may raise in __str__ (or return a non-str)."""
+    try:
+        text = str(exc)
+        if isinstance(text, str):
+            return text
+    except BaseException as err:
+        return _describe_failure(f"str() of the {_type_name(exc)}", err)
+    return f"<str() of the {_type_name(exc)} returned a non-str>"
+
+
+def format_exception(exc: BaseException) -> str:
+    """The traceback text of ``exc``, whatever its __str__/__repr__ do: at worst the stack
+    without the message, and always the exception's type."""
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        if isinstance(text, str):
+            return text
+    except BaseException as err:
+        failure = _describe_failure("formatting the exception", err)
+    else:
+        failure = "<formatting the exception returned a non-str>"
+    try:
+        stack = "".join(traceback.format_tb(exc.__traceback__))
+    except BaseException as err:
+        stack = _describe_failure("formatting the stack", err) + "\n"
+    return (f"Traceback (most recent call last):\n{stack}"
+            f"{_type_name(exc)}: {safe_str(exc)} {failure}\n")
+
+
 def _exception_payload(exc: BaseException, formatted: str, exit_code: int) -> bytes:
     """``exit_code``: what the rank is about to exit with, so that the launcher can report the
-    failure before the process is gone (tearing down a CUDA context takes a while)."""
+    failure before the process is gone (tearing down a CUDA context takes a while). Never
+    raises for a strange exception (a __str__ that raises, an unpicklable one): its type and
+    traceback always get through."""
     from . import _pickle
 
     info = {
-        "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
-        "message": str(exc),
+        "type": _type_name(exc),
+        "message": safe_str(exc),
         "traceback": formatted,
         "exception": None,
         "exit_code": exit_code,
     }
     try:
         info["exception"] = _pickle.dumps(exc)
-    except Exception:  # an unpicklable exception still reports its type, message and traceback
+    except BaseException:  # an unpicklable exception still reports its type, message, traceback
         pass
-    return _pickle.dumps(info)
+    try:
+        return _pickle.dumps(info)
+    except BaseException:
+        import pickle
+
+        info["exception"] = None
+        return pickle.dumps(info)
 
 
 def set_torch_threads(after_fork_of_caller: bool) -> None:
@@ -132,6 +188,25 @@ def set_torch_threads(after_fork_of_caller: bool) -> None:
         torch.set_num_threads(int(count))
 
 
+def _exit_code_is_success(code) -> bool:
+    """sys.exit(None) / sys.exit(0): the rank succeeded (with None). Any object may be the code:
+    its == must not break the report."""
+    try:
+        return code is None or bool(code == 0)
+    except BaseException:
+        return False
+
+
+def report_unexpected(exc: BaseException) -> None:
+    """Last resort of a forked rank whose reporting itself failed: the traceback to fd 2 (the
+    log), never raising."""
+    try:
+        text = "nbdist: the rank failed while reporting its outcome:\n" + format_exception(exc)
+        os.write(2, text.encode("utf-8", "backslashreplace"))
+    except BaseException:
+        pass
+
+
 def run_rank(fn, args, kwargs, result_fd: int) -> int:
     """Calls fn and sends its outcome; returns the exit code for the rank."""
     from . import _pickle
@@ -144,19 +219,19 @@ def run_rank(fn, args, kwargs, result_fd: int) -> int:
             payload = _pickle.dumps(value)
         except Exception as exc:
             raise TypeError(
-                f"the return value of {getattr(fn, '__name__', fn)!r} "
-                f"({type(value).__name__}) cannot be pickled: {exc}"
+                f"the return value of {getattr(fn, '__name__', 'fn')!r} "
+                f"({type(value).__name__}) cannot be pickled: {safe_str(exc)}"
             ) from exc
         kind = RESULT
     except SystemExit as exc:
-        if exc.code in (None, 0):
+        if _exit_code_is_success(exc.code):
             kind, payload = RESULT, _pickle.dumps(None)
         else:
-            formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            formatted = format_exception(exc)
             code = exc.code if isinstance(exc.code, int) else 1
             kind, payload = EXCEPTION, _exception_payload(exc, formatted, code)
     except BaseException as exc:  # KeyboardInterrupt in a rank is a failure like any other
-        formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        formatted = format_exception(exc)
         kind, payload = EXCEPTION, _exception_payload(exc, formatted, 1)
         code = 1
     # The outcome goes first: the supervisor starts tearing the other ranks down on an exception
@@ -182,8 +257,7 @@ def report_start_failure(exc: BaseException, result_fd: int) -> int:
     """A rank failed before fn ran (its set-up, unpickling the payload): send the exception like
     one raised by fn, and write the traceback straight to fd 2 (sys.stderr may be the broken
     part). Returns the exit code."""
-    formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    formatted = "nbdist: the rank failed before calling fn:\n" + formatted
+    formatted = "nbdist: the rank failed before calling fn:\n" + format_exception(exc)
     try:
         _send(result_fd, EXCEPTION, _exception_payload(exc, formatted, 1))
     except Exception:

@@ -74,8 +74,10 @@ def _serve(sock: socket.socket) -> None:
                         code = _worker.run_payload(req["payload"], res_w)
                         sys.stdout.flush()
                         sys.stderr.flush()
+                    except BaseException as exc:
+                        _worker.report_unexpected(exc)
                     finally:
-                        os._exit(code)
+                        os._exit(code if isinstance(code, int) else 1)
                 for fd in (out_w, err_w, res_w, track_w):
                     os.close(fd)
                 pidfd = os.pidfd_open(pid)
@@ -189,6 +191,24 @@ class Zygote:
 
 _zygote: Zygote | None = None
 _zygote_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child does not own its parent's zygote (get_zygote starts its own) and must not
+    inherit the lock held by some other thread of the parent. The old handle's socket is
+    detached: fork_interpreter closes that descriptor in a rank, whose own files then reuse the
+    number, and the handle, once dropped, must not close it again."""
+    global _zygote, _zygote_lock
+    _zygote_lock = threading.Lock()
+    old, _zygote = _zygote, None
+    if old is not None:
+        try:
+            old._sock.detach()
+        except OSError:
+            pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

@@ -119,6 +119,9 @@ class Job(JobExtensions):
     def kill(self, grace: float = 5.0) -> None:
         """Tears every rank down (SIGTERM to each rank's process group, ``grace`` seconds, then
         SIGKILL) and waits until they are gone. No restart follows."""
+        from .launch import check_grace
+
+        grace = check_grace("Job.kill: grace", grace)
         with self._lock:
             self._kill_grace = grace
             sup = self._sup
@@ -215,7 +218,29 @@ class Job(JobExtensions):
             self._interrupted(show)
             raise
         except BaseException as exc:  # a launcher bug or a start failure must still end the job
+            self._stop_ranks_after_error()
             self._finish("failed", None, exc)
+
+    def _stop_ranks_after_error(self) -> None:
+        """The driver itself failed (the display raised, a launcher bug): the ranks must not run
+        on unsupervised. Tears them down (SIGTERM, the grace, SIGKILL) and waits until they are
+        gone, so that the error reaches the caller only after the ranks did."""
+        with self._lock:
+            sup = self._sup
+        if sup is None:
+            return
+        grace = self._plan.grace
+        try:
+            sup.kill(grace)
+            if not sup.wait(grace + 10.0):
+                sup.kill(0.0)
+                sup.wait(10.0)
+        except BaseException:  # a second Ctrl-C, or the supervisor itself broken: no grace
+            try:
+                sup.kill(0.0)
+                sup.wait(10.0)
+            except BaseException:
+                pass
 
     def _follow(self, sup, show, or_failed: bool = False) -> None:
         """Waits until the attempt is done (or, with ``or_failed``, its failure is known),
@@ -284,6 +309,18 @@ class Job(JobExtensions):
 
 
 _OWNER_PID = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child owns none of its parent's jobs (their supervisors do not run there), and
+    the jobs it starts itself are its own to kill at exit."""
+    global _OWNER_PID
+    _OWNER_PID = os.getpid()
+    _live_jobs.clear()
+    _registry.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

@@ -8,6 +8,8 @@ pump and the teardown live in C++ (``nbdist._core.launch``).
 from __future__ import annotations
 
 import functools
+import gc
+import math
 import os
 import queue
 import re
@@ -251,6 +253,11 @@ def _fork_batch(batch: list) -> list[int]:
     pids: list[int] = []
     core = _core()
     track_fd = core.reaper_control_fd()
+    # The children must not collect the parent's garbage cycles: an object still waiting for
+    # collection here (a process group held by the traceback of a failed train() in the kernel,
+    # say) would be destroyed in a child where its threads do not exist, and its destructor
+    # hangs there. Frozen objects are left alone by every collection, the children's included.
+    gc.freeze()
     try:
         for fds, keep, child in batch:
             pid = core.fork_interpreter(fds, keep, [], signal.SIGKILL, track_fd)
@@ -258,14 +265,19 @@ def _fork_batch(batch: list) -> list[int]:
                 code = 1
                 try:
                     code = child()
+                except BaseException as exc:
+                    from ._worker import report_unexpected
+
+                    report_unexpected(exc)
                 finally:
-                    os._exit(code)
+                    os._exit(code if isinstance(code, int) else 1)
             pids.append(pid)
     except BaseException:
         for pid in pids:  # a partial batch must not outlive the failed start
             core.kill_group(pid, signal.SIGKILL)
         raise
     finally:
+        gc.unfreeze()
         core.unregister_parent_fd(track_fd)
         os.close(track_fd)
     return pids
@@ -309,6 +321,22 @@ def _get_fork_thread() -> _ForkThread:
         if _fork_thread is None:
             _fork_thread = _ForkThread()
         return _fork_thread
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a ``fork`` rank that starts a nested launch, os.fork in user code) has none
+    of this process's launcher state: the fork thread does not exist there, the ranks of failed
+    jobs still stopping are not its children (waiting for them would never end), and a lock may
+    have been held by a thread that is gone. (The C++ singletons reset themselves: process.cc.)"""
+    global _fork_thread, _fork_thread_lock, _stopping_lock
+    _fork_thread = None
+    _fork_thread_lock = threading.Lock()
+    _stopping.clear()
+    _stopping_lock = threading.Lock()
+    started_ranks.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- the plan of a launch -------------------------------------------------------------------------
@@ -498,7 +526,8 @@ class _Plan:
             except Exception as exc:  # a result that does not unpickle in the parent
                 outcomes[rs.rank] = (_worker.EXCEPTION, rs.exit_time, {
                     "type": type(exc).__name__,
-                    "message": f"the rank's return value cannot be unpickled here: {exc}",
+                    "message": "the rank's return value cannot be unpickled here: "
+                               + _worker.safe_str(exc),
                     "traceback": "", "exception": None})
         if start_error is not None:
             if isinstance(start_error, (LaunchError, KeyboardInterrupt)):
@@ -655,6 +684,36 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+def check_grace(name: str, grace) -> float:
+    """A teardown grace: a finite number of seconds >= 0 (NaN would never expire)."""
+    if (isinstance(grace, bool) or not isinstance(grace, (int, float))
+            or not math.isfinite(grace) or grace < 0):
+        raise LaunchValueError(f"{name} must be a finite number of seconds >= 0, got {grace!r}")
+    return float(grace)
+
+
+def _check_prefix(prefix, require_rank: bool) -> str:
+    """The live-line prefix is formatted with ``rank=`` only (see _print_lines): a trial format
+    now, so that a bad one is named here instead of failing while the ranks run."""
+    import string
+
+    if not isinstance(prefix, str):
+        raise LaunchValueError(f"prefix must be a str like '[rank {{rank}}] ', "
+                               f"got {type(prefix).__name__}")
+    try:
+        prefix.format(rank=0)
+        fields = [name for _, name, _, _ in string.Formatter().parse(prefix) if name is not None]
+    except Exception as exc:
+        raise LaunchValueError(
+            f"prefix {prefix!r} cannot be formatted ({type(exc).__name__}: {exc}): its only "
+            f"field is {{rank}} (the global rank); write a literal brace as {{{{ or }}}}") from None
+    if require_rank and not any(name == "rank" or name.startswith(("rank.", "rank["))
+                                for name in fields):
+        raise LaunchValueError(f"prefix must contain '{{rank}}' (the global rank), "
+                               f"got {prefix!r}")
+    return prefix
+
+
 def _check_gpus(gpus) -> list[int] | None:
     if gpus is None:
         return None
@@ -690,7 +749,7 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
     if start_method not in START_METHODS:
         raise LaunchValueError(f"start_method must be one of {START_METHODS}, "
                                f"got {start_method!r}")
-    gpus = _check_gpus(gpus)
+    gpus_arg, gpus = gpus, _check_gpus(gpus)
     if env is not None:
         if not isinstance(env, dict):
             raise LaunchValueError(f"env must be a dict of str to str, got {type(env).__name__}")
@@ -699,9 +758,14 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
                 raise LaunchValueError(f"env: bad variable name {k!r}")
             if not isinstance(v, (str, int, float)) or isinstance(v, bool):
                 raise LaunchValueError(f"env[{k!r}] must be a str, got {type(v).__name__}")
+            if "\0" in str(v):
+                # os.environ refuses it in a forked rank, execve would cut the value short.
+                raise LaunchValueError(f"env[{k!r}]: the value contains a NUL byte ('\\0'), "
+                                       f"which an environment variable cannot hold")
     if timeout is not None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise LaunchValueError(f"timeout must be a positive number of seconds or None, "
+        if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                or not math.isfinite(timeout) or timeout <= 0):
+            raise LaunchValueError(f"timeout must be a finite positive number of seconds or None, "
                                    f"got {timeout!r}")
     _check_int("max_restarts", max_restarts, 0)
     _check_int("nnodes", nnodes, 1)
@@ -717,14 +781,17 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
     elif nnodes > 1:
         raise LaunchValueError("master_port must be given when nnodes > 1 (every node's launcher "
                                "must rendezvous on the same port)")
-    if isinstance(grace, bool) or not isinstance(grace, (int, float)) or grace < 0:
-        raise LaunchValueError(f"grace must be a number of seconds >= 0, got {grace!r}")
+    check_grace("grace", grace)
     if not isinstance(stream, bool):
         raise LaunchValueError(f"stream must be True or False, got {stream!r}")
 
     decisions = []
     if nprocs is None:
         if gpus is not None:
+            if not gpus:
+                raise LaunchValueError(f"gpus={gpus_arg!r} lists no GPU, so it cannot set the "
+                                       f"number of ranks: give GPU indices (gpus=[0, 1]), or "
+                                       f"nprocs=")
             nprocs = len(gpus)
         else:
             nprocs = visible_gpu_count()
@@ -785,9 +852,14 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
 
     job_id = new_job_id()
     base = log_dir if log_dir is not None else default_log_dir()
-    if not isinstance(base, (str, os.PathLike)):
+    if not isinstance(base, (str, os.PathLike)) or isinstance(os.fspath(base), bytes):
         raise LaunchValueError(f"log_dir must be a path, got {log_dir!r}")
-    job_dir = os.path.join(os.fspath(base), job_id)
+    if not os.fspath(base) or "\0" in os.fspath(base):
+        raise LaunchValueError(f"log_dir must be a directory path, got {log_dir!r}")
+    # Absolute now: the job's logs, restarts and stream() must not depend on a later chdir
+    # (%cd in a notebook) while it runs.
+    base = os.path.abspath(os.fspath(base))
+    job_dir = os.path.join(base, job_id)
     try:
         os.makedirs(os.fspath(base), mode=0o700, exist_ok=True)
         if log_dir is None and os.stat(base).st_uid != os.getuid():
@@ -839,31 +911,95 @@ def _write_payload(job_dir: str, fn, args, kwargs) -> str:
 
 # -- foreground -----------------------------------------------------------------------------------
 
+class _LiveLines:
+    """Prints the ranks' lines into the cell (or terminal) with their prefix. A line the supervisor
+    marks unfinished (a trailing '\\r': a progress bar rewriting itself) is shown at once without
+    its newline and rewritten in place (a leading '\\r') by the same rank's next text on that
+    stream; any other line ends it first."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.open: tuple | None = None  # (rank, stream) whose unfinished line is on screen
+        self.open_width = 0
+        self.open_text = ""
+        # (rank, stream) -> its unfinished text that another line ended on screen: the same
+        # text arriving finished (the bar's final newline) is there already.
+        self.ended_early: dict = {}
+
+    def __call__(self, lines) -> None:
+        chunks: list = []  # [stream, [text, ...]] in order
+
+        def put(stream: int, text: str) -> None:
+            if chunks and chunks[-1][0] == stream:
+                chunks[-1][1].append(text)
+            else:
+                chunks.append([stream, [text]])
+
+        for rank, stream, raw in lines:
+            text = raw.decode("utf-8", "replace")
+            head = "nbdist: " if rank < 0 else self.prefix.format(rank=rank)
+            unfinished = text.endswith("\r")
+            key = (rank, stream)
+            early = self.ended_early.pop(key, None)
+            if not unfinished and early == text and self.open != key:
+                continue
+            shown = head + (text[:-1] if unfinished else text)
+            if self.open == key:
+                # Rewrite in place; spaces cover a longer earlier text in a terminal.
+                shown = "\r" + shown + " " * max(0, self.open_width - len(shown))
+            else:
+                self._end_open(put)
+            if unfinished:
+                self.open, self.open_width = key, len(head) + len(text) - 1
+                self.open_text = text[:-1]
+                put(stream, shown)
+            else:
+                self.open = None
+                put(stream, shown + "\n")
+        self._write(chunks)
+
+    def _end_open(self, put) -> None:
+        if self.open is not None:
+            put(self.open[1], "\n")
+            self.ended_early[self.open] = self.open_text
+            self.open = None
+
+    def close(self) -> None:
+        """Ends an unfinished line still on screen (the job is over)."""
+        chunks: list = []
+        self._end_open(lambda stream, text: chunks.append([stream, [text]]))
+        self._write(chunks)
+
+    @staticmethod
+    def _write(chunks) -> None:
+        for stream, parts in chunks:
+            out = sys.stderr if stream == 2 else sys.stdout
+            out.write("".join(parts))
+            out.flush()
+
+
 def _print_lines(lines, prefix: str) -> None:
-    out, err = [], []
-    for rank, stream, text in lines:
-        head = "nbdist: " if rank < 0 else prefix.format(rank=rank)
-        line = head + text.decode("utf-8", "replace") + "\n"
-        (err if stream == 2 else out).append(line)
-    if out:
-        sys.stdout.write("".join(out))
-        sys.stdout.flush()
-    if err:
-        sys.stderr.write("".join(err))
-        sys.stderr.flush()
+    _LiveLines(prefix)(lines)
 
 
 def run_foreground(job: Job, prefix: str) -> list:
     """Runs the job in this thread, printing the ranks' lines into the cell; Ctrl-C tears the
     ranks down and re-raises KeyboardInterrupt."""
     offset = job._plan.node_rank * job._plan.nprocs
+    display = _LiveLines(prefix)
 
     def show(lines):
         if offset:
             lines = [(r + offset if r >= 0 else r, s, t) for r, s, t in lines]
-        _print_lines(lines, prefix)
+        display(lines)
 
-    job._drive(show)
+    try:
+        job._drive(show)
+    finally:
+        try:
+            display.close()
+        except Exception:
+            pass
     return job.wait()
 
 
@@ -937,8 +1073,7 @@ def launch(
     """
     if not isinstance(background, bool):
         raise LaunchValueError(f"background must be True or False, got {background!r}")
-    if not isinstance(prefix, str) or "{rank}" not in prefix:
-        raise LaunchValueError(f"prefix must be a str containing '{{rank}}', got {prefix!r}")
+    _check_prefix(prefix, require_rank=True)
     plan = _plan(fn, args, kwargs, nprocs, start_method=start_method, gpus=gpus, env=env,
                  timeout=timeout, max_restarts=max_restarts, log_dir=log_dir,
                  master_addr=master_addr, master_port=master_port, nnodes=nnodes,
@@ -951,6 +1086,7 @@ def launch(
 
 
 def start_plan(plan: _Plan, background: bool, prefix: str = "[rank {rank}] ", setup=None):
+    _check_prefix(prefix, require_rank=False)  # notebook_launcher's template comes here directly
     if plan.stream:
         print("nbdist: " + ", ".join(plan.decisions), flush=True)
     job = Job(plan)

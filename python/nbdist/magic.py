@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import math
 import shlex
 import sys
 
@@ -101,8 +102,9 @@ def parse_line(line: str) -> argparse.Namespace:
         if args.nprocs is not None and args.nprocs != len(args.gpus):
             raise UsageError(f"%%nbdist: --nprocs {args.nprocs} does not match --gpus "
                              f"{','.join(map(str, args.gpus))} (one rank per GPU)")
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError(f"%%nbdist: --timeout must be > 0 seconds, got {args.timeout}")
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
+        raise UsageError(f"%%nbdist: --timeout must be a finite number of seconds > 0, "
+                         f"got {args.timeout}")
     push = []
     if args.push:
         push = [n.strip() for n in args.push.split(",") if n.strip()]
@@ -211,7 +213,10 @@ class NbdistMagics(Magics):
             try:
                 grace = float(words[1])
             except ValueError:
-                raise UsageError(f"%nbdist_kill: GRACE must be seconds, got {words[1]!r}") from None
+                grace = float("nan")
+            if not (math.isfinite(grace) and grace >= 0):
+                raise UsageError(f"%nbdist_kill: GRACE must be a finite number of seconds >= 0, "
+                                 f"got {words[1]!r}")
         job = self.shell.user_ns.get(target)
         if not isinstance(job, Job):
             job = next((j for j in jobs() if j.id == target), None)
