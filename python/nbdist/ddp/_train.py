@@ -7,8 +7,9 @@ import dataclasses
 import glob
 import io
 import math
+import numbers
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable
 
 import torch
@@ -41,8 +42,10 @@ class TrainConfig:
             "auto": bf16 on GPUs that have it, fp16 on those that do not (T4), fp32 on CPU. The
             log's first line says which.
         eval_every, eval_steps: evaluate every N steps (and at the end) on eval_steps batches
-            per rank; the loss is averaged over ranks.
-        ckpt_dir, ckpt_every: write ckpt_dir/latest.pt every N steps (and at the end), atomically.
+            per rank (at least 1 when eval_every is set); the loss is averaged over ranks.
+        ckpt_dir, ckpt_every: write ckpt_dir/latest.pt every N steps and at the end (with
+            ckpt_every=0: at the end only), atomically.
+            ckpt_dir is a str or os.PathLike.
         resume: continue from ckpt_dir/latest.pt when it exists, also on another number of
             ranks: the data goes on after the same number of micro-batches over all ranks
             (rounded down), the global batch becomes this run's, and ranks the checkpoint did
@@ -90,30 +93,65 @@ class TrainConfig:
         def bad(field: str, why: str) -> DDPValueError:
             return DDPValueError(f"TrainConfig.{field}={getattr(self, field)!r}: {why}")
 
+        # bool is an int to Python, but max_steps=True or lr=True is a slip, not a setting.
+        def integer(v: Any) -> bool:
+            return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+        def finite(v: Any) -> bool:
+            return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
         for f in ("max_steps", "grad_accum", "growth_interval"):
-            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+            if not integer(getattr(self, f)) or getattr(self, f) < 1:
                 raise bad(f, "must be an integer >= 1")
         for f in ("warmup_steps", "eval_every", "eval_steps", "ckpt_every", "log_every"):
-            if not isinstance(getattr(self, f), int) or getattr(self, f) < 0:
+            if not integer(getattr(self, f)) or getattr(self, f) < 0:
                 raise bad(f, "must be an integer >= 0")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+        if self.eval_every and not self.eval_steps:
+            # eval_steps=0 would skip every eval without a word.
+            raise bad("eval_steps", f"must be >= 1 when eval_every is set ({self.eval_every}): "
+                                    "the number of eval batches per rank in each eval")
+        # torch seeds are 64-bit; rank r uses seed + r, and each epoch of a dataset seed + epoch.
+        if not integer(self.seed) or not -2**63 <= self.seed < 2**63:
+            raise bad("seed", "must be an integer (64-bit)")
+        if self.batch_size is not None and (not integer(self.batch_size) or self.batch_size < 1):
+            raise bad("batch_size", "must be an integer >= 1 (or None for batched data)")
+        if not (finite(self.lr) and self.lr > 0):
             raise bad("lr", "must be a finite number > 0")
-        if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
-            raise bad("min_lr", f"must be between 0 and lr ({self.lr})")
-        if self.schedule not in _SCHEDULES:
-            raise bad("schedule", f"must be one of {_SCHEDULES}")
-        if self.precision not in _PRECISIONS:
-            raise bad("precision", f"must be one of {_PRECISIONS}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise bad("betas", "must be two numbers in [0, 1)")
-        if self.grad_clip < 0:
-            raise bad("grad_clip", "must be >= 0 (0 disables clipping)")
+        if self.min_lr is not None and not (finite(self.min_lr) and 0 <= self.min_lr <= self.lr):
+            raise bad("min_lr", f"must be a number between 0 and lr ({self.lr}), or None for "
+                                "lr / 10")
+        if not (finite(self.weight_decay) and self.weight_decay >= 0):
+            raise bad("weight_decay", "must be a finite number >= 0")
+        if not (isinstance(self.betas, (tuple, list)) and len(self.betas) == 2
+                and all(finite(b) and 0 <= b < 1 for b in self.betas)):
+            raise bad("betas", "must be a pair of numbers in [0, 1), e.g. (0.9, 0.95)")
+        if not (finite(self.eps) and self.eps > 0):
+            raise bad("eps", "must be a finite number > 0")
+        # inf clips nothing, like 0; nan would turn every gradient into nan.
+        if not (isinstance(self.grad_clip, numbers.Real) and not isinstance(self.grad_clip, bool)
+                and self.grad_clip >= 0):
+            raise bad("grad_clip", "must be a number >= 0 (0 disables clipping)")
+        if not (finite(self.init_scale) and self.init_scale > 0):
+            raise bad("init_scale", "must be a finite number > 0 (the fp16 loss scale to start "
+                                    "from)")
+        if self.peak_flops is not None and not (finite(self.peak_flops) and self.peak_flops > 0):
+            raise bad("peak_flops", "must be a finite number > 0 (FLOP/s per device), or None "
+                                    "to look it up from the GPU name")
+        if not (finite(self.bucket_cap_mb) and self.bucket_cap_mb > 0):
+            raise bad("bucket_cap_mb", "must be a finite number > 0 (MiB)")
+        for f in ("resume", "find_unused_parameters", "embedding_rows"):
+            if not isinstance(getattr(self, f), bool):
+                raise bad(f, "must be True or False")
+        for f, allowed in (("schedule", _SCHEDULES), ("precision", _PRECISIONS),
+                           ("transport", _TRANSPORTS)):
+            if not isinstance(getattr(self, f), str) or getattr(self, f) not in allowed:
+                raise bad(f, f"must be one of {allowed}")
+        if self.ckpt_dir is not None and not (
+                isinstance(self.ckpt_dir, str) or (isinstance(self.ckpt_dir, os.PathLike)
+                                                   and isinstance(os.fspath(self.ckpt_dir), str))):
+            raise bad("ckpt_dir", "must be a directory path (a str or os.PathLike), or None")
         if self.ckpt_every and not self.ckpt_dir:
             raise bad("ckpt_every", "needs ckpt_dir")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise bad("batch_size", "must be >= 1")
-        if self.transport not in _TRANSPORTS:
-            raise bad("transport", f"must be one of {_TRANSPORTS}")
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -132,7 +170,9 @@ class _BatchStream:
     A map-style dataset (or a tensor / tuple of tensors, taken as a TensorDataset) is shuffled each
     epoch with seed + epoch, identically on all ranks, and rank r takes every world-th sample. A
     DataLoader with a DistributedSampler is used as is (set_epoch each epoch). Any other iterable
-    is read by every rank, which keeps every world-th batch; at its end it is iterated again.
+    is read by every rank, which keeps every world-th batch; at its end it is iterated again. A
+    one-shot iterator (a generator: iter(x) is x) cannot be iterated again, so it is read once: a
+    seek goes on from where it is, and its end is an error.
     """
 
     def __init__(self, source: Any, name: str, rank: int, world: int, batch_size: int | None,
@@ -140,6 +180,16 @@ class _BatchStream:
         self.name, self.rank, self.world, self.seed, self.wrap = name, rank, world, seed, wrap
         self.position = 0  # batches this rank has taken
         self._cached_first: Any = None
+        self.one_shot = False
+        if isinstance(source, Mapping) or isinstance(source, (str, bytes)):
+            # Iterating a dict gives its keys (a str, its characters), never a batch.
+            what = (f"a {type(source).__name__} with keys {list(source)[:5]}"
+                    if isinstance(source, Mapping) else f"a {type(source).__name__}")
+            raise DDPValueError(
+                f"{name} is {what}: pass an iterable of batches (a list of tuples or dicts of "
+                "tensors, a DataLoader), a map-style dataset (with TrainConfig.batch_size), or a "
+                "tensor or tuple of tensors (taken as a TensorDataset, with "
+                "TrainConfig.batch_size)")
         if isinstance(source, torch.Tensor):
             source = torch.utils.data.TensorDataset(source)
         elif isinstance(source, tuple) and source and all(isinstance(t, torch.Tensor)
@@ -164,7 +214,9 @@ class _BatchStream:
             self.mode = ("loader" if isinstance(sampler, torch.utils.data.DistributedSampler)
                          else "iterable")
             self._epoch = 0
+            self._items = 0  # items taken from the current pass over the source
             self._it = iter(source)
+            self.one_shot = self._it is source
         else:
             raise DDPValueError(
                 f"{name} must be an iterable of batches, a map-style dataset, or a tensor (tuple), "
@@ -196,17 +248,28 @@ class _BatchStream:
 
     def _next_item(self) -> Any:
         try:
-            return next(self._it)
+            item = next(self._it)
+            self._items += 1
+            return item
         except StopIteration:
             pass
         if not self.wrap:
             return _END
+        if self.one_shot and (self._items or self._epoch):
+            raise DDPValueError(
+                f"{self.name} ran out after {self._items} batches and cannot be restarted: it is "
+                f"a one-shot iterator ({type(self.source).__name__}), which train() reads only "
+                "once; pass a list or another re-iterable (a dataset, a DataLoader), or an "
+                "iterator that yields every batch of the run (max_steps x grad_accum x ranks)")
         self._epoch += 1
+        self._items = 0
         if self.mode == "loader":
             self.source.sampler.set_epoch(self._epoch)
         self._it = iter(self.source)
         try:
-            return next(self._it)
+            item = next(self._it)
+            self._items += 1
+            return item
         except StopIteration:
             raise DDPValueError(f"{self.name} is empty (rank {self.rank} got no batches)") from None
 
@@ -228,6 +291,9 @@ class _BatchStream:
         return batch
 
     def seek(self, position: int) -> None:
+        if self.one_shot:
+            self._seek_one_shot(position)
+            return
         self._cached_first = None
         self.position = 0
         if self.mode != "dataset":
@@ -239,8 +305,44 @@ class _BatchStream:
                 self._fetch()
         self.position = position
 
+    def _seek_one_shot(self, position: int) -> None:
+        # It cannot be replayed from its start, so it goes on from where it is. The batch that
+        # first() peeked (train() looks at the first batch's shapes before the loop resumes) was
+        # taken from it already: it counts towards the skip, and is kept when it is the next one.
+        if position < self.position:
+            raise DDPValueError(
+                f"{self.name} cannot go back to batch {position}: it is a one-shot iterator "
+                f"({type(self.source).__name__}) already at batch {self.position}; pass a list "
+                "or another re-iterable (a dataset, a DataLoader)")
+        if position == self.position:
+            return
+        taken = self.position + (self._cached_first is not None)
+        self._cached_first = None
+        for _ in range(position - taken):
+            self._fetch()
+        self.position = position
+
     def reset(self) -> None:
         self.seek(0)
+
+    def check_restartable(self) -> None:
+        """For eval_batches, which every eval reads again from the start: a one-shot iterator
+        would give other batches each time and then none, and an empty source no eval at all."""
+        if self.one_shot:
+            raise DDPValueError(
+                f"{self.name} is a one-shot iterator ({type(self.source).__name__}): every eval "
+                "starts it again from its first batch, so it must be re-iterable: pass a list, a "
+                "dataset or a DataLoader")
+        if self.mode == "dataset":
+            return  # it has a full batch for each rank (checked above)
+        try:
+            empty = len(self.source) == 0
+        except TypeError:  # no len(): look at a first item (the source is re-iterable)
+            empty = next(iter(self.source), _END) is _END
+        if empty:
+            raise DDPValueError(
+                f"{self.name} is empty ({type(self.source).__name__} with no batches): no eval "
+                "could run; give it batches, or leave eval_batches out (and eval_every at 0)")
 
 
 _END = object()
@@ -252,6 +354,29 @@ def _call(model: Any, batch: Any) -> Any:
     if isinstance(batch, dict):
         return model(**batch)
     return model(batch)
+
+
+def _check_loss(loss: Any, where: str, training: bool) -> torch.Tensor:
+    """The loss a loss_fn or forward returned, or an error that says what it was instead (the
+    C++ loop would only say that pybind cannot cast it)."""
+    phase = "in training" if training else "in eval"
+    if not isinstance(loss, torch.Tensor):
+        got = "None" if loss is None else f"a {type(loss).__name__} ({loss!r:.60})"
+        hint = ("" if not isinstance(loss, numbers.Number) else
+                " (a Python number has no gradient: return the tensor, not loss.item())"
+                if training else " (return the tensor, not loss.item())")
+        raise DDPValueError(
+            f"{where} returned {got} {phase}: the loss must be a tensor with one element{hint}")
+    if loss.numel() != 1:
+        raise DDPValueError(
+            f"{where} returned a tensor of shape {list(loss.shape)} {phase}: the loss must be a "
+            "tensor with one element (reduce it, e.g. with .mean())")
+    if training and not loss.requires_grad:
+        raise DDPValueError(
+            f"{where} returned a loss without a gradient (requires_grad=False, {loss.dtype}) in "
+            "training: compute it from the model's output with autograd on (not under "
+            "torch.no_grad(), not from loss.item())")
+    return loss
 
 
 def _loss_from(out: Any) -> torch.Tensor:
@@ -271,14 +396,17 @@ def _loss_from(out: Any) -> torch.Tensor:
         "loss_fn=lambda model, batch: ... to train()")
 
 
-def _ensure_process_group(device: torch.device) -> None:
+def _ensure_process_group(device: torch.device) -> bool:
+    """Initializes the default group if needed; True when it made a world of one (no launcher)."""
     if dist.is_initialized():
-        return
+        return False
     backend = "nccl" if device.type == "cuda" else "gloo"
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         dist.init_process_group(backend)
-    else:  # a plain single process (no launcher): a world of one
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        return False
+    # a plain single process (no launcher): a world of one
+    dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return True
 
 
 def _check_optimizer(optimizer: Any, module: torch.nn.Module) -> None:
@@ -327,7 +455,7 @@ def _optimizer_callbacks(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> 
         return torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
 
     def load(saved: torch.Tensor) -> None:
-        where = os.path.join(cfg.ckpt_dir or "", "latest.pt")
+        where = os.path.join(os.fspath(cfg.ckpt_dir or ""), "latest.pt")
         try:
             state_dict = torch.load(io.BytesIO(saved.numpy().tobytes()), weights_only=True)
             optimizer.load_state_dict(state_dict)
@@ -369,9 +497,12 @@ def train(
         model: the module. Without ``loss_fn`` its forward, called as ``model(*batch)`` (or
             ``model(**batch)``), returns the loss, ``(output, loss)``, or a dict with "loss".
         train_batches: an iterable of batches, a map-style dataset (with ``cfg.batch_size``), a
-            tensor or tuple of tensors, or a DataLoader with a DistributedSampler.
+            tensor or tuple of tensors, or a DataLoader with a DistributedSampler. A one-shot
+            iterator (a generator) is read once, so it must yield every batch of the run
+            (a resumed run skips the ones the checkpoint had consumed).
         cfg: a :class:`TrainConfig`.
-        eval_batches: like train_batches, for eval (each eval restarts them).
+        eval_batches: like train_batches, for eval; each eval restarts them, so they must be
+            re-iterable (a list, a dataset, a DataLoader; not a generator) and not empty.
         loss_fn: ``loss_fn(model, batch) -> loss`` when the forward does not return the loss.
         optimizer: None for the built-in AdamW (``cfg.weight_decay``, ``betas``, ``eps``), or a
             ``torch.optim.Optimizer`` over all of the model's trainable parameters (create it
@@ -400,10 +531,21 @@ def train(
     cfg.validate()
     if cfg.eval_every and eval_batches is None:
         raise DDPValueError("TrainConfig.eval_every is set but no eval_batches were given")
+    if not isinstance(model, torch.nn.Module):
+        raise DDPValueError(f"train(model=...) must be a torch.nn.Module, got "
+                            f"{type(model).__name__}")
+    if loss_fn is not None and not callable(loss_fn):
+        raise DDPValueError(f"train(loss_fn=...) must be a function (model, batch) -> loss, got "
+                            f"{type(loss_fn).__name__}")
     module = model.module if isinstance(model, DDP) else model
     if optimizer is not None:
         _check_optimizer(optimizer, module)
-    device = next(module.parameters()).device
+    first_param = next(module.parameters(), None)
+    if first_param is None:
+        raise DDPValueError(f"train(model=...): the model ({type(module).__name__}) has no "
+                            "parameters, so there is nothing to train")
+    device = first_param.device
+    ckpt_dir = "" if cfg.ckpt_dir is None else os.fspath(cfg.ckpt_dir)
     if device.type == "cpu" and torch.cuda.is_available():
         # One GPU per rank, whether the launcher shows all GPUs or only this rank's.
         local_rank = int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count()
@@ -419,80 +561,95 @@ def train(
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DDPValueError("TrainConfig.precision='bf16': this GPU has no bf16; use 'fp16' "
                             "(or 'auto')")
-    _ensure_process_group(device)
-    rank, world = dist.get_rank(), dist.get_world_size()
-    ddp = model if isinstance(model, DDP) else DDP(
-        module, bucket_cap_mb=cfg.bucket_cap_mb,
-        find_unused_parameters=cfg.find_unused_parameters, transport=cfg.transport,
-        embedding_rows=cfg.embedding_rows)
-    module.train()
+    # A world of one made here (no launcher) goes when train() returns: a process forked later
+    # (nbdist.launch from the same notebook kernel) must not inherit an initialized group.
+    own_group = _ensure_process_group(device)
+    try:
+        rank, world = dist.get_rank(), dist.get_world_size()
+        ddp = model if isinstance(model, DDP) else DDP(
+            module, bucket_cap_mb=cfg.bucket_cap_mb,
+            find_unused_parameters=cfg.find_unused_parameters, transport=cfg.transport,
+            embedding_rows=cfg.embedding_rows)
+        module.train()
 
-    stream = _BatchStream(train_batches, "train_batches", rank, world, cfg.batch_size, cfg.seed,
-                          wrap=True)
-    evals = (None if eval_batches is None else
-             _BatchStream(eval_batches, "eval_batches", rank, world, cfg.batch_size, cfg.seed,
-                          wrap=False))
-    first = stream.first()
-    lead = first[0] if isinstance(first, (list, tuple)) else first
-    # Integer inputs are token ids (throughput in tokens/s, MFU possible); otherwise samples/s.
-    tokens, unit = 0, "tokens"
-    if isinstance(lead, torch.Tensor) and lead.dim() > 0:
-        if lead.is_floating_point():
-            tokens, unit = lead.shape[0], "samples"
-        else:
-            tokens = lead.numel()
+        batch_size = None if cfg.batch_size is None else int(cfg.batch_size)
+        stream = _BatchStream(train_batches, "train_batches", rank, world, batch_size,
+                              int(cfg.seed), wrap=True)
+        evals = (None if eval_batches is None else
+                 _BatchStream(eval_batches, "eval_batches", rank, world, batch_size, int(cfg.seed),
+                              wrap=False))
+        if evals is not None:
+            evals.check_restartable()
+        first = stream.first()
+        lead = first[0] if isinstance(first, (list, tuple)) else first
+        # Integer inputs are token ids (throughput in tokens/s, MFU possible); otherwise samples/s.
+        tokens, unit = 0, "tokens"
+        if isinstance(lead, torch.Tensor) and lead.dim() > 0:
+            if lead.is_floating_point():
+                tokens, unit = lead.shape[0], "samples"
+            else:
+                tokens = lead.numel()
 
-    def loss_of(m: Any, batch: Any) -> torch.Tensor:
-        batch = _to_device(batch, device)
-        return loss_fn(m, batch) if loss_fn is not None else _loss_from(_call(m, batch))
+        def loss_of(m: Any, batch: Any, training: bool) -> torch.Tensor:
+            batch = _to_device(batch, device)
+            if loss_fn is not None:
+                return _check_loss(loss_fn(m, batch), "loss_fn(model, batch)", training)
+            return _check_loss(_loss_from(_call(m, batch)), "the model's forward", training)
 
-    def forward_loss(sync: bool) -> torch.Tensor:
-        with contextlib.nullcontext() if sync else ddp.no_sync():
-            return loss_of(ddp, stream.next())
+        def forward_loss(sync: bool) -> torch.Tensor:
+            with contextlib.nullcontext() if sync else ddp.no_sync():
+                return loss_of(ddp, stream.next(), True)
 
-    def eval_loss() -> torch.Tensor | None:
-        batch = evals.next()
-        if batch is None:
-            return None
-        module.eval()
-        try:  # the bare module: eval batch counts may differ across ranks, so no collectives
-            return loss_of(module, batch)
-        finally:
-            module.train()
+        def eval_loss() -> torch.Tensor | None:
+            batch = evals.next()
+            if batch is None:
+                # The C++ loop's "this rank's eval batches ran out"; a None from the user's loss_fn
+                # never gets here (loss_of raises).
+                return None
+            module.eval()
+            try:  # the bare module: eval batch counts may differ across ranks, so no collectives
+                return loss_of(module, batch, False)
+            finally:
+                module.train()
 
-    c = _ddp.TrainConfig()
-    c.max_steps, c.grad_accum, c.lr = cfg.max_steps, cfg.grad_accum, float(cfg.lr)
-    c.min_lr = float(cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr)
-    c.warmup_steps, c.schedule, c.weight_decay = cfg.warmup_steps, cfg.schedule, cfg.weight_decay
-    c.beta1, c.beta2 = (float(b) for b in cfg.betas)
-    c.eps, c.grad_clip, c.precision = cfg.eps, float(cfg.grad_clip), precision
-    c.eval_every, c.eval_steps = cfg.eval_every, cfg.eval_steps
-    c.ckpt_dir, c.ckpt_every, c.resume = cfg.ckpt_dir or "", cfg.ckpt_every, cfg.resume
-    c.log_every, c.tokens_per_micro_batch = cfg.log_every, float(tokens)
-    c.throughput_unit = unit
-    fpt = getattr(module, "flops_per_token", 0)
-    c.flops_per_token = float(fpt() if callable(fpt) else fpt or 0)
-    c.peak_flops = float(cfg.peak_flops if cfg.peak_flops is not None else _peak_flops(device))
-    c.init_scale, c.growth_interval = float(cfg.init_scale), cfg.growth_interval
-    if cfg.ckpt_dir:
-        os.makedirs(cfg.ckpt_dir, exist_ok=True)
-        if rank == 0:  # temporary files of writes that died halfway
-            for stale in glob.glob(os.path.join(cfg.ckpt_dir, "latest.pt.tmp.*")):
-                os.unlink(stale)
+        # Plain ints and floats for pybind (validate() lets numpy numbers through).
+        c = _ddp.TrainConfig()
+        c.max_steps, c.grad_accum, c.lr = int(cfg.max_steps), int(cfg.grad_accum), float(cfg.lr)
+        c.min_lr = float(cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr)
+        c.warmup_steps, c.schedule = int(cfg.warmup_steps), cfg.schedule
+        c.weight_decay = float(cfg.weight_decay)
+        c.beta1, c.beta2 = (float(b) for b in cfg.betas)
+        c.eps, c.grad_clip, c.precision = float(cfg.eps), float(cfg.grad_clip), precision
+        c.eval_every, c.eval_steps = int(cfg.eval_every), int(cfg.eval_steps)
+        c.ckpt_dir, c.ckpt_every, c.resume = ckpt_dir, int(cfg.ckpt_every), cfg.resume
+        c.log_every, c.tokens_per_micro_batch = int(cfg.log_every), float(tokens)
+        c.throughput_unit = unit
+        fpt = getattr(module, "flops_per_token", 0)
+        c.flops_per_token = float(fpt() if callable(fpt) else fpt or 0)
+        c.peak_flops = float(cfg.peak_flops if cfg.peak_flops is not None else _peak_flops(device))
+        c.init_scale, c.growth_interval = float(cfg.init_scale), int(cfg.growth_interval)
+        if ckpt_dir:
+            os.makedirs(ckpt_dir, exist_ok=True)
+            if rank == 0:  # temporary files of writes that died halfway
+                for stale in glob.glob(os.path.join(glob.escape(ckpt_dir), "latest.pt.tmp.*")):
+                    os.unlink(stale)
 
-    opt_step, opt_state, opt_load = (None, None, None) if optimizer is None else \
-        _optimizer_callbacks(optimizer, cfg)
-    torch.manual_seed(cfg.seed + rank)
-    if rank == 0 and cfg.log_every > 0 and cfg.precision == "auto":
-        print(f"precision='auto': {precision} on {device}", flush=True)
-    return _ddp.train(
-        ddp.reducer, list(module.buffers()), c, forward_loss,
-        eval_loss if evals is not None else None,
-        (lambda: evals.reset()) if evals is not None else None,
-        lambda: stream.position, stream.seek,
-        (lambda line: print(line, flush=True)) if rank == 0 else None,
-        opt_step, opt_state, opt_load,
-    )
+        opt_step, opt_state, opt_load = (None, None, None) if optimizer is None else \
+            _optimizer_callbacks(optimizer, cfg)
+        torch.manual_seed(int(cfg.seed) + rank)
+        if rank == 0 and cfg.log_every > 0 and cfg.precision == "auto":
+            print(f"precision='auto': {precision} on {device}", flush=True)
+        return _ddp.train(
+            ddp.reducer, list(module.buffers()), c, forward_loss,
+            eval_loss if evals is not None else None,
+            (lambda: evals.reset()) if evals is not None else None,
+            lambda: stream.position, stream.seek,
+            (lambda line: print(line, flush=True)) if rank == 0 else None,
+            opt_step, opt_state, opt_load,
+        )
+    finally:
+        if own_group and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def load_checkpoint(path: str) -> dict[str, torch.Tensor] | None:
