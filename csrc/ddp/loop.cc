@@ -62,8 +62,9 @@ class AdamW {
     }
   }
 
-  // found_inf (fp16; undefined otherwise): a nonzero value skips the update on the device, moments
-  // and step counts included, without the host reading it (the fused kernel's own gate).
+  // found_inf (inf/nan gradients, or a non-finite norm): a nonzero value skips the update on the
+  // device, moments and step counts included, without the host reading it (the fused kernel's
+  // own gate).
   void step(double lr, const at::Tensor& found_inf) {
     at::NoGradGuard no_grad;
     step_group(decay_, lr, cfg_.weight_decay, found_inf);
@@ -189,28 +190,45 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
                            "; resume with the same kind of optimizer or pass resume=False");
       const auto saved_world = get("world_size").item<int64_t>();
       at::NoGradGuard no_grad;
-      auto restore = [&](const at::Tensor& dst, const std::string& key) {
-        auto& src = get(key);
+      // Everything is checked before anything is copied: a checkpoint that does not fit leaves
+      // the model (and optimizer) as they were, so that resume=False can still start afresh.
+      std::vector<std::pair<at::Tensor, std::string>> copies;
+      for (size_t i = 0; i < params.size(); ++i) {
+        copies.emplace_back(params[i], "param." + std::to_string(i));
+        if (!opt) continue;
+        copies.emplace_back(opt->exp_avg(i), "adamw.exp_avg." + std::to_string(i));
+        copies.emplace_back(opt->exp_avg_sq(i), "adamw.exp_avg_sq." + std::to_string(i));
+        copies.emplace_back(opt->state_step(i), "adamw.step." + std::to_string(i));
+      }
+      for (size_t i = 0; i < buffers.size(); ++i)
+        copies.emplace_back(buffers[i], "buffer." + std::to_string(i));
+      for (const auto& [dst, key] : copies) {
+        const auto& src = get(key);
         if (src.sizes() != dst.sizes())
           throw DDPError(ErrorKind::kInvalidInput, "checkpoint '" + ckpt_path + "': '" + key +
                                                        "' has shape " + c10::str(src.sizes()) +
                                                        " but the model's is " +
                                                        c10::str(dst.sizes()));
-        const_cast<at::Tensor&>(dst).copy_(src);
-      };
-      for (size_t i = 0; i < params.size(); ++i) {
-        restore(params[i], "param." + std::to_string(i));
-        if (!opt) continue;
-        restore(opt->exp_avg(i), "adamw.exp_avg." + std::to_string(i));
-        restore(opt->exp_avg_sq(i), "adamw.exp_avg_sq." + std::to_string(i));
-        restore(opt->state_step(i), "adamw.step." + std::to_string(i));
       }
-      if (user_opt) cb.optimizer_load(get(kUserOptKey));
-      for (size_t i = 0; i < buffers.size(); ++i)
-        restore(buffers[i], "buffer." + std::to_string(i));
-      step = get("step").item<int64_t>();
-      scale = get("scaler.scale").item<double>();
-      good_steps = get("scaler.good_steps").item<int64_t>();
+      // Parameters are stored by position: a model with fewer of them would take a prefix of
+      // another model's (same shapes, different layers) without a word.
+      int64_t saved_params = 0;
+      for (const auto& kv : *ck)
+        if (kv.first.rfind("param.", 0) == 0) ++saved_params;
+      int64_t saved_buffers = 0;
+      for (const auto& kv : *ck)
+        if (kv.first.rfind("buffer.", 0) == 0) ++saved_buffers;
+      if (saved_params != static_cast<int64_t>(params.size()) ||
+          saved_buffers != static_cast<int64_t>(buffers.size()))
+        throw DDPError(ErrorKind::kInvalidInput,
+                       "checkpoint '" + ckpt_path + "' holds " + std::to_string(saved_params) +
+                           " parameters and " + std::to_string(saved_buffers) +
+                           " buffers but the model has " + std::to_string(params.size()) + " and " +
+                           std::to_string(buffers.size()) +
+                           ": it was written for another model (resume=False to start afresh)");
+      const auto saved_step = get("step").item<int64_t>();
+      const auto saved_scale = get("scaler.scale").item<double>();
+      const auto saved_good = get("scaler.good_steps").item<int64_t>();
       // A rank the checkpoint had continues its random streams (dropout masks); a rank it did
       // not have (resuming on more ranks), or a GPU rank of a CPU run, keeps its fresh seed.
       const auto cpu_key = "rng.cpu." + std::to_string(rank);
@@ -223,6 +241,11 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
         at::Generator dev_gen = at::globalContext().defaultGenerator(device);
         dev_gen.set_state(get(dev_key));
       }
+      if (user_opt) cb.optimizer_load(get(kUserOptKey));
+      for (auto& [dst, key] : copies) dst.copy_(get(key));
+      step = saved_step;
+      scale = saved_scale;
+      good_steps = saved_good;
       // The position counts micro-batches per rank. On another number of ranks the run goes on
       // after the same number of micro-batches over all ranks (rounded down), so an epoch of a
       // dataset still ends where it would have; the global batch is now this run's.
@@ -338,6 +361,7 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     // 1. forward and backward on each micro-batch; only the last one all-reduces, bucket by
     //    bucket while its backward is still running (the reducer's hooks)
     auto loss_sum = at::zeros({}, f32);
+    const auto rounds_before = reducer.sync_rounds();
     for (int64_t micro = 0; micro < cfg.grad_accum; ++micro) {
       const bool sync = micro == cfg.grad_accum - 1;
       at::Tensor loss;
@@ -354,6 +378,15 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       scaled = fp16 ? scaled * (scale_dev / cfg.grad_accum) : scaled / cfg.grad_accum;
       torch::autograd::backward({scaled});
     }
+    // No gradient reached any parameter (no hook fired, so nothing was reduced): the step would
+    // only decay the weights.
+    if (reducer.sync_rounds() == rounds_before)
+      throw DDPError(ErrorKind::kInvalidInput,
+                     "rank " + std::to_string(rank) + ": the loss of step " +
+                         std::to_string(step + 1) +
+                         " does not depend on any of the model's parameters (no gradient reached "
+                         "them): compute it from the model's output, and do not rebuild it from a "
+                         "number (torch.tensor(loss.item(), requires_grad=True) cuts the graph)");
     resolve();  // the previous step, while the GPU runs this one's backward
 
     // 2. unscale (fp16) and take the global gradient norm: the reducer already averaged the
@@ -377,13 +410,17 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
 
     // 3. clip and update, all on the device: the clip factor as in torch.nn.utils.clip_grad_norm_;
     //    fp16: a step with inf/nan gradients is skipped on every rank alike (the fused AdamW
-    //    reads found_inf); bf16/fp32: a non-finite norm raises when it is read.
+    //    reads found_inf); bf16/fp32: a non-finite norm raises when it is read, and the built-in
+    //    AdamW skips that update on the device too, so the weights the error leaves are the last
+    //    finite ones (a user optimizer is held back on the CPU, where the norm is read now anyway).
     if (cfg.grad_clip > 0 && !grads.empty())
       at::_foreach_mul_(grads, (cfg.grad_clip / (norm + 1e-6)).clamp_max(1.0));
-    if (opt)
-      opt->step(rec.lr, found_inf);
-    else if (!fp16 || found_inf.item<double>() == 0)
+    if (opt) {
+      opt->step(rec.lr, fp16 ? found_inf : at::isfinite(norm).logical_not().to(at::kFloat));
+    } else if (fp16 ? found_inf.item<double>() == 0
+                    : !device.is_cpu() || std::isfinite(norm.item<double>())) {
       cb.optimizer_step(rec.lr);
+    }
 
     // 4. loss scaler: back off on overflow, grow after growth_interval good steps (on the device)
     if (fp16)
@@ -431,8 +468,9 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     }
 
     // 7. the step's record: logged (rank 0) and kept once its numbers are on the host
+    // ckpt_dir alone (ckpt_every 0): the checkpoint at the end only.
     const bool ckpt_due =
-        !ckpt_path.empty() && cfg.ckpt_every > 0 && (step % cfg.ckpt_every == 0 || last);
+        !ckpt_path.empty() && ((cfg.ckpt_every > 0 && step % cfg.ckpt_every == 0) || last);
     pending.emplace();
     pending->rec = rec;
     pending->numbers = HostCopy(numbers);

@@ -522,6 +522,13 @@ void Reducer::finalize_backward() {
   std::vector<std::string> missing;
   for (size_t i = 0; i < params_.size(); ++i)
     if (!ready_[i]) missing.push_back(names_[i]);
+  // Some parameter got no gradient here (an error, below). The other ranks may have used it and
+  // sent every bucket: this rank sends the rest too, as they stand, so that the collectives of
+  // the ranks still line up (mismatched ones abort a Gloo process) and every rank can end with
+  // an error rather than a crash or a hang.
+  for (size_t i = 0; i < params_.size(); ++i)
+    if (!ready_[i])
+      prime_view_locked(static_cast<int64_t>(i)), mark_ready_locked(static_cast<int64_t>(i));
   // The embedding rows go out before the wait on the buckets, so that they need not queue
   // behind them; they are added to the averaged buckets after it.
   finish_embeddings_locked([this] {

@@ -410,6 +410,40 @@ def test_unused_parameters(launch):
     assert sum(p.grad is None for p in ref.parameters()) == 2
 
 
+class _Branch(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(4, 1)
+        self.b = torch.nn.Linear(4, 1)
+
+    def forward(self, x, use_b: bool):
+        y = self.a(x).sum()
+        return y + self.b(x).sum() if use_b else y
+
+
+def _used_on_one_rank() -> str:
+    rank, _ = _init()
+    torch.manual_seed(0)
+    ddp = DDP(_Branch())
+    x = torch.randn(6, 4)
+    try:
+        for _ in range(3):
+            ddp(x, use_b=rank == 1).backward()
+    except RuntimeError as e:
+        return str(e)
+    return "no error"
+
+
+# A data-dependent branch: `b` is used on rank 1 only. Rank 0 sends its remaining buckets
+# before raising, so the ranks' collectives still line up: an error naming the parameters, not a
+# Gloo abort (mismatched all-reduce sizes) of the process.
+def test_parameter_used_on_one_rank_only_is_an_error_not_a_crash(launch):
+    rank0, rank1 = launch(_used_on_one_rank, args=(), nprocs=2)
+    assert "rank 0: these parameters received no gradient" in rank0, rank0
+    assert "b.weight, b.bias" in rank0 and "find_unused_parameters=True" in rank0
+    assert rank1 != "no error"  # its peer stopped: its next collective fails
+
+
 def test_uninitialized_process_group_is_a_clear_error():
     assert not dist.is_initialized()
     with pytest.raises(nbdist.DDPValueError, match="init_process_group"):

@@ -166,27 +166,32 @@ def _bad_run(kind: str):
     if kind == "nan":
         def loss_fn(m, batch):
             return m(*batch)[1] * float("nan")
+    elif kind == "detached":  # rebuilt from a number: no gradient reaches the model
+        def loss_fn(m, batch):
+            return torch.tensor(m(*batch)[1].item(), requires_grad=True)
     elif kind == "empty":
         data = []
     elif kind == "empty_dataset":
         data, cfg.batch_size = (torch.zeros(1, 16, dtype=torch.long),) * 2, 1
+    before = flat_params(model)
     try:
         train(model, data, cfg, loss_fn=loss_fn)
-    except nbdist.DDPError as e:
-        return type(e).__name__, str(e)
-    except RuntimeError as e:  # raised from inside backward/step: the message is what counts
-        return type(e).__name__, str(e)
-    return "no error", ""
+    except (nbdist.DDPError, RuntimeError) as e:  # RuntimeError: raised inside backward/step
+        # The weights the error leaves: the last finite ones (here the initial ones).
+        return type(e).__name__, str(e), torch.equal(flat_params(model), before)
+    return "no error", "", False
 
 
 @pytest.mark.parametrize(
     ("kind", "expect"),
     [("nan", "non-finite gradient at step 1"), ("empty", "train_batches is empty"),
-     ("empty_dataset", "too few for 2 ranks")],
+     ("empty_dataset", "too few for 2 ranks"),
+     ("detached", "loss of step 1 does not depend on any of the model's parameters")],
 )
 def test_bad_input_is_a_clear_error_on_every_rank(launch, kind, expect):
-    for name, message in launch(_bad_run, args=(kind,), nprocs=2):
+    for name, message, untouched in launch(_bad_run, args=(kind,), nprocs=2):
         assert expect in message, (name, message)
+        assert untouched, "the failed step changed the weights"
 
 
 def test_bad_config_names_the_field():
@@ -204,6 +209,32 @@ def test_unreadable_checkpoint_names_the_file(tmp_path):
     with pytest.raises(nbdist.DDPValueError, match=r"latest.pt' is not readable"):
         load_checkpoint(str(path))
     assert load_checkpoint(str(tmp_path / "missing.pt")) is None
+
+
+def _small_run(ckpt_dir: str, **size):
+    """One process, 2 steps of TinyGPT(**size) with a checkpoint; returns the model."""
+    torch.manual_seed(0)
+    model = TinyGPT(**size)
+    train(model, gpt_batches(2, 4), _config(ckpt_dir, 2, grad_accum=1))
+    return model
+
+
+# A checkpoint that does not fit the model is refused before anything is copied: the model is
+# left as it was. Parameters are stored by position, so a model with fewer of them (one layer
+# instead of two, the same shapes in front) must be refused too, not fed another model's prefix.
+@pytest.mark.parametrize(("size", "expect"), [
+    (dict(layers=1), "holds 26 parameters and 0 buffers but the model has 15 and 0"),
+    (dict(block=8), "'param.1' has shape [16, 32] but the model's is [8, 32]")],
+    ids=["fewer_layers", "other_shape"])
+def test_checkpoint_of_another_model_is_refused_untouched(tmp_path, size, expect):
+    _small_run(str(tmp_path))
+    torch.manual_seed(1)
+    model = TinyGPT(**size)
+    before = flat_params(model)
+    with pytest.raises(nbdist.DDPValueError) as err:
+        train(model, gpt_batches(2, 4), _config(str(tmp_path), 4, grad_accum=1))
+    assert expect in str(err.value)
+    assert torch.equal(flat_params(model), before)
 
 
 def _elastic_run(ckpt_dir: str, max_steps: int):
