@@ -20,6 +20,16 @@ from collections import deque
 from ._errors import LaunchError, NbdistTimeoutError
 from ._job_ext import JobExtensions, register
 
+
+def _wait_seconds(name: str, timeout):
+    """None (no limit) or a finite number of seconds >= 0: NaN would time out at once."""
+    if timeout is None:
+        return None
+    from .launch import check_grace
+
+    return check_grace(f"{name}: timeout", timeout)
+
+
 STATES = ("starting", "running", "succeeded", "failed", "killed", "timed_out")
 
 _live_jobs: weakref.WeakSet = weakref.WeakSet()
@@ -96,7 +106,7 @@ class Job(JobExtensions):
         """Waits for the job; returns the ranks' results (index = local rank) or raises the
         launcher's error (:class:`nbdist.WorkerError`, its timeout subclass, or
         :class:`nbdist.LaunchError`). Raises ``TimeoutError`` if ``timeout`` seconds pass first."""
-        if not self._done.wait(timeout):
+        if not self._done.wait(_wait_seconds("Job.wait", timeout)):
             raise NbdistTimeoutError(
                 f"job {self.id} is still {self._status} after waiting {timeout} s"
             )
@@ -110,7 +120,7 @@ class Job(JobExtensions):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Waits like :meth:`wait`; returns the job's error, or None when it succeeded."""
-        if not self._done.wait(timeout):
+        if not self._done.wait(_wait_seconds("Job.exception", timeout)):
             raise NbdistTimeoutError(
                 f"job {self.id} is still {self._status} after waiting {timeout} s"
             )

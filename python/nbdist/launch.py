@@ -684,6 +684,13 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+# What rank_env sets for each rank (env= may not override them).
+_PER_RANK_ENV = frozenset({
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "NODE_RANK",
+    "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR",
+    "MASTER_PORT", "NBDIST_JOB_ID", "NBDIST_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"})
+
+
 def check_grace(name: str, grace) -> float:
     """A teardown grace: a finite number of seconds >= 0 (NaN would never expire)."""
     if (isinstance(grace, bool) or not isinstance(grace, (int, float))
@@ -756,6 +763,11 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
         for k, v in env.items():
             if not isinstance(k, str) or not k or "=" in k or "\0" in k:
                 raise LaunchValueError(f"env: bad variable name {k!r}")
+            if k in _PER_RANK_ENV:
+                # Overriding them gives every rank the same value (two ranks 0, say).
+                raise LaunchValueError(
+                    f"env[{k!r}]: the launcher sets it for each rank"
+                    + (f"; use launch({k.lower()}=...)" if k.startswith("MASTER_") else ""))
             if not isinstance(v, (str, int, float)) or isinstance(v, bool):
                 raise LaunchValueError(f"env[{k!r}] must be a str, got {type(v).__name__}")
             if "\0" in str(v):

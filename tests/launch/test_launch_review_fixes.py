@@ -250,6 +250,29 @@ def test_job_kill_rejects_a_non_finite_grace():
     assert job.status == "killed"
 
 
+def test_job_wait_rejects_a_non_finite_timeout():
+    job = nbdist.launch(say_hello_then_sleep, (30,), nprocs=1, background=True)
+    try:
+        for bad in (math.nan, -1.0, "1"):  # NaN used to time out at once
+            with pytest.raises(nbdist.LaunchValueError, match="Job.wait: timeout"):
+                job.wait(timeout=bad)
+            with pytest.raises(nbdist.LaunchValueError, match="Job.exception: timeout"):
+                job.exception(timeout=bad)
+        with pytest.raises(nbdist.NbdistTimeoutError):
+            job.wait(timeout=0.1)
+    finally:
+        job.kill(grace=0.5)
+
+
+# The launcher sets these for each rank; env= used to override them (both ranks RANK=0).
+@pytest.mark.parametrize("name", ["RANK", "WORLD_SIZE", "MASTER_PORT"])
+def test_env_may_not_override_the_rank_variables(name):
+    before = len(started_ranks)
+    with pytest.raises(nbdist.LaunchValueError, match=f"env\\['{name}'\\]: the launcher sets"):
+        nbdist.launch(say_hello_and_return, nprocs=2, env={name: "0"})
+    assert new_ranks(before) == []
+
+
 def test_magic_rejects_a_non_finite_timeout():
     from IPython.core.error import UsageError
 
