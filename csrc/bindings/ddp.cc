@@ -159,7 +159,7 @@ PYBIND11_MODULE(_ddp, m) {
           d["seconds"] = r.seconds;
           d["throughput"] = r.throughput;
           d["mfu"] = r.mfu;
-          d["eval_loss"] = r.eval_loss >= 0 ? py::object(py::float_(r.eval_loss)) : py::none();
+          d["eval_loss"] = r.evaluated ? py::object(py::float_(r.eval_loss)) : py::none();
           out.append(d);
         }
         return out;

@@ -325,7 +325,7 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     if (rec.mfu > 0) s += " | mfu " + std::to_string(rec.mfu * 100).substr(0, 4) + "%";
     if (fp16) s += " | scale " + std::to_string(static_cast<long long>(rec.scale));
     if (rec.skipped) s += " | skipped (inf/nan)";
-    if (rec.eval_loss >= 0) s += " | eval " + std::to_string(rec.eval_loss).substr(0, 6);
+    if (rec.evaluated) s += " | eval " + std::to_string(rec.eval_loss).substr(0, 6);
     cb.log(s);
   };
   auto non_finite = [&](const StepRecord& rec) {
@@ -464,7 +464,9 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       std::vector<at::Tensor> v{sum};
       pg->allreduce(v)->wait();
       auto s = v[0].cpu();
-      rec.eval_loss = s[1].item<double>() > 0 ? s[0].item<double>() / s[1].item<double>() : -1;
+      // A loss may be negative (a log-likelihood bound, a reward): "no eval" is a flag of its own.
+      rec.evaluated = s[1].item<double>() > 0;
+      if (rec.evaluated) rec.eval_loss = s[0].item<double>() / s[1].item<double>();
     }
 
     // 7. the step's record: logged (rank 0) and kept once its numbers are on the host

@@ -70,7 +70,8 @@ struct StepRecord {
   double seconds = 0;        // wall time of the step
   double throughput = 0;     // tokens/s or samples/s (or micro-batches/s) over all ranks
   double mfu = 0;            // model FLOPs utilization, 0 when unknown
-  double eval_loss = -1;     // mean over ranks, -1 when no eval ran after this step
+  double eval_loss = 0;      // mean over ranks, when `evaluated`
+  bool evaluated = false;    // an eval ran after this step (on some rank's batches)
 };
 
 // Runs the loop over the reducer's parameters (and `buffers`, checkpointed too).
