@@ -275,3 +275,48 @@ def test_resume_on_another_number_of_ranks(launch, tmp_path):
     assert all(torch.equal(results[0][0], params) for params, _ in results)
     saved = load_checkpoint(ckpt + "/latest.pt")
     assert int(saved["world_size"]) == 3 and int(saved["data_position"]) == 4 + 2
+
+
+# A loss may be negative (here shifted by -1000, which leaves its gradient alone): the eval of
+# such a loss is reported, not taken for "no eval ran" (-1 used to mean that).
+def test_negative_eval_loss_is_reported():
+    torch.manual_seed(0)
+    cfg = TrainConfig(max_steps=2, lr=1e-3, precision="fp32", log_every=0, eval_every=1,
+                      eval_steps=1)
+    history = train(TinyGPT(), gpt_batches(2, 4), cfg, eval_batches=gpt_batches(1, 4),
+                    loss_fn=lambda m, batch: m(*batch)[1] - 1000.0)
+    assert [h["eval_loss"] is not None and h["eval_loss"] < -900 for h in history] == [True, True]
+
+
+def _fail_and_leave_a_cycle(ckpt_dir: str) -> None:
+    try:
+        train(TinyGPT(layers=1), gpt_batches(2, 4), _config(ckpt_dir, 4, grad_accum=1))
+    except nbdist.DDPValueError as e:
+        cycle = [e]
+        cycle.append(cycle)  # garbage that only the collector frees (as pytest's reports do)
+
+
+# A failed train() in this process (a notebook kernel), then a fork that collects garbage (a
+# DataLoader worker, any os.fork): the child must not be the one to destroy train()'s process
+# group, whose threads do not exist there (its destructor hung). train() lets it go at once.
+def test_a_failed_train_leaves_no_process_group_for_a_forked_child(tmp_path):
+    import gc
+    import time
+
+    _small_run(str(tmp_path))
+    _fail_and_leave_a_cycle(str(tmp_path))
+    pid = os.fork()
+    if pid == 0:
+        gc.collect()
+        os._exit(0)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child hung collecting train()'s leftovers")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

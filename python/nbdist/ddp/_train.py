@@ -564,12 +564,15 @@ def train(
     # A world of one made here (no launcher) goes when train() returns: a process forked later
     # (nbdist.launch from the same notebook kernel) must not inherit an initialized group.
     own_group = _ensure_process_group(device)
+    made: list[DDP] = []  # the DDP made here, if any
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         ddp = model if isinstance(model, DDP) else DDP(
             module, bucket_cap_mb=cfg.bucket_cap_mb,
             find_unused_parameters=cfg.find_unused_parameters, transport=cfg.transport,
             embedding_rows=cfg.embedding_rows)
+        if ddp is not model:
+            made.append(ddp)
         module.train()
 
         batch_size = None if cfg.batch_size is None else int(cfg.batch_size)
@@ -648,6 +651,12 @@ def train(
             opt_step, opt_state, opt_load,
         )
     finally:
+        # The reducer holds the process group: let both go here and now. Left to the garbage
+        # collector (through the frames of a raised error's traceback), they could be collected
+        # in a child forked later (a DataLoader worker, a fork rank), where the group's threads do
+        # not exist and its destructor hangs.
+        for d in made:
+            d._release_reducer()
         if own_group and dist.is_initialized():
             dist.destroy_process_group()
 

@@ -157,6 +157,11 @@ class DDP(torch.nn.Module):
         self.bucket_bytes_cap = max(int(bucket_cap_mb * 2**20),
                                     getattr(dist, "_DEFAULT_FIRST_BUCKET_BYTES", 1 << 20))
 
+    def _release_reducer(self) -> None:
+        """Drops the C++ reducer (its hooks and its hold on the process group) now; for
+        train(), which wraps the model itself. The wrapper cannot run forward after this."""
+        self._reducer = None
+
     @property
     def reducer(self) -> Any:
         """The C++ reducer (counters for tests: allreduce_count, sync_rounds, num_buckets)."""
