@@ -212,12 +212,11 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       }
       // Parameters are stored by position: a model with fewer of them would take a prefix of
       // another model's (same shapes, different layers) without a word.
-      int64_t saved_params = 0;
-      for (const auto& kv : *ck)
-        if (kv.first.rfind("param.", 0) == 0) ++saved_params;
-      int64_t saved_buffers = 0;
-      for (const auto& kv : *ck)
-        if (kv.first.rfind("buffer.", 0) == 0) ++saved_buffers;
+      int64_t saved_params = 0, saved_buffers = 0;
+      for (const auto& kv : *ck) {
+        saved_params += kv.first.rfind("param.", 0) == 0;
+        saved_buffers += kv.first.rfind("buffer.", 0) == 0;
+      }
       if (saved_params != static_cast<int64_t>(params.size()) ||
           saved_buffers != static_cast<int64_t>(buffers.size()))
         throw DDPError(ErrorKind::kInvalidInput,

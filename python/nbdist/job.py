@@ -25,9 +25,9 @@ def _wait_seconds(name: str, timeout):
     """None (no limit) or a finite number of seconds >= 0: NaN would time out at once."""
     if timeout is None:
         return None
-    from .launch import check_grace
+    from .launch import check_seconds
 
-    return check_grace(f"{name}: timeout", timeout)
+    return check_seconds(f"{name}: timeout", timeout)
 
 
 STATES = ("starting", "running", "succeeded", "failed", "killed", "timed_out")
@@ -129,9 +129,9 @@ class Job(JobExtensions):
     def kill(self, grace: float = 5.0) -> None:
         """Tears every rank down (SIGTERM to each rank's process group, ``grace`` seconds, then
         SIGKILL) and waits until they are gone. No restart follows."""
-        from .launch import check_grace
+        from .launch import check_seconds
 
-        grace = check_grace("Job.kill: grace", grace)
+        grace = check_seconds("Job.kill: grace", grace)
         with self._lock:
             self._kill_grace = grace
             sup = self._sup

@@ -691,16 +691,17 @@ _PER_RANK_ENV = frozenset({
     "MASTER_PORT", "NBDIST_JOB_ID", "NBDIST_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"})
 
 
-def check_grace(name: str, grace) -> float:
-    """A teardown grace: a finite number of seconds >= 0 (NaN would never expire)."""
-    if (isinstance(grace, bool) or not isinstance(grace, (int, float))
-            or not math.isfinite(grace) or grace < 0):
-        raise LaunchValueError(f"{name} must be a finite number of seconds >= 0, got {grace!r}")
-    return float(grace)
+def check_seconds(name: str, value) -> float:
+    """A teardown grace or a wait: a finite number of seconds >= 0 (a NaN grace would never
+    expire, a NaN wait ends at once)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < 0):
+        raise LaunchValueError(f"{name} must be a finite number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 def _check_prefix(prefix, require_rank: bool) -> str:
-    """The live-line prefix is formatted with ``rank=`` only (see _print_lines): a trial format
+    """The live-line prefix is formatted with ``rank=`` only (see _LiveLines): a trial format
     now, so that a bad one is named here instead of failing while the ranks run."""
     import string
 
@@ -793,7 +794,7 @@ def _plan(target, args, kwargs, nprocs, *, start_method, gpus, env, timeout, max
     elif nnodes > 1:
         raise LaunchValueError("master_port must be given when nnodes > 1 (every node's launcher "
                                "must rendezvous on the same port)")
-    check_grace("grace", grace)
+    check_seconds("grace", grace)
     if not isinstance(stream, bool):
         raise LaunchValueError(f"stream must be True or False, got {stream!r}")
 
@@ -988,10 +989,6 @@ class _LiveLines:
             out = sys.stderr if stream == 2 else sys.stdout
             out.write("".join(parts))
             out.flush()
-
-
-def _print_lines(lines, prefix: str) -> None:
-    _LiveLines(prefix)(lines)
 
 
 def run_foreground(job: Job, prefix: str) -> list:

@@ -117,54 +117,39 @@ def _growing_batches():
     return gpt_batches(3, 4) + gpt_batches(3, 8, seed=7)
 
 
-def _growing_rank(transport: str):
+def _small_gpt_rank(transport: str, batches, penalty: bool = False):
+    """TinyGPT(vocab=256, d=128) under DDP(transport) on this rank's share of `batches` (with
+    the tied-embedding penalty outside the forward); the params, whether the ranks agree, and
+    the reducer's embedding counters."""
     rank, device = int(os.environ["RANK"]), _cuda_rank()
     world = dist.get_world_size()
     torch.manual_seed(0)
     model = TinyGPT(vocab=256, d=128).to(device)
     ddp = DDP(model, transport=transport)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for batch in _growing_batches():
+    for batch in batches:
         x, y = (t.chunk(world)[rank].to(device) for t in batch)
-        ddp(x, y)[1].backward()
+        (ddp(x, y)[1] + (_penalty(model) if penalty else 0)).backward()
         opt.step()
         opt.zero_grad()
     p = flat_params(model)
     r = ddp.reducer
     return (p.cpu(), _identical_across_ranks(p), r.embedding_row_exchanges,
-            r.embedding_copy_engine_exchanges)
+            r.embedding_copy_engine_exchanges, r.embedding_dense_exchanges)
 
 
 @pytest.mark.parametrize("transport", ["peer", "host"])
 def test_copy_engine_rows_regrow_with_the_batch(launch, transport):
     if NGPU < 2:
         pytest.skip("the copy-engine all-reduce needs 2 GPUs")
-    results = launch(_growing_rank, args=(transport,), nprocs=NGPU)
+    results = launch(_small_gpt_rank, args=(transport, _growing_batches()), nprocs=NGPU)
     want = _one_process(_growing_batches(), vocab=256, d=128)
-    for params, identical, rows, through_copy_engines in results:
+    for params, identical, rows, through_copy_engines, _ in results:
         assert identical and rows == 6
         # Step 1 sizes the gather buffers (its rows go over NCCL), steps 2-3 use them, step 4
         # outgrows them (NCCL again) and the next forward rebuilds them larger for steps 5-6.
         assert through_copy_engines == 4
         assert float((params - want).norm() / want.norm()) < 1e-4
-
-
-def _penalty_rank(transport: str):
-    rank, device = int(os.environ["RANK"]), _cuda_rank()
-    world = dist.get_world_size()
-    torch.manual_seed(0)
-    model = TinyGPT(vocab=256, d=128).to(device)
-    ddp = DDP(model, transport=transport)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for batch in gpt_batches(6, 8):
-        x, y = (t.chunk(world)[rank].to(device) for t in batch)
-        (ddp(x, y)[1] + _penalty(model)).backward()
-        opt.step()
-        opt.zero_grad()
-    p = flat_params(model)
-    r = ddp.reducer
-    return (p.cpu(), _identical_across_ranks(p), r.embedding_row_exchanges,
-            r.embedding_dense_exchanges)
 
 
 # The first backward finds the penalty on the tied weight (through NCCL's all-reduce, read on
@@ -173,9 +158,9 @@ def _penalty_rank(transport: str):
 def test_embedding_used_outside_forward_on_gpu(launch, transport):
     if transport != "nccl" and NGPU < 2:
         pytest.skip("the copy-engine all-reduce needs 2 GPUs")
-    results = launch(_penalty_rank, args=(transport,), nprocs=NGPU)
+    results = launch(_small_gpt_rank, args=(transport, gpt_batches(6, 8), True), nprocs=NGPU)
     want = _one_process(gpt_batches(6, 8), penalty=True, vocab=256, d=128)
-    for params, identical, rows, dense in results:
+    for params, identical, rows, _, dense in results:
         assert identical and rows == 0 and dense == (1 if NGPU > 1 else 0)
         assert float((params - want).norm() / want.norm()) < 1e-4
 
