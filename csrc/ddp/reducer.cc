@@ -75,6 +75,11 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
     throw DDPError(
         ErrorKind::kInvalidInput,
         "transport must be 'auto', 'nccl', 'peer' or 'host', got '" + options_.transport + "'");
+  // Checked on every world size, one rank included, where no copy engine is ever set up.
+  if ((options_.transport == "peer" || options_.transport == "host") && !params_[0].is_cuda())
+    throw DDPError(ErrorKind::kInvalidInput, "transport='" + options_.transport +
+                                                 "' needs CUDA parameters; these are on " +
+                                                 params_[0].device().str());
   rank_ = pg_->getRank();
   world_size_ = pg_->getSize();
   // NCCL averages in the collective itself; Gloo has no AVG, so buckets are pre-divided there.
@@ -263,13 +268,7 @@ void Reducer::install_buckets(std::vector<Bucket> buckets) {
 void Reducer::create_copy_engines(const std::vector<Bucket>& buckets) {
   const auto& transport = options_.transport;
   const auto device = params_[0].device();
-  if (!device.is_cuda()) {
-    if (transport != "auto")
-      throw DDPError(
-          ErrorKind::kInvalidInput,
-          "transport='" + transport + "' needs CUDA parameters; these are on " + device.str());
-    return;
-  }
+  if (!device.is_cuda()) return;  // 'peer'/'host' on CPU were refused by the constructor
   if (copy_engines_) {
     // Rebuilding: every rank drops its mappings of the old buffers before anyone frees them.
     copy_engines_->drain();

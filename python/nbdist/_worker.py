@@ -197,6 +197,13 @@ def _exit_code_is_success(code) -> bool:
         return False
 
 
+def exit_status(code: int) -> int:
+    """What a rank that failed with ``sys.exit(code)`` exits with: the low byte, as the OS keeps
+    it (-1 -> 255), except that a failure never reads as success (256 -> 1, where Python's own
+    exit would give 0)."""
+    return (code & 0xFF) or 1
+
+
 def report_unexpected(exc: BaseException) -> None:
     """Last resort of a forked rank whose reporting itself failed: the traceback to fd 2 (the
     log), never raising."""
@@ -228,7 +235,7 @@ def run_rank(fn, args, kwargs, result_fd: int) -> int:
             kind, payload = RESULT, _pickle.dumps(None)
         else:
             formatted = format_exception(exc)
-            code = exc.code if isinstance(exc.code, int) else 1
+            code = exit_status(exc.code) if isinstance(exc.code, int) else 1
             kind, payload = EXCEPTION, _exception_payload(exc, formatted, code)
     except BaseException as exc:  # KeyboardInterrupt in a rank is a failure like any other
         formatted = format_exception(exc)

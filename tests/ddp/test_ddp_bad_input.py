@@ -124,6 +124,12 @@ def test_eval_every_without_eval_steps_is_an_error():
         train(_lin(), _data(), _cfg(eval_every=1), eval_batches=_data(2), loss_fn=_mse)
 
 
+def test_eval_batches_without_eval_every_are_an_error():
+    with pytest.raises(DDPValueError, match=r"eval_batches were given but TrainConfig.eval_every "
+                                            r"is 0, so no eval would run"):
+        train(_lin(), _data(), _cfg(eval_steps=2), eval_batches=_data(2), loss_fn=_mse)
+
+
 def test_empty_eval_batches_are_an_error():
     with pytest.raises(DDPValueError, match=r"eval_batches is empty \(list with no batches\)"):
         train(_lin(), _data(), _cfg(eval_every=1, eval_steps=1), eval_batches=[], loss_fn=_mse)

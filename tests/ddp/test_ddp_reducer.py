@@ -463,9 +463,11 @@ def _transports() -> dict:
     return out
 
 
-def test_transport_choice_on_cpu(launch):
-    # CPU ranks: "auto" is the process group; the copy-engine paths say why they cannot run.
-    for out in launch(_transports, args=(), nprocs=2):
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_transport_choice_on_cpu(launch, nprocs):
+    # CPU ranks: "auto" is the process group; the copy-engine paths say why they cannot run,
+    # one rank included (it never sets up a copy engine, and once took them without a word).
+    for out in launch(_transports, args=(), nprocs=nprocs):
         assert out["auto"] == "gloo"
         for path in ("peer", "host"):
             assert f"transport='{path}' needs CUDA parameters; these are on cpu" in out[path]

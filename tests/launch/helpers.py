@@ -54,6 +54,12 @@ def exit3_on_rank1():
     time.sleep(60)
 
 
+def sys_exit_on_rank1(code):
+    if os.environ["RANK"] == "1":
+        sys.exit(code)
+    time.sleep(60)
+
+
 def segv_on_rank1():
     if os.environ["RANK"] == "1":
         os.kill(os.getpid(), signal.SIGSEGV)

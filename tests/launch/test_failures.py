@@ -36,6 +36,17 @@ def test_exit_code_of_root_cause():
     assert "exit code 3" in str(info.value)
 
 
+@pytest.mark.parametrize("code, status", [(256, 1), (-1, 255), (258, 2)])
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_sys_exit_code_is_what_the_os_would_keep_but_never_success(method, code, status):
+    # sys.exit(256) in a plain Python process exits with status 0; a rank that failed must not.
+    with pytest.raises(nbdist.WorkerError) as info:
+        nbdist.launch(helpers.sys_exit_on_rank1, args=(code,), nprocs=2, stream=False,
+                      start_method=method)
+    assert info.value.rank == 1 and info.value.exit_code == status, str(info.value)
+    assert f"exit code {status}" in str(info.value)
+
+
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_segfault_names_the_signal(method):
     with pytest.raises(nbdist.WorkerError) as info:

@@ -531,6 +531,10 @@ def train(
     cfg.validate()
     if cfg.eval_every and eval_batches is None:
         raise DDPValueError("TrainConfig.eval_every is set but no eval_batches were given")
+    if eval_batches is not None and not cfg.eval_every:
+        # They would never be read: a run the user believes is evaluated would not be.
+        raise DDPValueError("eval_batches were given but TrainConfig.eval_every is 0, so no eval "
+                            "would run: set eval_every (and eval_steps), or leave eval_batches out")
     if not isinstance(model, torch.nn.Module):
         raise DDPValueError(f"train(model=...) must be a torch.nn.Module, got "
                             f"{type(model).__name__}")
