@@ -128,8 +128,18 @@ void Reducer::plan_embedding_uses(const Producers& producers) {
   start_size_gather(local);
 }
 
-bool Reducer::take_outside_grad(int64_t index, const at::Tensor& grad) {
+bool Reducer::on_grad_arriving(int64_t index, const at::Tensor& grad) {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (reduced_ && grad.defined())
+    // torch's DDP lets it through, and the ranks drift apart without a word.
+    throw DDPError(ErrorKind::kInvalidInput,
+                   "rank " + std::to_string(rank_) + ": parameter '" + names_[index] +
+                       "' received a gradient after this forward's backward pass was already "
+                       "averaged across ranks (a second backward through the same forward, "
+                       "retain_graph=True, or a forward of the module outside the DDP wrapper): "
+                       "it would stay on this rank and the ranks would drift apart. Run the "
+                       "forward through DDP again before each backward, or add the losses and "
+                       "call backward once; for local accumulation use no_sync()");
   if (!armed_ || emb_of_[index] < 0 || !grad.defined()) return false;
   auto& outside = emb_[emb_of_[index]].outside;
   outside = outside.defined() ? outside + grad : grad;

@@ -104,7 +104,7 @@ Reducer::Reducer(std::vector<at::Tensor> params, std::vector<std::string> names,
             })));
     auto pre =
         std::make_unique<LambdaPreHook>([this, index](const torch::autograd::variable_list& grads) {
-          if (grads.empty() || !take_outside_grad(index, grads[0])) return grads;
+          if (grads.empty() || !on_grad_arriving(index, grads[0])) return grads;
           return torch::autograd::variable_list{at::Tensor()};
         });
     pre_hooks_.push_back(pre.get());
@@ -351,6 +351,7 @@ void Reducer::prepare_forward() {
 void Reducer::prepare_for_backward(bool sync, const std::vector<at::Tensor>& outputs) {
   std::lock_guard<std::mutex> lock(mutex_);
   armed_ = sync;
+  reduced_ = false;
   callback_queued_ = false;
   ++emb_serial_;  // hooks left on an earlier graph pass its gradients through untouched
   emb_.clear();
@@ -518,6 +519,7 @@ void Reducer::launch_ready_buckets_locked() {
 void Reducer::finalize_backward() {
   std::lock_guard<std::mutex> lock(mutex_);
   armed_ = false;
+  reduced_ = true;
   std::vector<std::string> missing;
   for (size_t i = 0; i < params_.size(); ++i)
     if (!ready_[i]) missing.push_back(names_[i]);

@@ -160,9 +160,11 @@ class Reducer {
   using Producers = std::vector<std::vector<std::pair<torch::autograd::Node*, int64_t>>>;
 
   void on_grad_ready(int64_t index);
-  // AccumulateGrad's pre-hook: an embedding weight exchanged by rows keeps what arrives there
-  // (from outside the forward) aside, out of .grad and its bucket, for finish_embeddings_locked.
-  bool take_outside_grad(int64_t index, const at::Tensor& grad);
+  // AccumulateGrad's pre-hook, before anything reaches .grad: refuses a gradient that arrives
+  // after this forward's backward was already averaged (it would stay on this rank), and an
+  // embedding weight exchanged by rows keeps what arrives there (from outside the forward) aside,
+  // out of .grad and its bucket, for finish_embeddings_locked (returns true then).
+  bool on_grad_arriving(int64_t index, const at::Tensor& grad);
   // The first exchange: which weights any rank took a gradient from outside the forward for
   // (a collective, read on the host once); they keep the dense path from then on.
   void agree_on_outside_uses_locked();
@@ -218,6 +220,7 @@ class Reducer {
   bool armed_ = false;  // a synchronizing backward is expected
   bool callback_queued_ = false;
   bool finished_ = true;  // the last armed backward completed its reduction
+  bool reduced_ = false;  // the last forward's backward has been averaged (until the next forward)
   std::vector<char> ready_;
   std::vector<char> unused_;  // found unused by the graph traversal for this backward
   // find_unused_parameters: params whose gradient hook fired since the last synchronized backward

@@ -444,6 +444,43 @@ def test_parameter_used_on_one_rank_only_is_an_error_not_a_crash(launch):
     assert rank1 != "no error"  # its peer stopped: its next collective fails
 
 
+def _late_gradient(case: str) -> dict:
+    """A gradient that reaches a parameter after its forward's backward was averaged."""
+    rank, _ = _init()
+    model = build("cnn", seed=0)
+    ddp = DDP(model)
+    x, y = [t.chunk(2)[rank] for t in batches_for("cnn", 1, BATCH)[0]]
+    loss = loss_of("cnn", ddp, (x, y))
+    loss.backward(retain_graph=True)
+    averaged = [p.grad.clone() for p in model.parameters()]
+    try:
+        if case == "retain_graph":
+            loss.backward()
+        else:  # the module itself, outside the wrapper
+            loss_of("cnn", model, (x, y)).backward()
+        error = "no error"
+    except RuntimeError as e:
+        error = str(e)
+    untouched = all(torch.equal(a, p.grad) for a, p in zip(averaged, model.parameters()))
+    # The next forward through DDP is a fresh start: a synced step works as usual.
+    model.zero_grad()
+    loss_of("cnn", ddp, (x, y)).backward()
+    identical = _identical_across_ranks(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    dist.destroy_process_group()
+    return {"error": error, "untouched": untouched, "identical_after": identical}
+
+
+# torch's DDP lets such a gradient accumulate on one rank only, and the ranks drift apart
+# silently; nbdist's refuses it before it reaches .grad.
+@pytest.mark.parametrize("case", ["retain_graph", "module_outside_wrapper"])
+def test_gradient_after_the_backward_was_averaged_is_refused(launch, case):
+    for res in launch(_late_gradient, args=(case,), nprocs=2):
+        assert "received a gradient after this forward's backward pass was already averaged" in \
+            res["error"], res["error"]
+        assert "no_sync()" in res["error"]
+        assert res["untouched"] and res["identical_after"]
+
+
 def test_uninitialized_process_group_is_a_clear_error():
     assert not dist.is_initialized()
     with pytest.raises(nbdist.DDPValueError, match="init_process_group"):

@@ -53,6 +53,10 @@ class DDP(torch.nn.Module):
     buffers to all ranks. During backward, gradients land in flat buckets (``.grad`` is a view into
     them when ``gradient_as_bucket_view``) whose all-reduces start as soon as each bucket is full,
     so communication overlaps the rest of backward; gradients come out averaged over ranks.
+    One averaged backward per forward: a gradient that arrives after it (a second backward
+    through the same forward with ``retain_graph=True``, or a backward through the module outside
+    the wrapper) raises before it reaches ``.grad``, where torch's DDP would let it accumulate on
+    one rank. Accumulate locally with ``no_sync()``.
 
     ``torch.compile`` works on the module (``DDP(torch.compile(model))``) or on this wrapper:
     compiled while this DDP runs, the graph is split at bucket boundaries (dynamo's DDP graph
