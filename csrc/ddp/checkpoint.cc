@@ -54,8 +54,11 @@ void save_checkpoint(const std::string& path, const TensorMap& tensors) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail("open", tmp, errno);
-  // Fault injection for the crash-safety test: die by SIGKILL halfway through the N-th write.
+  // Fault injection for the crash-safety test: die by SIGKILL halfway through the N-th write of
+  // this process (a forked rank counts from zero, not from its parent's count).
   static int writes = 0;
+  static pid_t counted_in = 0;
+  if (counted_in != ::getpid()) counted_in = ::getpid(), writes = 0;
   const char* kill_at = std::getenv("NBDIST_DDP_TEST_KILL_IN_CHECKPOINT_WRITE");
   if (++writes == (kill_at ? std::atoi(kill_at) : 0)) {
     write_all(fd, bytes.data(), bytes.size() / 2, tmp);
