@@ -23,14 +23,36 @@ _STATUS_COLORS = {"starting": "#6c757d", "running": "#0d6efd", "succeeded": "#19
                   "failed": "#dc3545", "killed": "#fd7e14", "timed_out": "#dc3545"}
 
 
+def _visible_line(text: bytes) -> bytes:
+    """What a terminal shows of a finished line: a CR LF ending is a plain newline, and what was
+    written before the last '\\r' has been overwritten (as Supervisor::visible_line)."""
+    if text.endswith(b"\r"):
+        text = text[:-1]
+    return text[text.rfind(b"\r") + 1:]
+
+
+def _unfinished_line(part: bytes) -> tuple[bytes, bytes | None]:
+    """A line rewritten with '\\r' (a progress bar) may not end for minutes, so what it shows now
+    is shown at once, marked by a trailing '\\r' (as Supervisor::emit). Returns the part of the
+    line to keep (what comes before its last '\\r' is overwritten) and the text to show (None:
+    no '\\r' yet, nothing to show before the newline)."""
+    cut = part.rfind(b"\r", 0, len(part) - 1)
+    if cut < 0 and not part.endswith(b"\r"):
+        return part, None
+    part = part[cut + 1:]
+    return part, part if part.endswith(b"\r") else part + b"\r"
+
+
 class JobExtensions:
     """Mixed into :class:`nbdist.Job`."""
 
     # -- attach --------------------------------------------------------------------------------
 
-    def _read_new_output(self, first: bool) -> list[str]:
-        """Complete new lines of every rank's log since the last call, prefixed ``[rank r]``."""
-        lines: list[str] = []
+    def _read_new_output(self, first: bool) -> list[tuple]:
+        """New output of every rank's log since the last call, as the supervisor queues it for a
+        foreground launch: (rank, 1, text without its newline), a text ending in '\\r' being a
+        progress line not finished yet. The log files interleave stdout and stderr."""
+        lines: list[tuple] = []
         for r in range(self.nprocs):
             path = os.path.join(self.log_dir, f"rank_{r}.log")
             offset, partial = self._stream_offsets.get(r, (0, b""))
@@ -41,8 +63,8 @@ class JobExtensions:
             if size < offset:  # the file was replaced: start over
                 offset, partial = 0, b""
             if first and offset == 0 and size > STREAM_BACKLOG_BYTES:
-                lines.append(f"[rank {r}] ... ({size - STREAM_BACKLOG_BYTES} bytes earlier "
-                             f"output in {path})")
+                lines.append((r, 1, f"... ({size - STREAM_BACKLOG_BYTES} bytes earlier output "
+                                    f"in {path})".encode()))
                 offset = size - STREAM_BACKLOG_BYTES
                 partial = b""
                 skip_to_newline = True
@@ -59,27 +81,33 @@ class JobExtensions:
                 cut = data.find(b"\n")
                 data = data[cut + 1:] if cut >= 0 else b""
             *complete, partial = data.split(b"\n")
+            lines.extend((r, 1, _visible_line(ln)) for ln in complete)
+            partial, unfinished = _unfinished_line(partial)
+            if unfinished is not None:
+                lines.append((r, 1, unfinished))
             self._stream_offsets[r] = (offset, partial)
-            lines.extend(f"[rank {r}] " + ln.decode("utf-8", "replace") for ln in complete)
         return lines
 
-    def _flush_partials(self) -> list[str]:
+    def _flush_partials(self) -> list[tuple]:
         out = []
         for r, (offset, partial) in list(self._stream_offsets.items()):
             if partial:
-                out.append(f"[rank {r}] " + partial.decode("utf-8", "replace"))
+                out.append((r, 1, _visible_line(partial)))
                 self._stream_offsets[r] = (offset, b"")
         return out
 
     def stream(self, file=None) -> str:
         """Attaches to the job: prints its ranks' output (``[rank r] ...`` lines) live in the
-        current cell until the job ends, and returns its final status.
+        current cell until the job ends, and returns its final status. A progress line rewritten
+        with ``'\\r'`` (tqdm) is shown as it changes, as in a foreground launch.
 
         The first call starts with the output written so far (its last 64 KiB per rank), later
         calls continue where the previous one stopped. Interrupting the cell (Ctrl-C, the stop
         button) detaches and returns the current status: the job keeps running.
         """
-        out = file if file is not None else sys.stdout
+        from .launch import _LiveLines
+
+        display = _LiveLines("[rank {rank}] ", file=file if file is not None else sys.stdout)
         first = not self._stream_offsets
         try:
             while True:
@@ -88,17 +116,17 @@ class JobExtensions:
                 first = False
                 if finished:
                     lines += self._flush_partials()
-                if lines:
-                    out.write("\n".join(lines) + "\n")
-                    out.flush()
+                display(lines)
                 if finished:
                     break
                 self._done.wait(_STREAM_POLL_S)
         except KeyboardInterrupt:
+            display.close()  # the message below starts a line of its own
             print(f"nbdist: detached from job {self.id} ({self.status}); it keeps running: "
                   f"job.stream() attaches again, job.kill() stops it", file=sys.stderr,
                   flush=True)
             return self.status
+        display.close()
         err = self._error
         if err is not None:
             print(f"nbdist: job {self.id} {self.status}: {str(err).splitlines()[0]}",

@@ -928,10 +928,14 @@ class _LiveLines:
     """Prints the ranks' lines into the cell (or terminal) with their prefix. A line the supervisor
     marks unfinished (a trailing '\\r': a progress bar rewriting itself) is shown at once without
     its newline and rewritten in place (a leading '\\r') by the same rank's next text on that
-    stream; any other line ends it first."""
+    stream; any other line ends it first. Foreground launches feed it the supervisor's lines,
+    Job.stream() the lines it reads from the log files."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, file=None) -> None:
         self.prefix = prefix
+        # Where every line goes (Job.stream(file=): the log files interleave the two streams);
+        # None: stdout or stderr, as the rank wrote it.
+        self.file = file
         self.open: tuple | None = None  # (rank, stream) whose unfinished line is on screen
         self.open_width = 0
         self.open_text = ""
@@ -978,15 +982,15 @@ class _LiveLines:
             self.open = None
 
     def close(self) -> None:
-        """Ends an unfinished line still on screen (the job is over)."""
+        """Ends an unfinished line still on screen (the job is over, or stream() detaches)."""
         chunks: list = []
         self._end_open(lambda stream, text: chunks.append([stream, [text]]))
         self._write(chunks)
 
-    @staticmethod
-    def _write(chunks) -> None:
+    def _write(self, chunks) -> None:
         for stream, parts in chunks:
-            out = sys.stderr if stream == 2 else sys.stdout
+            out = self.file if self.file is not None else (
+                sys.stderr if stream == 2 else sys.stdout)
             out.write("".join(parts))
             out.flush()
 

@@ -64,3 +64,15 @@ def sleep_with_child(pid_file):
         f.write(f"{os.getpid()} {child.pid}\n")
     while True:
         time.sleep(0.5)
+
+
+def progress_until_seen(seen_path, within=3.0):
+    """A progress line ending in '\\r' (no newline yet), held until the test saw it (bounded),
+    then rewritten and ended; returns whether it was seen while still unfinished."""
+    print("step 1/2", end="\r", flush=True)
+    deadline = time.monotonic() + within
+    while not os.path.exists(seen_path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print("step 2/2", end="\r", flush=True)
+    print(flush=True)
+    return os.path.exists(seen_path)

@@ -93,6 +93,33 @@ def test_stream_prints_live_then_returns_status(log_dir, tmp_path):
     assert job.stream(file=out2) == "succeeded" and out2.getvalue() == ""
 
 
+class _SeenRecorder(io.TextIOBase):
+    """A file for stream() that tells the rank, through a file, when ``needle`` was shown."""
+
+    def __init__(self, needle: str, seen_path: str) -> None:
+        self.needle = needle
+        self.seen_path = seen_path
+        self.text = ""
+
+    def write(self, text):
+        self.text += text
+        if self.needle in self.text and not os.path.exists(self.seen_path):
+            open(self.seen_path, "w").close()
+        return len(text)
+
+
+def test_stream_shows_carriage_return_progress_before_the_newline(log_dir, tmp_path):
+    seen = str(tmp_path / "seen")
+    job = nbdist.launch(helpers.progress_until_seen, (seen,), nprocs=1, background=True,
+                        log_dir=log_dir, timeout=60)
+    out = _SeenRecorder("[rank 0] step 1/2", seen)
+    assert job.stream(file=out) == "succeeded"
+    assert job.wait() == [True], out.text  # shown while the line was still unfinished
+    # Rewritten in place, then ended by the rank's newline; the prefix stays on the line.
+    assert out.text.startswith("[rank 0] step 1/2\r[rank 0] step 2/2"), out.text
+    assert out.text.endswith("step 2/2\n") and out.text.count("\n") == 1, out.text
+
+
 def test_interrupting_stream_detaches_without_killing(log_dir, tmp_path, capsys):
     gate = str(tmp_path / "go")
     job = nbdist.launch(helpers.wait_for_file, (gate,), nprocs=1, background=True,
