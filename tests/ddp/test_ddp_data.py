@@ -78,3 +78,71 @@ def _eval_rank():
 def test_eval_loss_is_the_mean_over_all_ranks(launch):
     for _, value in launch(_eval_rank, args=(), nprocs=2):
         assert value == pytest.approx(25.0, rel=1e-5)
+
+
+class _Counted(torch.utils.data.Dataset):
+    """Samples 0..n-1 that count how often they are loaded."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.loads = n, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):
+        self.loads += 1
+        return torch.tensor(i)
+
+
+def _loader(data, rank, world=2, batch=2, batch_sampler=False, **kw):
+    sampler = torch.utils.data.DistributedSampler(data, num_replicas=world, rank=rank, seed=5,
+                                                  **kw)
+    if batch_sampler:
+        return torch.utils.data.DataLoader(
+            data, batch_sampler=torch.utils.data.BatchSampler(sampler, batch, drop_last=False))
+    return torch.utils.data.DataLoader(data, batch_size=batch, sampler=sampler)
+
+
+def _loader_ids(stream, n):
+    return [stream.next().tolist() for _ in range(n)]
+
+
+@pytest.mark.parametrize("batch_sampler", [False, True])
+def test_loader_with_distributed_sampler_shards_and_reshuffles_each_pass(batch_sampler):
+    data = _Counted(16)  # 8 samples a rank, 4 batches of 2 a pass
+    ranks = [_BatchStream(_loader(data, r, batch_sampler=batch_sampler), "train_batches", r, 2,
+                          None, seed=0, wrap=True) for r in range(2)]
+    passes = [[_loader_ids(s, 4) for s in ranks] for _ in range(3)]
+    for p in passes:
+        assert sorted(i for shard in p for b in shard for i in b) == list(range(16))
+    assert passes[0] != passes[1] != passes[2]  # set_epoch each pass: a new shuffle
+
+
+def test_loader_starts_from_epoch_zero_and_seeks_without_reading_earlier_passes():
+    data = _Counted(16)
+    loader = _loader(data, 1)
+    loader.sampler.set_epoch(7)  # the caller's own set_epoch does not shift the run
+    reading = _BatchStream(loader, "train_batches", 1, 2, None, seed=0, wrap=True)
+    seen = _loader_ids(reading, 11)  # two passes of 4 batches and 3 of the third
+    fresh = _BatchStream(_loader(data, 1), "train_batches", 1, 2, None, seed=0, wrap=True)
+    assert _loader_ids(fresh, 11) == seen
+    data.loads = 0
+    fresh.seek(9)
+    assert data.loads == 2  # only batch 8 (the third pass's first) was read to skip it
+    assert _loader_ids(fresh, 2) == seen[9:11]
+
+
+def test_loader_for_another_rank_is_an_error():
+    loader = _loader(_Counted(8), rank=0)
+    with pytest.raises(DDPValueError, match=r"train_batches: its DistributedSampler is for rank 0 "
+                                            r"of 2, but this is rank 1 of 2"):
+        _BatchStream(loader, "train_batches", 1, 2, None, seed=0, wrap=True)
+
+
+def test_list_seek_skips_whole_passes():
+    batches = [(torch.tensor([i]),) for i in range(6)]
+    read = _BatchStream(batches, "train_batches", 1, 2, None, seed=0, wrap=True)
+    seen = [b[0] for b in _ids(read, 8)]
+    again = _BatchStream(batches, "train_batches", 1, 2, None, seed=0, wrap=True)
+    again.seek(7)
+    assert again.next()[0].item() == seen[7]

@@ -277,6 +277,35 @@ def test_resume_on_another_number_of_ranks(launch, tmp_path):
     assert int(saved["world_size"]) == 3 and int(saved["data_position"]) == 4 + 2
 
 
+def _loader_run(ckpt_dir: str, max_steps: int):
+    """A DataLoader with a DistributedSampler and worker processes (forked by the rank): 20
+    sequences, 10 a rank, 5 batches of 2 a pass."""
+    model, loss_fn = dropout_gpt_killing_at(-1, -1)
+    data = torch.utils.data.TensorDataset(*(torch.cat(t) for t in zip(*gpt_batches(5, 4))))
+    sampler = torch.utils.data.DistributedSampler(data, shuffle=True, seed=1)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=sampler, num_workers=2)
+    # A constant rate: a run cut by a shorter max_steps has the same schedule as the whole one.
+    cfg = _config(ckpt_dir, max_steps, schedule="constant", warmup_steps=0)
+    history = train(model, loader, cfg, loss_fn=loss_fn)
+    return flat_params(model), [h["step"] for h in history]
+
+
+# Resumed inside the second pass over the loader (step 4: 8 batches of 5 a pass) and right at
+# the end of it (step 5: 10): the same weights as without the cut, so the sampler's epoch, the
+# place in it and the random stream (a DataLoader draws from it when a pass starts; dropout
+# reads it) all came back.
+@pytest.mark.parametrize("cut", [4, 5])
+def test_dataloader_with_workers_resumes_bitwise(launch, tmp_path, cut):
+    ref = launch(_loader_run, args=(str(tmp_path / "ref"), 7), nprocs=2)
+    assert torch.equal(ref[0][0], ref[1][0])
+    launch(_loader_run, args=(str(tmp_path / "cut"), cut), nprocs=2)
+    assert int(load_checkpoint(str(tmp_path / "cut" / "latest.pt"))["data_position"]) == 2 * cut
+    rest = launch(_loader_run, args=(str(tmp_path / "cut"), 7), nprocs=2)
+    for (params, steps), (want, _) in zip(rest, ref):
+        assert steps == list(range(cut + 1, 8))
+        assert torch.equal(params, want)
+
+
 # A loss may be negative (here shifted by -1000, which leaves its gradient alone): the eval of
 # such a loss is reported, not taken for "no eval ran" (-1 used to mean that).
 def test_negative_eval_loss_is_reported():

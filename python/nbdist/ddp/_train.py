@@ -164,12 +164,22 @@ def _to_device(obj: Any, device: torch.device) -> Any:
     return obj
 
 
+def _distributed_sampler(source: Any) -> Any:
+    """The DistributedSampler a DataLoader draws from (as its sampler, or inside its batch
+    sampler), or None."""
+    for owner in (source, getattr(source, "batch_sampler", None)):
+        sampler = getattr(owner, "sampler", None)
+        if isinstance(sampler, torch.utils.data.DistributedSampler):
+            return sampler
+    return None
+
+
 class _BatchStream:
     """One rank's batches with a position that checkpoints can record and restore.
 
     A map-style dataset (or a tensor / tuple of tensors, taken as a TensorDataset) is shuffled each
     epoch with seed + epoch, identically on all ranks, and rank r takes every world-th sample. A
-    DataLoader with a DistributedSampler is used as is (set_epoch each epoch). Any other iterable
+    DataLoader with a DistributedSampler is used as is (set_epoch(pass), from 0). Any other iterable
     is read by every rank, which keeps every world-th batch; at its end it is iterated again. A
     one-shot iterator (a generator: iter(x) is x) cannot be iterated again, so it is read once: a
     seek goes on from where it is, and its end is an error.
@@ -181,6 +191,7 @@ class _BatchStream:
         self.position = 0  # batches this rank has taken
         self._cached_first: Any = None
         self.one_shot = False
+        self.sampler = None  # a DataLoader's DistributedSampler
         if isinstance(source, Mapping) or isinstance(source, (str, bytes)):
             # Iterating a dict gives its keys (a str, its characters), never a batch.
             what = (f"a {type(source).__name__} with keys {list(source)[:5]}"
@@ -210,11 +221,18 @@ class _BatchStream:
                     f"{batch_size} (each rank needs at least one full batch)")
             self._perm_epoch, self._perm = -1, None
         elif isinstance(source, Iterable):
-            sampler = getattr(source, "sampler", None)
-            self.mode = ("loader" if isinstance(sampler, torch.utils.data.DistributedSampler)
-                         else "iterable")
-            self._epoch = 0
-            self._items = 0  # items taken from the current pass over the source
+            self.sampler = _distributed_sampler(source)
+            self.mode = "loader" if self.sampler is not None else "iterable"
+            if self.sampler is not None and (self.sampler.rank, self.sampler.num_replicas) != \
+                    (rank, world):
+                # Every rank would read the shard of the rank its sampler names: two ranks with
+                # the same batches, or a shard nobody reads, and no error.
+                raise DDPValueError(
+                    f"{name}: its DistributedSampler is for rank {self.sampler.rank} of "
+                    f"{self.sampler.num_replicas}, but this is rank {rank} of {world}: build it "
+                    "in each rank with num_replicas and rank of that rank (the defaults read "
+                    "them from the process group)")
+            self._start_pass(0)
             self._it = iter(source)
             self.one_shot = self._it is source
         else:
@@ -247,6 +265,8 @@ class _BatchStream:
         return batch
 
     def _next_item(self) -> Any:
+        if self._it is None:
+            self._it = iter(self.source)
         try:
             item = next(self._it)
             self._items += 1
@@ -261,10 +281,7 @@ class _BatchStream:
                 f"a one-shot iterator ({type(self.source).__name__}), which train() reads only "
                 "once; pass a list or another re-iterable (a dataset, a DataLoader), or an "
                 "iterator that yields every batch of the run (max_steps x grad_accum x ranks)")
-        self._epoch += 1
-        self._items = 0
-        if self.mode == "loader":
-            self.source.sampler.set_epoch(self._epoch)
+        self._start_pass(self._epoch + 1)
         self._it = iter(self.source)
         try:
             item = next(self._it)
@@ -295,15 +312,44 @@ class _BatchStream:
             self._seek_one_shot(position)
             return
         self._cached_first = None
-        self.position = 0
         if self.mode != "dataset":
-            self._epoch = 0
-            if self.mode == "loader":
-                self.source.sampler.set_epoch(0)
-            self._it = iter(self.source)
-            for _ in range(position):  # an iterable can only be replayed
-                self._fetch()
+            # An iterable can only be replayed; where its length per pass is known, the passes
+            # before the one the position falls in are skipped without reading them (each would
+            # load every batch of a DataLoader).
+            items = position * (1 if self.mode == "loader" else self.world)
+            length = self._pass_length()
+            epoch, within = divmod(items, length) if length else (0, items)
+            self._start_pass(epoch)
+            # A DataLoader draws its workers' seed from the CPU generator when it starts a pass.
+            # The run being resumed did that before its checkpoint, whose generator state is
+            # already back: the replay must not draw again. A pass that starts right at the
+            # position starts at its first batch, drawing then, as it did in that run.
+            with torch.random.fork_rng(devices=[]):
+                for _ in range(within):
+                    if self._next_item() is _END:
+                        break
         self.position = position
+
+    def _start_pass(self, epoch: int) -> None:
+        """A new pass over an iterable source: the sampler's epoch (the same shuffle on every
+        rank, whatever set_epoch the caller made before); its iterator is made when the pass's
+        first item is taken."""
+        self._epoch = epoch
+        self._items = 0  # items taken from this pass
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        self._it = None
+
+    def _pass_length(self) -> int:
+        """Items one pass over the source yields, where that is known and fixed: a list or tuple,
+        or a DataLoader over a map-style dataset (its length comes from its sampler); else 0."""
+        src = self.source
+        if isinstance(src, (list, tuple)):
+            return len(src)
+        if isinstance(src, torch.utils.data.DataLoader) and not isinstance(
+                src.dataset, torch.utils.data.IterableDataset):
+            return len(src)
+        return 0
 
     def _seek_one_shot(self, position: int) -> None:
         # It cannot be replayed from its start, so it goes on from where it is. The batch that
@@ -499,7 +545,12 @@ def train(
         train_batches: an iterable of batches, a map-style dataset (with ``cfg.batch_size``), a
             tensor or tuple of tensors, or a DataLoader with a DistributedSampler. A one-shot
             iterator (a generator) is read once, so it must yield every batch of the run
-            (a resumed run skips the ones the checkpoint had consumed).
+            (a resumed run skips the ones the checkpoint had consumed). A DataLoader's
+            DistributedSampler must be this rank's (its rank and num_replicas); train() calls
+            its ``set_epoch`` with 0, 1, ... at each pass, and a resumed run starts at the pass
+            and batch it had reached, reading only the batches of that pass before it. Random
+            transforms in its workers (seeded by the loader when a pass starts) repeat those
+            of the uninterrupted run from the next pass on, not in the pass it resumes in.
         cfg: a :class:`TrainConfig`.
         eval_batches: like train_batches, for eval; each eval restarts them, so they must be
             re-iterable (a list, a dataset, a DataLoader; not a generator) and not empty.
