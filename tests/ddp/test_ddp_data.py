@@ -146,3 +146,51 @@ def test_list_seek_skips_whole_passes():
     again = _BatchStream(batches, "train_batches", 1, 2, None, seed=0, wrap=True)
     again.seek(7)
     assert again.next()[0].item() == seen[7]
+
+
+def test_shuffling_loader_without_sampler_is_shared_out_alike_on_every_rank():
+    # DataLoader(shuffle=True) read whole by every rank, which keeps every world-th batch: the
+    # ranks must shuffle alike, or their batches overlap and miss samples.
+    data = _Counted(12)
+    loader = torch.utils.data.DataLoader(data, batch_size=2, shuffle=True)
+    torch.manual_seed(0)
+    untouched = torch.rand(())
+    torch.manual_seed(0)
+    ranks = [_BatchStream(loader, "train_batches", r, 2, None, seed=4, wrap=True)
+             for r in range(2)]
+    passes = [[_loader_ids(s, 3) for s in ranks] for _ in range(2)]  # 6 batches a pass
+    for p in passes:
+        assert sorted(i for shard in p for b in shard for i in b) == list(range(12)), p
+    assert passes[0] != passes[1]
+    # Its order comes from the pass, not from the training generator, which it leaves alone.
+    assert torch.equal(torch.rand(()), untouched)
+
+
+class _Noisy(torch.utils.data.Dataset):
+    """A random transform: sample i is i + noise drawn in the process that loads it."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i):
+        return torch.tensor(float(i)) + torch.rand(())
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_random_transforms_repeat_when_resuming_halfway_through_a_pass(workers):
+    def stream():
+        sampler = torch.utils.data.DistributedSampler(_Noisy(), num_replicas=2, rank=1, seed=5)
+        loader = torch.utils.data.DataLoader(_Noisy(), batch_size=1, sampler=sampler,
+                                             num_workers=workers)
+        return _BatchStream(loader, "train_batches", 1, 2, None, seed=0, wrap=True)
+
+    torch.manual_seed(0)
+    whole = stream()
+    seen = [whole.next().tolist() for _ in range(5)]  # 4 a pass: into the second
+    checkpoint = torch.get_rng_state()
+    seen += [whole.next().tolist() for _ in range(2)]
+    torch.manual_seed(1)
+    resumed = stream()
+    torch.set_rng_state(checkpoint)  # as train() restores it, before the seek
+    resumed.seek(5)
+    assert [resumed.next().tolist() for _ in range(2)] == seen[5:7]

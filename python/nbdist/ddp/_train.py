@@ -9,7 +9,7 @@ import io
 import math
 import numbers
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Callable
 
 import torch
@@ -180,7 +180,8 @@ class _BatchStream:
     A map-style dataset (or a tensor / tuple of tensors, taken as a TensorDataset) is shuffled each
     epoch with seed + epoch, identically on all ranks, and rank r takes every world-th sample. A
     DataLoader with a DistributedSampler is used as is (set_epoch(pass), from 0). Any other iterable
-    is read by every rank, which keeps every world-th batch; at its end it is iterated again. A
+    is read by every rank, which keeps every world-th batch; at its end it is iterated again. Each
+    pass of an iterable starts from a CPU generator seeded for it (_take). A
     one-shot iterator (a generator: iter(x) is x) cannot be iterated again, so it is read once: a
     seek goes on from where it is, and its end is an error.
     """
@@ -233,8 +234,10 @@ class _BatchStream:
                     "in each rank with num_replicas and rank of that rank (the defaults read "
                     "them from the process group)")
             self._start_pass(0)
-            self._it = iter(source)
-            self.one_shot = self._it is source
+            # An iterator that is its own iterator cannot start again (a generator).
+            self.one_shot = isinstance(source, Iterator) and iter(source) is source
+            if self.one_shot:
+                self._it = source
         else:
             raise DDPValueError(
                 f"{name} must be an iterable of batches, a map-style dataset, or a tensor (tuple), "
@@ -265,16 +268,9 @@ class _BatchStream:
         return batch
 
     def _next_item(self) -> Any:
-        if self._it is None:
-            self._it = iter(self.source)
-        try:
-            item = next(self._it)
-            self._items += 1
+        item = self._take()
+        if item is not _END or not self.wrap:
             return item
-        except StopIteration:
-            pass
-        if not self.wrap:
-            return _END
         if self.one_shot and (self._items or self._epoch):
             raise DDPValueError(
                 f"{self.name} ran out after {self._items} batches and cannot be restarted: it is "
@@ -282,13 +278,36 @@ class _BatchStream:
                 "once; pass a list or another re-iterable (a dataset, a DataLoader), or an "
                 "iterator that yields every batch of the run (max_steps x grad_accum x ranks)")
         self._start_pass(self._epoch + 1)
-        self._it = iter(self.source)
-        try:
-            item = next(self._it)
+        item = self._take()
+        if item is _END:
+            raise DDPValueError(f"{self.name} is empty (rank {self.rank} got no batches)")
+        return item
+
+    def _take(self) -> Any:
+        """The current pass's next item, or _END."""
+        if self._it is not None:
+            item = next(self._it, _END)
+        else:
+            # A pass starts. A DataLoader draws its order (a RandomSampler: shuffle=True) and its
+            # workers' seed from the CPU generator, the sampler only at the first item. They draw
+            # from a generator seeded for this pass here, not from the training one: every rank
+            # shuffles alike, so the batches each keeps are its own share of the pass, and a
+            # resumed run meets the same order and worker seeds again, halfway through a pass
+            # too. Only the CPU generator is seeded and put back after.
+            with torch.random.fork_rng(devices=[]):
+                torch.default_generator.manual_seed(self._pass_seed())
+                self._it = iter(self.source)
+                item = next(self._it, _END)
+        if item is not _END:
             self._items += 1
-            return item
-        except StopIteration:
-            raise DDPValueError(f"{self.name} is empty (rank {self.rank} got no batches)") from None
+        return item
+
+    def _pass_seed(self) -> int:
+        """Per pass; the same on every rank for an iterable that every rank reads whole (it must
+        come out in the same order on all), per rank too for a DistributedSampler's loader
+        (whose ranks read different samples: their workers' random transforms differ)."""
+        rank = self.rank + 1 if self.mode == "loader" else 0
+        return (self.seed + self._epoch * 0x9E3779B1 + rank * 0x632BE5AB) % 2**64
 
     def first(self) -> Any:
         """The next batch without consuming it."""
@@ -320,10 +339,9 @@ class _BatchStream:
             length = self._pass_length()
             epoch, within = divmod(items, length) if length else (0, items)
             self._start_pass(epoch)
-            # A DataLoader draws its workers' seed from the CPU generator when it starts a pass.
-            # The run being resumed did that before its checkpoint, whose generator state is
-            # already back: the replay must not draw again. A pass that starts right at the
-            # position starts at its first batch, drawing then, as it did in that run.
+            # The batches replayed may draw from the CPU generator (random transforms in this
+            # process); the run being resumed drew that before its checkpoint, whose generator
+            # state is back already: the replay must not draw again.
             with torch.random.fork_rng(devices=[]):
                 for _ in range(within):
                     if self._next_item() is _END:
@@ -333,7 +351,7 @@ class _BatchStream:
     def _start_pass(self, epoch: int) -> None:
         """A new pass over an iterable source: the sampler's epoch (the same shuffle on every
         rank, whatever set_epoch the caller made before); its iterator is made when the pass's
-        first item is taken."""
+        first item is taken (_take)."""
         self._epoch = epoch
         self._items = 0  # items taken from this pass
         if self.sampler is not None:
@@ -548,9 +566,12 @@ def train(
             (a resumed run skips the ones the checkpoint had consumed). A DataLoader's
             DistributedSampler must be this rank's (its rank and num_replicas); train() calls
             its ``set_epoch`` with 0, 1, ... at each pass, and a resumed run starts at the pass
-            and batch it had reached, reading only the batches of that pass before it. Random
-            transforms in its workers (seeded by the loader when a pass starts) repeat those
-            of the uninterrupted run from the next pass on, not in the pass it resumes in.
+            and batch it had reached, reading only the batches of that pass before it. Any other
+            iterable (a DataLoader without a DistributedSampler) is read whole by every rank,
+            which keeps every world-th batch. A DataLoader's shuffle order and its workers' seeds
+            come from a seed per pass (cfg.seed, the pass, and the rank for a DistributedSampler),
+            so ranks shuffle alike and a resumed run repeats the order and the workers' random
+            transforms of the uninterrupted one, unless the DataLoader has a generator of its own.
         cfg: a :class:`TrainConfig`.
         eval_batches: like train_batches, for eval; each eval restarts them, so they must be
             re-iterable (a list, a dataset, a DataLoader; not a generator) and not empty.
