@@ -68,6 +68,22 @@ def test_kill_during_checkpoint_write_keeps_previous_checkpoint(launch, tmp_path
         assert steps == [3, 4, 5, 6] and torch.equal(params, uninterrupted)
 
 
+def _run_killed_in_first_attempt(ckpt_dir: str, max_steps: int):
+    """Rank 1 dies by SIGKILL in step 5 of the first attempt; the launcher's restart resumes."""
+    first = os.environ["NBDIST_RESTART_COUNT"] == "0"
+    return _run(ckpt_dir, max_steps, kill_rank=1 if first else -1, kill_at_batch=9)
+
+
+# The whole fault-tolerant loop in one call: kill -9, the launcher restarts every rank (a fresh
+# process group on a fresh port), train() resumes from the last checkpoint, same weights.
+def test_launcher_restart_resumes_training_bitwise(launch, tmp_path, uninterrupted):
+    results = launch(_run_killed_in_first_attempt, args=(str(tmp_path), 6), nprocs=2,
+                     max_restarts=1)
+    for params, steps in results:
+        assert steps == [5, 6]  # the checkpoint after step 4, then the rest
+        assert torch.equal(params, uninterrupted)
+
+
 def _scaler_run(user_opt: bool):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
