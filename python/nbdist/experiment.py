@@ -47,7 +47,8 @@ Config format (JSON; only ``experiments`` and each one's ``foreground`` are requ
 Both foreground and background see ``NBDIST_HPARAMS`` (their hyperparameters as JSON) besides
 the command-line flags. The foreground gets the usual rank environment (RANK, WORLD_SIZE,
 MASTER_PORT...).
-Exit status of the command: 0 when every run succeeded, 1 when some run failed, 2 for a bad config.
+Exit status of the command: 0 when every run succeeded, 1 when some run failed, 2 for a bad config
+or a directory (``output_dir`` or an experiment's) that cannot be created.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ _FG_KEYS = {"command", "script", "hparams", "nprocs", "gpus", "env", "timeout_s"
 _BG_KEYS = {"command", "script", "hparams", "gpus", "env", "restart", "restart_delay", "warmup",
             "grace"}
 _MUTATE_KEYS = {"low", "high", "distribution", "integer"}
+# Beside the experiments' directories in output_dir (see run_experiments).
+_LOG_DIR, _SUMMARY = "logs", "summary.csv"
+_RESERVED_NAMES = {_LOG_DIR, _SUMMARY}
 
 
 class ExperimentConfigError(NbdistValueError):
@@ -132,16 +136,22 @@ class _Checker:
             self.fail(f"{where}.command", "is empty")
         return argv
 
+    def flag_name(self, where: str, name: str) -> None:
+        """A hyperparameter name becomes ``--name``: one argv word, not an option of its own."""
+        if not name or name.startswith("-") or "=" in name or any(c.isspace() for c in name):
+            self.fail(where, f"bad name {name!r} (it becomes the flag --{name})")
+
     def hparams(self, where: str, obj: dict) -> dict:
         hp = obj.get("hparams", {})
         if not isinstance(hp, dict):
             self.fail(f"{where}.hparams", f"must be an object, got {type(hp).__name__}")
         for k, v in hp.items():
-            if not k or k.startswith("-") or any(c.isspace() for c in k):
-                self.fail(f"{where}.hparams", f"bad name {k!r}")
-            if not (v is None or isinstance(v, (bool, int, float, str))):
-                self.fail(f"{where}.hparams.{k}", f"must be a number, string, bool or null, "
-                                                  f"got {type(v).__name__}")
+            self.flag_name(f"{where}.hparams", k)
+            # json.loads takes NaN and Infinity, which the run's JSON (strict) cannot hold.
+            if not (v is None or isinstance(v, (bool, int, str))
+                    or (isinstance(v, float) and math.isfinite(v))):
+                self.fail(f"{where}.hparams.{k}", f"must be a finite number, string, bool or "
+                                                  f"null, got {v!r}")
         return dict(hp)
 
     def gpus(self, where: str, value):
@@ -162,8 +172,9 @@ class _Checker:
         for k, v in value.items():
             if not k or "=" in k:
                 self.fail(where, f"bad variable name {k!r}")
-            if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-                self.fail(f"{where}.{k}", f"must be a string or number, got {v!r}")
+            if (not isinstance(v, (str, int, float)) or isinstance(v, bool)
+                    or (isinstance(v, float) and not math.isfinite(v))):
+                self.fail(f"{where}.{k}", f"must be a string or finite number, got {v!r}")
         return {k: str(v) for k, v in value.items()}
 
 
@@ -195,8 +206,12 @@ def validate(config: Any, source: str = "config", base_dir: str | None = None) -
             ck.fail(w, f"must be an object, got {type(e).__name__}")
         ck.keys(w, e, _EXP_KEYS)
         name = e.get("name", f"exp{i}")
-        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+        if (not isinstance(name, str) or not name or "/" in name or "\0" in name
+                or name.startswith(".")):
             ck.fail(f"{w}.name", f"must be a non-empty name usable as a directory, got {name!r}")
+        if name in _RESERVED_NAMES:
+            ck.fail(f"{w}.name", f"{name!r} is taken by the output directory's "
+                                 f"{'job logs' if name == 'logs' else 'summary'}")
         if name in names:
             ck.fail(f"{w}.name", f"{name!r} is used by an earlier experiment")
         names.add(name)
@@ -251,6 +266,7 @@ def validate(config: Any, source: str = "config", base_dir: str | None = None) -
             if side not in ("", "background", "foreground") or not hp:
                 ck.fail(mw, "name a hyperparameter as 'name' (foreground) or "
                             "'background.name'")
+            ck.flag_name(mw, hp)
             if side == "background" and bg_n is None:
                 ck.fail(mw, "targets the background, but the experiment has none")
             if not isinstance(spec, dict):
@@ -292,10 +308,13 @@ def validate(config: Any, source: str = "config", base_dir: str | None = None) -
 def load_config(path: str) -> dict:
     """Reads and validates a config file (errors name the file and the field)."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:  # JSON is UTF-8 whatever the locale
             text = f.read()
     except OSError as exc:
         raise ExperimentConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ExperimentConfigError(f"{path}: not UTF-8 text: byte {exc.object[exc.start]:#04x} "
+                                    f"at offset {exc.start}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -390,9 +409,9 @@ def run_experiments(config: dict, output_dir: str, out=None) -> list[dict]:
 
     out = out if out is not None else sys.stdout
     os.makedirs(output_dir, exist_ok=True)
-    log_dir = os.path.join(output_dir, "logs")
+    log_dir = os.path.join(output_dir, _LOG_DIR)
     os.makedirs(log_dir, exist_ok=True)
-    csv_path = os.path.join(output_dir, "summary.csv")
+    csv_path = os.path.join(output_dir, _SUMMARY)
     rows: list[dict] = []
     results: list[dict] = []
     plan = [(i, e, k) for i, e in enumerate(config["experiments"])
@@ -445,7 +464,9 @@ def run_experiments(config: dict, output_dir: str, out=None) -> list[dict]:
                "error": "" if error is None else str(error).splitlines()[0]}
         for side, prefix in (("foreground", ""), ("background", "background.")):
             for name, v in hp[side].items():
-                row[prefix + name] = v
+                # A foreground "mode" or "status" must not overwrite the run's own column.
+                column = prefix + name if prefix + name not in _CSV_FIXED else f"{side}.{name}"
+                row[column] = v
         rows.append(row)
         _write_csv_atomic(csv_path, rows)
         print(f"nbdist experiment: {exp['name']} run {k}: {status} in {row['elapsed_s']} s"
@@ -465,6 +486,15 @@ def main_cli(args) -> int:
         "nbdist-experiments", os.path.splitext(os.path.basename(args.config))[0])
     if not os.path.isabs(output_dir) and not args.output_dir:
         output_dir = os.path.join(base, output_dir)
+    # Every directory before the first run: a name the file system refuses (too long, not
+    # encodable) is a config error now, not a traceback that ends the experiment after a run.
+    for d in [output_dir] + [os.path.join(output_dir, e["name"]) for e in config["experiments"]]:
+        try:
+            os.makedirs(d, exist_ok=True)
+        except (OSError, UnicodeError) as exc:
+            why = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+            print(f"nbdist experiment: cannot create the directory {d}: {why}", file=sys.stderr)
+            return 2
     try:
         results = run_experiments(config, output_dir)
     except KeyboardInterrupt:

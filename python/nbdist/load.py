@@ -26,6 +26,7 @@ After the foreground ends, ``<job log dir>/record.json`` (written atomically) ho
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import sys
@@ -47,9 +48,12 @@ def _core():
 
 
 def _number(name: str, value, minimum: float = 0.0) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-        raise LaunchValueError(f"Load: {name} must be a number of seconds >= {minimum:g}, "
-                               f"got {value!r}")
+    # NaN passes a `< minimum` test: a NaN grace was an immediate SIGKILL, an infinite
+    # restart_delay killed the restart thread (Event.wait overflows).
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value < minimum):
+        raise LaunchValueError(f"Load: {name} must be a finite number of seconds >= "
+                               f"{minimum:g}, got {value!r}")
     return float(value)
 
 
@@ -174,8 +178,11 @@ class Load:
 
     def stop(self, grace: float | None = None) -> None:
         """Stops the load: no more restarts; the current run's process group gets SIGTERM, then
-        SIGKILL after ``grace`` seconds (default: the Load's). Returns once it is gone."""
-        g = self.grace if grace is None else float(grace)
+        SIGKILL after ``grace`` seconds (default: the Load's). Returns once it is gone. A Load
+        never started has nothing to stop (and can still be started)."""
+        g = self.grace if grace is None else _number("stop: grace", grace)
+        if self._thread is None:
+            return
         with self._lock:
             self._stop.set()
             sup = self._sup
@@ -263,7 +270,8 @@ class Load:
             n += 1
             if not self.restart or (self.max_runs is not None and n >= self.max_runs):
                 break
-            self._stop.wait(self.restart_delay)
+            # Event.wait raises OverflowError past TIMEOUT_MAX (a finite but huge delay).
+            self._stop.wait(min(self.restart_delay, threading.TIMEOUT_MAX))
         self._first.set()
 
     def _wait_warmup(self, job) -> None:
@@ -334,8 +342,28 @@ def build_record(job) -> dict:
 
 # -- the hooks a launch installs on its Job --------------------------------------------------------
 
+def _forget(job) -> None:
+    """A Job that will never start: at exit it must not be waited for (kill() would wait 11 s
+    for a driver that never ran), and nbdist.jobs() must not list it as "starting"."""
+    from .job import _live_jobs, _registry
+
+    _live_jobs.discard(job)
+    if job in _registry:
+        _registry.remove(job)
+
+
 def attach(job, *, monitor: bool, background_load: Load | None) -> None:
-    """Installs the monitor, the background load and the record on a Job not yet started."""
+    """Installs the monitor, the background load and the record on a Job not yet started; when
+    that fails (a bad argument, a GPU the monitor cannot see) the Job is forgotten and the error
+    raised."""
+    try:
+        _attach(job, monitor, background_load)
+    except BaseException:
+        _forget(job)
+        raise
+
+
+def _attach(job, monitor: bool, background_load: Load | None) -> None:
     if background_load is not None and not isinstance(background_load, Load):
         raise LaunchValueError(f"background_load must be an nbdist.Load, "
                                f"got {type(background_load).__name__}")
@@ -394,13 +422,7 @@ def launch_extended(plan, background: bool, prefix: str, monitor: bool, backgrou
     made = []
 
     def setup(job) -> None:
-        try:
-            attach(job, monitor=monitor, background_load=background_load)
-        except BaseException:
-            from .job import _registry
-
-            _registry.remove(job)  # never started: it must not be waited for
-            raise
+        attach(job, monitor=monitor, background_load=background_load)
         made.append(job)
 
     out = start_plan(plan, background, prefix, setup=setup)

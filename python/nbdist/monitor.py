@@ -72,6 +72,10 @@ __all__ = ["GpuEnergy", "Monitor", "MonitorSummary", "NvmlStatus"]
 _CSV_COLUMNS = ("gpu", "t_s", "power_w", "energy_j", "util_gpu", "util_mem", "mem_used_mib",
                 "temp_c")
 _MAX_HZ = 1000.0
+# The C++ sampler converts 1 / hz seconds to int64 nanoseconds of the steady clock: below ~1e-10 Hz
+# that overflows into a negative period and the thread spins, sampling millions of times a second.
+# One sample per 11.6 days keeps the period (and clock + period) far inside the range.
+_MIN_HZ = 1e-6
 # Energy-counter reads per second by default: see "Rates" in the module docstring.
 _DEFAULT_ENERGY_HZ = 1.0
 
@@ -279,7 +283,8 @@ class Monitor:
     Args:
         gpus: CUDA device indices as this process sees them (after ``CUDA_VISIBLE_DEVICES``), one
             index, or None for every visible GPU.
-        hz: samples per second per GPU of power, utilization, memory and temperature (default 10).
+        hz: samples per second per GPU of power, utilization, memory and temperature (default 10,
+            from 1e-6 to 1000).
         energy_hz: reads per second of the GPU's energy counter, at most ``hz`` (default 1, or
             ``hz`` when that is lower; 0 reads it only at start, stop, marks and summaries). Lower
             than ``hz`` because that NVML query costs ~3.7 ms of CPU (H100, driver 580) against
@@ -294,6 +299,9 @@ class Monitor:
                  energy_hz: float | None = None):
         if isinstance(hz, bool) or not isinstance(hz, numbers.Real) or not (0 < hz <= _MAX_HZ):
             raise MonitorValueError(f"Monitor(hz={hz!r}): hz must be a number in (0, {_MAX_HZ:g}]")
+        if hz < _MIN_HZ:
+            raise MonitorValueError(f"Monitor(hz={hz!r}): hz must be >= {_MIN_HZ:g} (one sample "
+                                    f"every {1 / _MIN_HZ / 86400:.1f} days)")
         if energy_hz is None:
             energy_hz = min(_DEFAULT_ENERGY_HZ, float(hz))
         if (isinstance(energy_hz, bool) or not isinstance(energy_hz, numbers.Real)

@@ -4,6 +4,7 @@ seeded mutate draws, and config errors that name the file and the field."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import subprocess
@@ -11,7 +12,7 @@ import sys
 
 import pytest
 
-from nbdist.experiment import ExperimentConfigError, draw, validate
+from nbdist.experiment import ExperimentConfigError, draw, run_experiments, validate
 
 FG = """
 import argparse, json, os, sys
@@ -114,6 +115,14 @@ def with_exp(**fields):
     ({"experiments": [{"name": "a", "foreground": {"command": "x"}},
                       {"name": "a", "foreground": {"command": "x"}}]},
      "experiments[1].name: 'a' is used by an earlier experiment"),
+    (with_exp(name="summary.csv"), "experiments[0].name: 'summary.csv' is taken"),
+    (with_exp(name="logs"), "experiments[0].name: 'logs' is taken"),
+    (with_exp(foreground={"command": "x", "hparams": {"lr": float("nan")}}),
+     "experiments[0].foreground.hparams.lr: must be a finite number"),
+    (with_exp(foreground={"command": "x", "env": {"X": float("inf")}}),
+     "experiments[0].foreground.env.X: must be a string or finite number"),
+    (with_exp(mutate={"my lr": {"low": 1, "high": 2}}),
+     "experiments[0].mutate.my lr: bad name 'my lr'"),
 ])
 def test_config_errors_name_the_field(config, message):
     with pytest.raises(ExperimentConfigError) as info:
@@ -136,3 +145,43 @@ def test_cli_reports_bad_json_and_bad_fields(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "config.json: experiments[2].mutate.lr: low must be < high" in proc.stderr
+
+
+def test_a_hyperparameter_named_like_a_summary_column_does_not_overwrite_it(tmp_path):
+    config = validate({"monitor": False, "experiments": [
+        {"name": "clash", "foreground": {"command": ["sh", "-c", "exit 3"],
+                                         "hparams": {"status": "ok", "mode": "train", "run": 7}}}]})
+    run_experiments(config, str(tmp_path), out=io.StringIO())
+    with open(tmp_path / "summary.csv") as f:
+        [row] = list(csv.DictReader(f))
+    assert (row["status"], row["mode"], row["run"]) == ("failed", "default", "0")
+    assert (row["foreground.status"], row["foreground.mode"], row["foreground.run"]) == (
+        "ok", "train", "7")
+
+
+def test_cli_reports_a_non_utf8_config_and_directories_it_cannot_create(tmp_path):
+    cfg = tmp_path / "latin1.json"
+    cfg.write_bytes('{"experiments": [{"name": "caf\u00e9", "foreground": {"command": "true"}}]}'
+                    .encode("latin-1"))
+    proc = subprocess.run([sys.executable, "-m", "nbdist.cli", "experiment", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "latin1.json: not UTF-8 text: byte 0xe9 at offset" in proc.stderr
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(base()))
+    (tmp_path / "a_file").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "nbdist.cli", "experiment", str(good),
+                           "--output-dir", str(tmp_path / "a_file")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot create the directory {tmp_path / 'a_file'}: File exists" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    long_name = tmp_path / "long.json"
+    long_name.write_text(json.dumps(with_exp(name="x" * 300)))
+    proc = subprocess.run([sys.executable, "-m", "nbdist.cli", "experiment", str(long_name),
+                           "--output-dir", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot create the directory {tmp_path / 'out' / ('x' * 300)}: File name too long" \
+        in proc.stderr
+    assert not (tmp_path / "out" / "logs").exists()  # refused before the first run

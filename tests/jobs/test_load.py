@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -159,10 +160,12 @@ def test_a_load_that_cannot_start_fails_the_job_clearly(log_dir):
 @pytest.mark.parametrize("kwargs, match", [
     ({"command_or_fn": 42}, "command_or_fn must be a command"),
     ({"command_or_fn": ""}, "the command is empty"),
-    ({"command_or_fn": "x", "restart_delay": -1}, "restart_delay must be a number"),
-    ({"command_or_fn": "x", "warmup": "5"}, "warmup must be a number"),
+    ({"command_or_fn": "x", "restart_delay": -1}, "restart_delay must be a finite number"),
+    ({"command_or_fn": "x", "warmup": "5"}, "warmup must be a finite number"),
     ({"command_or_fn": "x", "gpus": "a,b"}, "Load: gpus must be"),
     ({"command_or_fn": "x", "max_runs": 0}, "max_runs must be"),
+    ({"command_or_fn": "x", "grace": float("nan")}, "grace must be a finite number"),
+    ({"command_or_fn": "x", "restart_delay": float("inf")}, "restart_delay must be a finite"),
 ])
 def test_bad_load_arguments(kwargs, match):
     with pytest.raises(nbdist.LaunchValueError, match=match):
@@ -203,3 +206,55 @@ def test_standalone_load_with_max_runs(tmp_path):
     with pytest.raises(nbdist.LaunchError, match="already started"):
         load.start(str(tmp_path))
     load.stop()  # stopping a finished load is harmless
+
+
+def test_a_huge_restart_delay_waits_instead_of_ending_the_restart_loop(tmp_path):
+    load = nbdist.Load("true", restart_delay=1e300, grace=0.5)
+    load.start(str(tmp_path), "huge-delay")
+    try:
+        deadline = time.monotonic() + 30
+        while load.runs[0]["ended"] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.2)
+        # Waiting for the next run, not dead of an OverflowError in Event.wait.
+        assert load.running and load.error is None
+    finally:
+        began = time.monotonic()
+        load.stop()
+    assert time.monotonic() - began < 5.0
+    assert not load.running and load.exit_codes == [0]
+
+
+def test_stop_before_start_does_not_disable_the_load_and_a_bad_grace_is_named(tmp_path):
+    load = nbdist.Load("sleep 600", grace=0.5)
+    load.stop()  # nothing to stop yet
+    load.start(str(tmp_path), "stopped-early")
+    try:
+        assert load.running and len(load.runs) == 1
+        with pytest.raises(nbdist.LaunchValueError, match="stop: grace must be a finite number"):
+            load.stop(grace=float("nan"))  # NaN was an immediate SIGKILL
+        assert load.running
+    finally:
+        load.stop()
+    assert not load.running and load.runs[0]["signal"] == "SIGTERM"
+
+
+def test_a_launch_refused_before_it_started_does_not_delay_exit(tmp_path):
+    # The Job was made before its extensions were checked; left among the live jobs, the exit
+    # handler waited 11 s for a driver that never ran.
+    code = ("import nbdist\n"
+            "try:\n"
+            f"    nbdist.launch(print, nprocs=1, log_dir={str(tmp_path)!r},\n"
+            "                  background_load='sleep 1')\n"
+            "except nbdist.LaunchValueError as exc:\n"
+            "    print('refused:', exc)\n"
+            "print('jobs:', nbdist.jobs())\n")
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    took = time.monotonic() - began
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: background_load must be an nbdist.Load" in proc.stdout
+    assert "jobs: []" in proc.stdout
+    assert took < 6.0, f"exit took {took:.1f} s"

@@ -111,6 +111,16 @@ def test_stop_is_prompt_even_at_a_low_rate(fake_nvml):
     assert m.sampler_cpu_s >= 0
 
 
+def test_a_rate_too_low_for_the_sampler_clock_is_refused(fake_nvml):
+    # 1 / hz seconds overflowed the sampler's int64 nanoseconds: the thread spun instead.
+    with pytest.raises(MonitorValueError, match=r"hz=1e-300\): hz must be >= 1e-06"):
+        Monitor(hz=1e-300)
+    m = Monitor(hz=1e-6).start()  # the lowest rate: one sample every 11.6 days
+    time.sleep(0.2)
+    m.stop()
+    assert len(sample_times(m, 0)) == 2  # the start and stop samples, nothing in between
+
+
 def test_marks_split_the_energy_into_windows_that_add_up(fake_nvml):
     with Monitor(hz=50) as m:
         time.sleep(0.3)
