@@ -22,9 +22,12 @@ using arc::Grid;
 
 // A nested Python sequence of ints -> Grid; anything that is not a rectangular grid of small
 // non-negative ints comes back with h == 0 so the decoder counts it as an invalid sample.
-Grid grid_from_py(PyObject* obj) {
+// tolist is called at most once: an object whose tolist() answers another such object (a mock)
+// would otherwise recurse until the C stack overflows.
+Grid grid_from_py(PyObject* obj, bool via_tolist = false) {
   Grid g;
   if (!PyList_Check(obj) && !PyTuple_Check(obj) && PyObject_HasAttrString(obj, "tolist")) {
+    if (via_tolist) return g;
     // numpy arrays (and tensors): their nested-list form holds plain ints.
     py::object as_list =
         py::reinterpret_steal<py::object>(PyObject_CallMethod(obj, "tolist", nullptr));
@@ -32,7 +35,7 @@ Grid grid_from_py(PyObject* obj) {
       PyErr_Clear();
       return g;
     }
-    return grid_from_py(as_list.ptr());
+    return grid_from_py(as_list.ptr(), true);
   }
   PyObject* rows = PySequence_Fast(obj, "");
   if (!rows) {
@@ -43,7 +46,14 @@ Grid grid_from_py(PyObject* obj) {
   int w = -1;
   bool ok = h >= 1 && h <= arc::kMaxSide;
   for (Py_ssize_t r = 0; ok && r < h; ++r) {
-    PyObject* row = PySequence_Fast(PySequence_Fast_GET_ITEM(rows, r), "");
+    // Reading a row that is not a list or tuple runs its __iter__, which may shrink `rows` (when
+    // it is the caller's list) or drop the row's last reference: hold the row, re-check the size.
+    if (r >= PySequence_Fast_GET_SIZE(rows)) {
+      ok = false;
+      break;
+    }
+    py::object item = py::reinterpret_borrow<py::object>(PySequence_Fast_GET_ITEM(rows, r));
+    PyObject* row = PySequence_Fast(item.ptr(), "");
     if (!row) {
       PyErr_Clear();
       ok = false;
@@ -52,7 +62,7 @@ Grid grid_from_py(PyObject* obj) {
     const Py_ssize_t n = PySequence_Fast_GET_SIZE(row);
     if (w < 0) {
       w = static_cast<int>(n);
-      g.cells.reserve(static_cast<size_t>(h) * n);
+      if (n <= arc::kMaxSide) g.cells.reserve(static_cast<size_t>(h) * n);
     }
     if (n != w || n < 1 || n > arc::kMaxSide) ok = false;
     PyObject** items = PySequence_Fast_ITEMS(row);
@@ -73,6 +83,7 @@ Grid grid_from_py(PyObject* obj) {
     }
     Py_DECREF(row);
   }
+  ok = ok && PySequence_Fast_GET_SIZE(rows) == h;
   Py_DECREF(rows);
   if (!ok) return Grid{};
   g.h = static_cast<int>(h);

@@ -150,3 +150,37 @@ def test_augment_task_reorders_train_and_transforms_every_grid(arc_data):
 def test_pack_unpack_round_trip():
     grids = [[[1, 2], [3, 4]], [[9]]]
     assert unpack(*pack(grids)) == grids
+
+
+def test_ragged_or_out_of_range_grids_are_refused_not_rearranged():
+    # Two ragged grids whose cell counts add up used to come back silently rearranged.
+    aug = Augmentation(True, 1)
+    with pytest.raises(nbdist.ArcValueError, match=r"grids\[0\] row 1 has 2 cells"):
+        aug.apply_grids([[[1], [2, 3]], [[4, 5], [6]]])
+    with pytest.raises(nbdist.ArcValueError, match=r"grids\[1\] cell \[0\]\[0\] is 200"):
+        Augmentation(perm=(0, 2, 1, 3, 4, 5, 6, 7, 8, 9)).invert_grids([[[1]], [[200]]])
+    task = {"train": [{"input": [[1]], "output": [[1]]}, {"input": [[1], [2, 3]],
+                                                          "output": [[4, 5], [6]]}],
+            "test": [{"input": [[1]]}]}
+    with pytest.raises(nbdist.ArcValueError, match=r"task: train\[1\].input row 1 has 2"):
+        augment(task, ".rot1.ex1-0")
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"rot": 1.5}, "rot must be an int 0..3, got 1.5"),
+    ({"perm": (256, 1, 2, 3, 4, 5, 6, 7, 8, 9)}, "perm must be a permutation of 0..9"),
+    ({"perm": (0.0, 1, 2, 3, 4, 5, 6, 7, 8, 9)}, "perm must be a permutation of 0..9"),
+    ({"example_order": (2**40,)}, "example_order must be a permutation"),
+])
+def test_augmentation_fields_the_suffix_cannot_hold_are_refused(kwargs, fragment):
+    # rot 1.5 used to become rot1 and perm 256 the identity, silently.
+    with pytest.raises(nbdist.ArcValueError, match=fragment):
+        Augmentation(**kwargs)
+
+
+def test_ragged_score_arrays_are_refused():
+    # 2 + 1 + 3 values fill a (3, 2) array: this used to pass and come back rearranged.
+    with pytest.raises(nbdist.ArcValueError, match="score array row 1 is not shaped like row 0"):
+        Augmentation(True).apply_scores([[1.0, 2.0], [3.0], [4.0, 5.0, 6.0]])
+    with pytest.raises(nbdist.ArcValueError, match="row 0 is not shaped like row 0 .2 cells of"):
+        Augmentation(True).invert_scores([[[0.0] * 10, 2.0]])

@@ -150,3 +150,46 @@ def test_bad_submissions_name_task_and_field(bundled, tmp_path):
         bundled.read_submission(p)
     with pytest.raises(nbdist.ArcValueError, match="unit 'nope_0': not in"):
         bundled.get_submission({"nope_0": []})
+
+
+def test_files_that_are_not_utf8_json_are_named(tmp_path):
+    (tmp_path / "c.json").write_bytes(b"\x1f\x8b\x08\x00 a gzip file, say")
+    with pytest.raises(nbdist.ArcValueError, match="c.json: not UTF-8 text"):
+        ArcDataset.from_file(tmp_path / "c.json")
+
+
+def test_a_task_id_given_twice_is_refused_not_dropped(tmp_path):
+    other = {"train": GOOD["train"], "test": [{"input": [[5]]}, {"input": [[6]]}]}
+    p = tmp_path / "c.json"
+    p.write_text(f'{{"t1": {json.dumps(GOOD)}, "t2": {json.dumps(GOOD)}, '
+                 f'"t1": {json.dumps(other)}}}')
+    with pytest.raises(nbdist.ArcValueError, match="c.json: key 't1' appears twice"):
+        ArcDataset.from_file(p)
+    with pytest.raises(nbdist.ArcValueError, match="task 1: appears twice"):
+        ArcDataset({1: GOOD, "1": other})
+    with pytest.raises(nbdist.ArcValueError, match="challenges must map task ids to tasks"):
+        ArcDataset([GOOD])
+
+
+def test_the_wrong_loader_for_a_layout_says_which_to_use(arc_data):
+    with pytest.raises(nbdist.ArcValueError, match="00576224.json: holds a single task.*from_dir"):
+        ArcDataset.from_file(arc_data / "arc-agi-1" / "evaluation" / "00576224.json")
+    with pytest.raises(nbdist.ArcValueError, match="holds 400 tasks.*from_file"):
+        ArcDataset.from_dir(arc_data / KAGGLE)
+
+
+def test_unit_keys_with_non_ascii_digits_are_unknown_units(bundled):
+    split = bundled.split_multi_replies()
+    with pytest.raises(nbdist.ArcValueError, match="unit '00576224_\u00b2': no such task test"):
+        split.truth("00576224_\u00b2")
+
+
+def test_results_that_are_not_lists_of_guesses_are_named(bundled):
+    truth = bundled.tasks["00576224"]["test"][0]["output"]
+    with pytest.raises(nbdist.ArcValueError, match="unit 00576224_0: is a NoneType, not a list"):
+        bundled.get_submission({"00576224_0": None})
+    # A bare grid used to read as a list of guesses whose first guess is its first row.
+    with pytest.raises(nbdist.ArcValueError, match="unit 00576224_0: is one grid.*\\[grid\\]"):
+        bundled.get_submission({"00576224_0": truth})
+    sub = bundled.get_submission({"00576224_0": (g for g in [truth])})
+    assert sub["00576224"][0] == {"attempt_1": truth, "attempt_2": [[0]]}

@@ -195,3 +195,78 @@ def test_records_changed_by_a_conversion_are_read_as_changed():
     assert dec.candidates("t_0") == [
         {"grid": [[1, 2]], "logprobs": [-1.0], "aug_logprobs": None},
         {"grid": [[5, 6], [7, 8]], "logprobs": [-0.25], "aug_logprobs": None}]
+
+
+_SELF_TOLIST = """
+class Grid:
+    def tolist(self):
+        return Grid()
+
+grid = Grid()
+"""
+
+_ROW_SHRINKS_GRID = """
+grid = []
+
+class Row:
+    def __iter__(self):
+        grid.clear()
+        return iter([1])
+
+grid.extend([Row(), Row()])
+"""
+
+
+@pytest.mark.parametrize("make_grid", [_SELF_TOLIST, _ROW_SHRINKS_GRID],
+                         ids=["tolist_answers_tolist_able", "row_iter_shrinks_grid"])
+def test_grid_objects_that_run_python_cannot_crash_the_decoder(make_grid):
+    # Both used to kill the interpreter: a tolist() answering another tolist-able object
+    # recursed in C until the stack overflowed (a MagicMock does this), and a row whose
+    # __iter__ shrinks the grid list left the row loop reading freed slots. Run in a child so
+    # that a crash is a failed assertion, not a dead test session.
+    import subprocess
+    import sys
+
+    code = make_grid + """
+from nbdist.arc import Decoder
+dec = Decoder(None, ["a_0"])
+print(dec.add("a_0", grid=grid, logprob=-1.0), dec.n_invalid)
+"""
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.split() == ["False", "1"]
+
+
+def test_records_that_are_not_dicts_are_named():
+    dec = Decoder(None, ["a_0"])
+    good = {"key": "a_0", "grid": [[1]], "logprob": -1.0}
+    with pytest.raises(nbdist.ArcValueError, match="record 1: is a NoneType, not a dict"):
+        dec.add_many([good, None])
+    with pytest.raises(nbdist.ArcValueError, match="record 0: is a tuple, not a dict"):
+        dec.add_many([("a_0", "1\n", -1.0)])
+    with pytest.raises(nbdist.ArcValueError, match="not one record"):
+        dec.add_many(good)
+    assert dec.n_samples == 0
+
+
+def test_unit_keys_given_as_one_str_and_very_large_n_guesses():
+    # A str is a sequence of str: it used to become one unit per character.
+    with pytest.raises(nbdist.ArcValueError, match="list of unit keys, got 'a_0'"):
+        Decoder(None, "a_0")
+    # More guesses than any unit can have: every candidate, not a binding TypeError.
+    dec = Decoder(None, ["a_0"], n_guesses=2**40)
+    dec.add_many([{"key": "a_0", "grid": [[c]], "logprob": -c} for c in range(5)])
+    assert dec.n_guesses == 2**40
+    assert dec.run_selection_algo("max_gen_prob")["a_0"] == [[[c]] for c in range(5)]
+
+
+def test_algorithm_names_of_the_wrong_type(ds):
+    dec = Decoder(GridFormatter(), ds.split_multi_replies())
+    key = dec.unit_keys[0]
+    dec.add(key, grid=ds.split_multi_replies().truth(key), logprob=-1.0)
+    # One name where a list is expected is that one algorithm, not one per letter.
+    (row,) = dec.benchmark_selection_algos("vote", verbose=False)
+    assert row["algorithm"] == "vote" and row["score"] == 1.0
+    with pytest.raises(nbdist.ArcValueError, match=r"unknown selection algorithm \['vote'\]"):
+        dec.run_selection_algo(["vote"])

@@ -118,3 +118,13 @@ def test_parse_query_names_the_broken_part():
     fmt = GridFormatter()
     with pytest.raises(nbdist.ArcValueError, match="pair 0 input: not a valid grid"):
         fmt.parse_query("I12\n3\nO")
+
+
+def test_texts_that_are_not_str_are_named():
+    fmt = GridFormatter()
+    with pytest.raises(nbdist.ArcValueError, match="text is a NoneType, not a str"):
+        fmt.decode(None)
+    with pytest.raises(nbdist.ArcValueError, match=r"texts\[1\] is a NoneType, not a str"):
+        fmt.decode_many(["1\n", None])
+    with pytest.raises(nbdist.ArcValueError, match="alphabet must be 10 distinct ASCII"):
+        GridFormatter(alphabet=list("0123456789"))

@@ -9,6 +9,7 @@ has the empty suffix. The 8 dihedral transforms are ``rot`` 0..3 with and withou
 
 from __future__ import annotations
 
+import numbers
 import random as _random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +32,21 @@ class Augmentation:
     example_order: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        # The C++ parser is the single definition of what a well-formed augmentation is.
+        # The C++ side stores these as small ints and would silently truncate 1.5 or 256: check
+        # the types here; the C++ parser is the single definition of the rest.
+        def ints(v):
+            return all(isinstance(x, numbers.Integral) and not isinstance(x, bool) for x in v)
+
+        if not ints([self.rot]) or not 0 <= self.rot <= 3:
+            raise ArcValueError(f"Augmentation: rot must be an int 0..3, got {self.rot!r}")
+        if self.perm is not None and (not ints(self.perm)
+                                      or sorted(self.perm) != list(range(10))):
+            raise ArcValueError(f"Augmentation: perm must be a permutation of 0..9, "
+                                f"got {self.perm!r}")
+        if self.example_order is not None and (not ints(self.example_order) or sorted(
+                self.example_order) != list(range(len(self.example_order)))):
+            raise ArcValueError(f"Augmentation: example_order must be a permutation of "
+                                f"0..n-1, got {self.example_order!r}")
         _arc.parse_suffix(self.suffix)
 
     @property
@@ -44,6 +59,8 @@ class Augmentation:
     @classmethod
     def from_suffix(cls, suffix: str) -> Augmentation:
         """Parses ``".tp.rot1.perm..."`` (each part at most once, any order)."""
+        if not isinstance(suffix, str):
+            raise ArcValueError(f"augmentation suffix must be a str, got {suffix!r}")
         try:
             tp, rot, perm, order = _arc.parse_suffix(suffix)
         except ValueError as e:
@@ -82,21 +99,24 @@ class Augmentation:
         """The exact inverse of :meth:`apply_packed`."""
         return _arc.transform_grids(self.suffix, cells, list(shapes), True)
 
-    def apply_grids(self, grids: Sequence[Grid]) -> list[Grid]:
-        cells, shapes = pack(grids)
-        out, oshapes = _arc.transform_grids(self.suffix, cells, shapes, False)
-        return unpack(out, oshapes)
+    def apply_grids(self, grids: Sequence[Any]) -> list[Grid]:
+        return self._grids([check_grid(g, f"grids[{i}]") for i, g in enumerate(grids)], False)
 
-    def invert_grids(self, grids: Sequence[Grid]) -> list[Grid]:
-        cells, shapes = pack(grids)
-        out, oshapes = _arc.transform_grids(self.suffix, cells, shapes, True)
-        return unpack(out, oshapes)
+    def invert_grids(self, grids: Sequence[Any]) -> list[Grid]:
+        return self._grids([check_grid(g, f"grids[{i}]") for i, g in enumerate(grids)], True)
 
     def apply_grid(self, grid: Any) -> Grid:
-        return self.apply_grids([check_grid(grid, "grid")])[0]
+        return self._grids([check_grid(grid, "grid")], False)[0]
 
     def invert_grid(self, grid: Any) -> Grid:
-        return self.invert_grids([check_grid(grid, "grid")])[0]
+        return self._grids([check_grid(grid, "grid")], True)[0]
+
+    def _grids(self, grids: list[Grid], inverse: bool) -> list[Grid]:
+        # Checked grids only: a ragged grid packs into cells that the shapes of its neighbours
+        # can absorb, and comes back silently rearranged.
+        cells, shapes = pack(grids)
+        out, oshapes = _arc.transform_grids(self.suffix, cells, shapes, inverse)
+        return unpack(out, oshapes)
 
     # per-cell score arrays -------------------------------------------------------------------
     def apply_scores(self, scores: Any) -> Any:
@@ -120,6 +140,12 @@ class Augmentation:
             h, w = len(rows), len(rows[0]) if rows else 0
             nested = bool(rows and rows[0] and isinstance(rows[0][0], (list, tuple)))
             shape = (h, w, len(rows[0][0])) if nested else (h, w)
+            for r, row in enumerate(rows):
+                # A ragged array could still hold h * w values, and come back rearranged.
+                if len(row) != w or nested and any(
+                        not isinstance(c, (list, tuple)) or len(c) != shape[2] for c in row):
+                    raise ArcValueError(f"score array row {r} is not shaped like row 0 "
+                                        f"({w} cells{f' of {shape[2]} values' if nested else ''})")
             flat = [float(v) for r in rows for c in r for v in (c if nested else (c,))]
         if len(shape) not in (2, 3):
             raise ArcValueError(f"score arrays are (h, w) or (h, w, 10); got shape {shape}")
@@ -155,14 +181,15 @@ def augment(task: dict[str, Any], spec: Augmentation | str) -> dict[str, Any]:
                                 f"train pairs, the task has {len(train)}")
         train = [train[i] for i in aug.example_order]
     grids: list[Grid] = []
-    for p in train:
-        grids += [p["input"], p["output"]]
+    for i, p in zip(aug.example_order or range(len(train)), train):
+        grids += [check_grid(p["input"], f"task: train[{i}].input"),
+                  check_grid(p["output"], f"task: train[{i}].output")]
     tests = task["test"]
-    for t in tests:
-        grids.append(t["input"])
+    for i, t in enumerate(tests):
+        grids.append(check_grid(t["input"], f"task: test[{i}].input"))
         if "output" in t:
-            grids.append(t["output"])
-    it = iter(aug.apply_grids(grids))
+            grids.append(check_grid(t["output"], f"task: test[{i}].output"))
+    it = iter(aug._grids(grids, False))
     out_train = [{"input": next(it), "output": next(it)} for _ in train]
     out_test = []
     for t in tests:

@@ -23,14 +23,35 @@ EMPTY_ATTEMPT: Grid = [[0]]
 ATTEMPT_KEYS = ("attempt_1", "attempt_2")
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of two equal keys; a task id (or field) given twice is a mistake.
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateKey(k)
+            seen.add(k)
+    return obj
+
+
 def _load_json(path: Path) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            return json.load(f, object_pairs_hook=_unique_keys)
     except FileNotFoundError:
         raise ArcValueError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise ArcValueError(f"{path.name}: not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise ArcValueError(f"{path.name}: not UTF-8 text, so not JSON ({e})") from None
+    except _DuplicateKey as e:
+        raise ArcValueError(f"{path.name}: key {e.args[0]!r} appears twice in one object "
+                            f"(task ids and fields must be unique)") from None
 
 
 def _check_task(task: Any, fname: str, tid: str, need_test_output: bool) -> dict[str, Any]:
@@ -87,9 +108,14 @@ class ArcDataset:
 
     def __init__(self, challenges: Mapping[str, Any], solutions: Mapping[str, Any] | None = None,
                  *, source: str = "<memory>", split: bool = False):
+        if not isinstance(challenges, Mapping):
+            raise ArcValueError(f"{source}: challenges must map task ids to tasks, got a "
+                                f"{type(challenges).__name__}")
         self.source = source
         self.tasks: dict[str, dict[str, Any]] = {}
         for tid, task in challenges.items():
+            if str(tid) in self.tasks:
+                raise ArcValueError(f"{source}: task {tid}: appears twice")
             self.tasks[str(tid)] = _check_task(task, source, tid, need_test_output=False)
         if solutions is not None:
             self._attach_solutions(solutions, source)
@@ -105,6 +131,9 @@ class ArcDataset:
         data = _load_json(cpath)
         if not isinstance(data, Mapping):
             raise ArcValueError(f"{cpath.name}: must hold an object mapping task ids to tasks")
+        if "train" in data and "test" in data:
+            raise ArcValueError(f"{cpath.name}: holds a single task (train and test at the top "
+                                f"level); load a folder of such files with ArcDataset.from_dir")
         ds = cls(data, source=cpath.name)
         if solutions is not None:
             spath = Path(solutions)
@@ -126,7 +155,12 @@ class ArcDataset:
             raise ArcValueError(f"{root}: holds no .json task files")
         ds = cls({}, source=str(root))
         for f in files:
-            ds.tasks[f.stem] = _check_task(_load_json(f), f.name, f.stem, need_test_output=False)
+            data = _load_json(f)
+            if (isinstance(data, Mapping) and "train" not in data and data
+                    and all(isinstance(t, Mapping) and "train" in t for t in data.values())):
+                raise ArcValueError(f"{f.name}: holds {len(data)} tasks (a combined challenges "
+                                    f"file); load it with ArcDataset.from_file")
+            ds.tasks[f.stem] = _check_task(data, f.name, f.stem, need_test_output=False)
         if all("output" in t for task in ds.tasks.values() for t in task["test"]):
             ds._solutions_known = True
         return ds
@@ -219,7 +253,9 @@ class ArcDataset:
     def _unit(self, key: str):
         tid, _, idx = key.rpartition("_")
         task = self.tasks.get(tid)
-        if task is None or not idx.isdigit() or int(idx) >= len(task["test"]):
+        # isdigit() alone admits '²', which int() rejects.
+        if (task is None or not (idx.isascii() and idx.isdigit())
+                or int(idx) >= len(task["test"])):
             raise ArcValueError(f"{self.source}: unit {key!r}: no such task test")
         return tid, int(idx), task
 
@@ -248,7 +284,16 @@ class ArcDataset:
         for tid, task in self.tasks.items():
             entries = []
             for i in range(len(task["test"])):
-                guesses = list(results.get(f"{tid}_{i}", ()))
+                guesses = results.get(f"{tid}_{i}", ())
+                if isinstance(guesses, (str, bytes, Mapping)) or not isinstance(guesses,
+                                                                                Iterable):
+                    raise ArcValueError(f"results: unit {tid}_{i}: is a "
+                                        f"{type(guesses).__name__}, not a list of guesses")
+                guesses = (guesses.tolist() if hasattr(guesses, "tolist")
+                           and not isinstance(guesses, (list, tuple)) else list(guesses))
+                if guesses and grid_problem(guesses) is None:
+                    raise ArcValueError(f"results: unit {tid}_{i}: is one grid, not a list of "
+                                        f"guesses (wrap it: [grid])")
                 entry = {}
                 for a, name in enumerate(ATTEMPT_KEYS):
                     g = guesses[a] if a < len(guesses) else EMPTY_ATTEMPT

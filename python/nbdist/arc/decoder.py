@@ -27,7 +27,7 @@ from .selection import ALGORITHM_NAMES, baseline_of, resolve
 
 def _task_of(unit_key: str) -> str:
     tid, sep, idx = unit_key.rpartition("_")
-    return tid if sep and idx.isdigit() else unit_key
+    return tid if sep and idx.isascii() and idx.isdigit() else unit_key
 
 
 class Decoder:
@@ -42,8 +42,9 @@ class Decoder:
     def __init__(self, formatter: GridFormatter | None = None,
                  dataset_or_unit_keys: ArcDataset | Sequence[str] | None = None,
                  n_guesses: int = 2, prob_baseline: float = 0.05):
-        if dataset_or_unit_keys is None:
-            raise ArcValueError("Decoder: pass an ArcDataset or a list of unit keys")
+        if dataset_or_unit_keys is None or isinstance(dataset_or_unit_keys, (str, bytes)):
+            raise ArcValueError(f"Decoder: pass an ArcDataset or a list of unit keys, got "
+                                f"{dataset_or_unit_keys!r}")
         if isinstance(n_guesses, bool) or not isinstance(n_guesses, int) or n_guesses < 1:
             raise ArcValueError(f"Decoder: n_guesses must be an int >= 1, got {n_guesses!r}")
         if not (isinstance(prob_baseline, (int, float)) and 0 < prob_baseline <= 1):
@@ -66,8 +67,10 @@ class Decoder:
         self._grid_cache: list[list[Grid | None] | None] = []
         f = self.formatter
         try:
-            self._dec = _core.arc.Decoder(keys, tasks, n_guesses, f.alphabet, f.row_end,
-                                          f.end_marker)
+            # More guesses than any unit can have candidates mean "all of them": clamped to
+            # what the C++ int holds.
+            self._dec = _core.arc.Decoder(keys, tasks, min(n_guesses, 2**31 - 1), f.alphabet,
+                                          f.row_end, f.end_marker)
         except ValueError as e:
             raise ArcValueError(f"Decoder: {e}") from None
         if truths and truths[0]:
@@ -95,6 +98,8 @@ class Decoder:
         invalid. A malformed record (unknown unit, bad suffix, NaN, neither or both of
         grid/text, a wrong type) raises ArcValueError naming it, and then nothing of the batch
         is added."""
+        if isinstance(records, Mapping):
+            raise ArcValueError("add_many: pass a list of records, not one record (use add)")
         records = records if isinstance(records, list) else list(records)
         try:
             try:
@@ -102,6 +107,11 @@ class Decoder:
             except TypeError as e:
                 if "not a dict" not in str(e):
                     raise
+                for i, r in enumerate(records):
+                    if not isinstance(r, Mapping):
+                        raise ArcValueError(f"record {i}: is a {type(r).__name__}, not a dict "
+                                            f"with 'key', 'logprob' and 'text' or 'grid'"
+                                            ) from None
                 # Other mappings work too, at the cost of a copy.
                 return self._dec.add_records([dict(r) for r in records])
         except ArcValueError:
@@ -150,7 +160,8 @@ class Decoder:
         per algorithm: ``score`` (Kaggle, n_guesses attempts), ``score_1`` (one attempt),
         ``fraction`` (score / tasks), ``oracle`` (units whose truth is among the candidates /
         units), ``mean_rank`` (1-based rank of the truth where this algorithm ranks it)."""
-        names = list(names) if names is not None else ALGORITHM_NAMES
+        names = ([names] if isinstance(names, str) else list(names) if names is not None
+                 else ALGORITHM_NAMES)
         rows = []
         for name in names:
             st = self._dec.evaluate(*self._spec(name))

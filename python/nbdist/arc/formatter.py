@@ -25,7 +25,8 @@ class GridFormatter:
 
     def __init__(self, *, alphabet: str = "0123456789", row_end: str = "\n",
                  input_marker: str = "I", output_marker: str = "O", end_marker: str = "."):
-        if len(alphabet) != 10 or len(set(alphabet)) != 10 or not alphabet.isascii():
+        if (not isinstance(alphabet, str) or len(alphabet) != 10 or len(set(alphabet)) != 10
+                or not alphabet.isascii()):
             raise ArcValueError(f"GridFormatter: alphabet must be 10 distinct ASCII symbols, "
                                 f"got {alphabet!r}")
         if not row_end or any(ch in alphabet for ch in row_end):
@@ -86,13 +87,23 @@ class GridFormatter:
     # decoding ------------------------------------------------------------------------------
     def decode(self, text: str) -> Grid | None:
         """The grid in a reply text, or None when the text is not a valid grid."""
+        if not isinstance(text, (str, bytes)):
+            raise ArcValueError(f"text is a {type(text).__name__}, not a str")
         grids, _ = self.decode_many([text])
         return grids[0]
 
     def decode_many(self, texts: Sequence[str]) -> tuple[list[Grid | None], dict[str, int]]:
         """Decodes replies in bulk: (grids with None for invalid ones, counts per reason)."""
-        cells, shapes, status = _arc.decode_texts(self.alphabet, self.row_end, self.end_marker,
-                                                  list(texts))
+        texts = list(texts)
+        try:
+            cells, shapes, status = _arc.decode_texts(self.alphabet, self.row_end,
+                                                      self.end_marker, texts)
+        except TypeError:
+            bad = next((i for i, t in enumerate(texts) if not isinstance(t, (str, bytes))), None)
+            if bad is None:
+                raise
+            raise ArcValueError(f"texts[{bad}] is a {type(texts[bad]).__name__}, not a str"
+                                ) from None
         grids = unpack(cells, shapes)
         counts: dict[str, int] = {}
         out: list[Grid | None] = []

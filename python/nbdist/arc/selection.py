@@ -72,7 +72,7 @@ ALGORITHM_NAMES: list[str] = list(ALGORITHMS)
 
 def resolve(name: str) -> AlgoSpec:
     """The spec of an algorithm or alias name; ArcValueError listing the known names if none."""
-    spec = ALGORITHMS.get(name) or ALIASES.get(name)
+    spec = (ALGORITHMS.get(name) or ALIASES.get(name)) if isinstance(name, str) else None
     if spec is None:
         raise ArcValueError(f"unknown selection algorithm {name!r}; known: "
                             f"{', '.join(ALGORITHM_NAMES + list(ALIASES))}")
