@@ -448,6 +448,14 @@ void Supervisor::on_exit(Rank& r, int wait_status, bool lost) {
   r.log.reset();
   reaper_untrack(r.status.pid);
   bool ok = !lost && WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0;
+  if (!ok && !teardown_ && dump_until_ > 0 && !lost && WIFSIGNALED(wait_status) &&
+      WTERMSIG(wait_status) == opt_.dump_signal) {
+    // The timeout's stack-dump signal ended a rank with no handler for it (a script or a command
+    // rank; nbdist's own ranks dump their stacks on it): the timeout stopped it, not a failure.
+    r.status.after_teardown = true;
+    begin_teardown(JobState::kTimedOut, opt_.grace_s);
+    return;
+  }
   if (!ok && !teardown_) {
     failure_rank_ = r.status.rank;
     begin_teardown(JobState::kFailed, opt_.grace_s);

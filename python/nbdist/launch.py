@@ -618,8 +618,13 @@ class _Plan:
                      for rs in ranks}
             parts = [f"job {self.job_id} timed out after {self.timeout} s ({world} ranks); "
                      f"Python stacks of every rank at the timeout:"]
-            for r, text in dumps.items():
-                parts.append(f"--- rank {r} ---\n{text.rstrip() or '(no stack dump received)'}")
+            for rs in ranks:
+                text = dumps[grank(rs.rank)].rstrip()
+                if not text:
+                    # A script or command rank has no handler for the dump signal: it ends by it.
+                    text = (f"(no stack dump: the rank ended by {how(rs)})" if rs.exited
+                            else "(no stack dump received)")
+                parts.append(f"--- rank {grank(rs.rank)} ---\n{text}")
             parts.append(f"logs: {self.job_dir}")
             return LaunchTimeoutError("\n".join(parts), job_id=self.job_id,
                                       log_dir=self.job_dir, failures=failure_dicts, dumps=dumps)

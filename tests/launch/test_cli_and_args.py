@@ -120,3 +120,15 @@ def test_cli_runs_a_module(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.count("[rank 0] Linux") == 1 and res.stdout.count("[rank 1] Linux") == 1
+
+
+def test_cli_timeout_of_a_script_is_a_timeout_not_a_failure(tmp_path):
+    # A script has no handler for the stack-dump signal the timeout sends first (SIGUSR2): it
+    # ends by it, and that is the timeout's doing, not a rank that failed.
+    script = tmp_path / "slow.py"
+    script.write_text("import time\nprint('started', flush=True)\ntime.sleep(60)\n")
+    res = subprocess.run([sys.executable, "-m", "nbdist", "run", "--nprocs", "2", "--timeout",
+                          "1", "--log-dir", str(tmp_path / "logs"), str(script)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 124, res.stderr
+    assert "timed out after 1" in res.stderr and "failed" not in res.stderr, res.stderr
