@@ -80,3 +80,15 @@ def test_core_builds_and_launches_where_torch_is_absent(tmp_path):
     assert run.returncode == 0, run.stdout + run.stderr
     assert "RESULTS [10, 11]" in run.stdout
     assert "DDP_ERROR" in run.stdout and "pip install torch" in run.stdout
+
+
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path):
+    # A submission.json or a CSV that only its writer can read is no use to a grader.
+    import subprocess
+    import sys
+
+    code = ("import os, sys; os.umask(0o027); from nbdist._io import atomic_write; "
+            "p = atomic_write(sys.argv[1], 'x'); print(oct(os.stat(p).st_mode & 0o777))")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "sub" / "submission.json")],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "0o640"
