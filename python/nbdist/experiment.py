@@ -69,6 +69,7 @@ from ._io import atomic_write
 
 MODES = ("default", "parallel")
 DISTRIBUTIONS = ("uniform", "log-uniform")
+_MAX_COOLDOWN_S = 86400.0
 _TOP_KEYS = {"output_dir", "seed", "runs_per_config", "cooldown_s", "monitor", "experiments"}
 _EXP_KEYS = {"name", "mode", "foreground", "background", "mutate", "runs_per_config",
              "cooldown_s", "monitor"}
@@ -102,13 +103,16 @@ class _Checker:
             self.fail(where, f"unknown field(s) {', '.join(extra)} (allowed: "
                              f"{', '.join(sorted(allowed))})")
 
-    def number(self, where: str, value, minimum: float | None = None, integer: bool = False):
+    def number(self, where: str, value, minimum: float | None = None, integer: bool = False,
+               maximum: float | None = None):
         ok = (isinstance(value, int) if integer else isinstance(value, (int, float)))
         if isinstance(value, bool) or not ok or (isinstance(value, float)
                                                  and not math.isfinite(value)):
             self.fail(where, f"must be {'an integer' if integer else 'a number'}, got {value!r}")
         if minimum is not None and value < minimum:
             self.fail(where, f"must be >= {minimum:g}, got {value!r}")
+        if maximum is not None and value > maximum:
+            self.fail(where, f"must be <= {maximum:g}, got {value!r}")
         return value
 
     def program(self, where: str, obj: dict) -> list[str]:
@@ -188,7 +192,8 @@ def validate(config: Any, source: str = "config", base_dir: str | None = None) -
     ck.keys("(top level)", config, _TOP_KEYS)
     seed = ck.number("seed", config.get("seed", 0), integer=True)
     runs_default = ck.number("runs_per_config", config.get("runs_per_config", 1), 1, True)
-    cool_default = ck.number("cooldown_s", config.get("cooldown_s", 0), 0)
+    # time.sleep overflows past ~292 years; a day between runs is more than any cool-down needs.
+    cool_default = ck.number("cooldown_s", config.get("cooldown_s", 0), 0, maximum=_MAX_COOLDOWN_S)
     monitor_default = config.get("monitor", True)
     if not isinstance(monitor_default, bool):
         ck.fail("monitor", f"must be true or false, got {monitor_default!r}")
@@ -300,7 +305,7 @@ def validate(config: Any, source: str = "config", base_dir: str | None = None) -
             "runs_per_config": ck.number(f"{w}.runs_per_config",
                                          e.get("runs_per_config", runs_default), 1, True),
             "cooldown_s": float(ck.number(f"{w}.cooldown_s", e.get("cooldown_s", cool_default),
-                                          0)),
+                                          0, maximum=_MAX_COOLDOWN_S)),
         })
     return {"seed": seed, "output_dir": out_dir, "experiments": norm}
 

@@ -111,6 +111,7 @@ def with_exp(**fields):
      "none"),
     (with_exp(runs_per_config=0), "experiments[0].runs_per_config: must be >= 1"),
     (with_exp(cooldown_s=-1), "experiments[0].cooldown_s: must be >= 0"),
+    (with_exp(cooldown_s=1e300), "experiments[0].cooldown_s: must be <= 86400"),
     (with_exp(colour="red"), "experiments[0]: unknown field(s) colour"),
     ({"experiments": [{"name": "a", "foreground": {"command": "x"}},
                       {"name": "a", "foreground": {"command": "x"}}]},
