@@ -339,6 +339,51 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+class _HeldInterrupt:
+    """Holds back Ctrl-C ("interrupt kernel": SIGINT) while the ranks of an attempt start, and
+    raises it once they have all started and the supervisor knows them.
+
+    A KeyboardInterrupt in the middle of starting them lost ranks: one raised after a rank was
+    forked but before the supervisor had its pid (``_start_fork`` between ``_fork_batch`` and
+    ``attach_rank``; ``_fork_batch`` itself between a fork and ``pids.append``) left that rank
+    running unsupervised until the kernel died, since the teardown only reaches ranks it knows.
+    With the zygote it was worse: raised while ``Zygote.fork_rank`` waited for the zygote's reply
+    (the pid of the rank it had just forked), it left that rank running and the reply unread in
+    the socket, so the kernel's next launch read it as the pid of its own rank 0, and every launch
+    after was one reply behind: the supervisors watched (and would signal) the wrong processes.
+
+    Starting N ranks takes milliseconds, so holding the interrupt that long costs nothing; once
+    the attempt's ranks are attached, the held interrupt is raised and the ordinary path tears
+    them down (start_attempt, then Job._interrupted). Only the main thread gets SIGINT and only
+    there may a handler be set; elsewhere (a background job's driver) this does nothing, as it
+    does when the current handler is not a Python callable (SIG_IGN, SIG_DFL, or one set in C)."""
+
+    def __init__(self) -> None:
+        self._previous = None
+        self._pending: tuple | None = None
+
+    def _hold(self, signum, frame) -> None:
+        self._pending = (signum, frame)
+
+    def __enter__(self) -> _HeldInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if callable(previous):
+                try:
+                    signal.signal(signal.SIGINT, self._hold)
+                    self._previous = previous
+                except ValueError:  # not the main interpreter
+                    pass
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is None:
+            return
+        signal.signal(signal.SIGINT, self._previous)
+        if self._pending is not None:
+            self._previous(*self._pending)  # the kernel's handler: raises KeyboardInterrupt
+
+
 # -- the plan of a launch -------------------------------------------------------------------------
 
 class _Plan:
@@ -406,12 +451,18 @@ class _Plan:
         start_error = None
         try:
             method = self.start_method
-            if method == "fork":
-                pids = self._start_fork(sup, restart)
-            elif method == "zygote":
-                pids = self._start_zygote(sup, restart)
-            else:
-                pids = self._start_spawn(sup, restart)
+            if method == "zygote":
+                from ._zygote import get_zygote
+
+                get_zygote()  # a first start imports torch (seconds): stays interruptible
+            # Ctrl-C is held while the ranks start (see _HeldInterrupt) and raised right after.
+            with _HeldInterrupt():
+                if method == "fork":
+                    pids = self._start_fork(sup, restart)
+                elif method == "zygote":
+                    pids = self._start_zygote(sup, restart)
+                else:
+                    pids = self._start_spawn(sup, restart)
         except KeyboardInterrupt:
             sup.kill(0.0)
             sup.seal()
