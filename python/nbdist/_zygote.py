@@ -140,16 +140,25 @@ class Zygote:
                 [sys.executable, "-m", "nbdist._zygote"], env, os.getcwd(),
                 [(child.fileno(), 3)], signal.SIGKILL, True,
             )
+        except BaseException:
+            parent.close()
+            raise
         finally:
             child.close()
         self._sock = parent
         _core.launch.register_parent_fd(parent.fileno())
         self._lock = threading.Lock()
         self._owner = os.getpid()
-        reply = self._recv()
-        if not reply.get("ready"):
-            raise RuntimeError(f"the zygote did not start: {reply}")
-        self.has_torch = reply["torch"]
+        try:
+            # Its start imports torch (seconds): Ctrl-C lands here most of all, and a zygote
+            # left half-started would live as long as the kernel (the traceback keeps the socket).
+            reply = self._recv()
+            if not reply.get("ready"):
+                raise RuntimeError(f"the zygote did not start: {reply}")
+            self.has_torch = reply["torch"]
+        except BaseException:
+            self.close()
+            raise
 
     def _recv(self) -> dict:
         msg = self._sock.recv(MAX_MESSAGE)

@@ -94,3 +94,33 @@ def test_launcher_killed_before_attaching_a_rank_still_takes_its_children(tmp_pa
         assert left == []
     else:
         assert [p for p, _ in left] != []
+
+
+ZYGOTE_INTERRUPTED = """
+import signal, time, psutil
+from nbdist import _zygote
+
+def interrupt(*_):
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGALRM, interrupt)
+signal.setitimer(signal.ITIMER_REAL, 0.2)  # the zygote imports torch first: seconds
+try:
+    _zygote.get_zygote()
+    print("started before the interrupt")
+except KeyboardInterrupt:
+    pass
+time.sleep(0.2)
+left = [p.pid for p in psutil.Process().children()
+        if p.status() != psutil.STATUS_ZOMBIE and "nbdist._zygote" in " ".join(p.cmdline())]
+print("left", left)
+"""
+
+
+def test_interrupting_the_first_zygote_start_leaves_no_zygote():
+    # Ctrl-C while the kernel's zygote starts: the half-started zygote is stopped, not left for
+    # as long as the kernel lives.
+    res = subprocess.run([sys.executable, "-c", ZYGOTE_INTERRUPTED], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "left []", res.stdout
