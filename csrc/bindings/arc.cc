@@ -68,12 +68,18 @@ Grid grid_from_py(PyObject* obj, bool via_tolist = false) {
     PyObject** items = PySequence_Fast_ITEMS(row);
     for (Py_ssize_t c = 0; ok && c < n; ++c) {
       PyObject* v = items[c];
-      // Exact ints are the common case; bool (an int subclass) is not a colour.
-      if (!PyLong_CheckExact(v)) {
-        ok = false;
-        break;
+      long x = -1;
+      if (PyLong_CheckExact(v)) {  // the common case
+        x = PyLong_AsLong(v);
+      } else if (!PyBool_Check(v) && PyIndex_Check(v)) {
+        // An integer of another type (numpy.int64 from `[list(r) for r in array]`) is a colour
+        // too; bool (an int subclass) is not.
+        PyObject* i = PyNumber_Index(v);
+        if (i) {
+          x = PyLong_AsLong(i);
+          Py_DECREF(i);
+        }
       }
-      const long x = PyLong_AsLong(v);
       if (x == -1 && PyErr_Occurred()) PyErr_Clear();
       if (x < 0 || x >= arc::kNumColours) {
         ok = false;

@@ -5,6 +5,7 @@ import math
 import pytest
 
 import nbdist
+from nbdist import ArcValueError
 from nbdist.arc import ArcDataset, Augmentation, Decoder, GridFormatter
 
 
@@ -60,6 +61,22 @@ def test_numpy_grids_are_accepted():
     dec = Decoder(None, ["a_0"])
     assert dec.add("a_0", grid=np.array([[1, 2]]), logprob=-1.0)
     assert dec.run_selection_algo("vote") == {"a_0": [[[1, 2]]]}
+
+
+def test_lists_of_numpy_integers_are_grids_and_bools_are_not():
+    # `[list(row) for row in array]` gives numpy.int64 cells: a valid grid, not a dropped sample.
+    np = pytest.importorskip("numpy")
+    from nbdist.arc._grids import check_grid
+
+    rows = [list(r) for r in np.array([[1, 2], [3, 4]])]
+    dec = Decoder(None, ["a_0"])
+    assert dec.add("a_0", grid=rows, logprob=-1.0)
+    assert not dec.add("a_0", grid=[[True, 2], [3, 4]], logprob=-1.0)
+    assert dec.run_selection_algo("vote") == {"a_0": [[[1, 2], [3, 4]]]}
+    assert check_grid(rows, "x") == [[1, 2], [3, 4]]
+    assert all(type(v) is int for row in check_grid(rows, "x") for v in row)
+    with pytest.raises(ArcValueError, match=r"x cell \[0\]\[0\] is True"):
+        check_grid([[True]], "x")
 
 
 def test_invalid_samples_are_counted(ds):

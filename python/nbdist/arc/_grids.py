@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,9 +30,22 @@ def grid_problem(grid: Any) -> str | None:
         elif len(row) != width:
             return f"row {r} has {len(row)} cells, row 0 has {width}"
         for c, v in enumerate(row):
-            if type(v) is not int or not 0 <= v <= 9:
-                return f"cell [{r}][{c}] is {v!r} (colours are ints 0..9)"
+            if type(v) is not int:
+                v = _colour(v)
+            if v is None or not 0 <= v <= 9:
+                return f"cell [{r}][{c}] is {row[c]!r} (colours are ints 0..9)"
     return None
+
+
+def _colour(v: Any) -> int | None:
+    """An integer of another type (numpy.int64 from ``[list(r) for r in array]``) as an int;
+    None for anything else, bool included."""
+    if isinstance(v, bool):
+        return None
+    try:
+        return operator.index(v)
+    except TypeError:
+        return None
 
 
 def check_grid(grid: Any, where: str) -> Grid:
@@ -41,7 +55,8 @@ def check_grid(grid: Any, where: str) -> Grid:
     problem = grid_problem(grid)
     if problem is not None:
         raise ArcValueError(f"{where} {problem}")
-    return [list(row) for row in grid]
+    return [list(row) if all(type(v) is int for v in row) else [operator.index(v) for v in row]
+            for row in grid]
 
 
 def pack(grids: Sequence[Grid]) -> tuple[bytes, list[int]]:
