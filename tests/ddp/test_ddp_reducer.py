@@ -487,6 +487,42 @@ def test_uninitialized_process_group_is_a_clear_error():
         DDP(torch.nn.Linear(2, 2))
 
 
+def _device_args() -> list:
+    _init()
+    model = torch.nn.Linear(4, 2)
+    out = []
+    for kw in (dict(device_ids=None, output_device=None), dict(device_ids=[]),
+               dict(output_device="cpu"), dict(device_ids=[0]), dict(output_device="cuda:0")):
+        try:
+            DDP(model, **kw)
+            out.append("ok")
+        except nbdist.DDPValueError as e:
+            out.append(str(e))
+    dist.destroy_process_group()
+    return out
+
+
+# Training scripts written for torch's DDP pass device_ids=[local_rank]: accepted when it names
+# the parameters' device, an error otherwise (not silently ignored).
+def test_torch_ddp_device_arguments(launch):
+    for out in launch(_device_args, args=(), nprocs=2):
+        assert out[:3] == ["ok", "ok", "ok"]
+        assert "device_ids=[0] for a module on the CPU: leave it out" in out[3]
+        assert "output_device='cuda:0', but the parameters are on cpu" in out[4]
+    from nbdist.ddp._wrapper import _check_device_args
+
+    gpu1 = torch.device("cuda", 1)
+    for ok in (dict(device_ids=[1]), dict(device_ids=(gpu1,)), dict(output_device=1),
+               dict(device_ids=["cuda:1"], output_device="cuda:1")):
+        _check_device_args(gpu1, ok.get("device_ids"), ok.get("output_device"))
+    for bad, message in ((dict(device_ids=[0]), r"device_ids=\[0\], but the parameters are on "
+                                                r"cuda:1: pass \[1\]"),
+                         (dict(device_ids=[1, 0]), "pass"), (dict(device_ids=1), "pass"),
+                         (dict(output_device="cuda:0"), "output_device")):
+        with pytest.raises(nbdist.DDPValueError, match=message):
+            _check_device_args(gpu1, bad.get("device_ids"), bad.get("output_device"))
+
+
 def _transports() -> dict:
     _init()
     model = torch.nn.Linear(4, 2)

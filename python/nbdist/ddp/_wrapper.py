@@ -45,6 +45,30 @@ def _tensors_in(obj: Any) -> list[torch.Tensor]:
 _TRANSPORTS = ("auto", "nccl", "peer", "host")
 
 
+def _check_device_args(device: torch.device, device_ids: Any, output_device: Any) -> None:
+    """torch's DDP arguments that name the module's device (``DDP(model, device_ids=[rank])`` in
+    most training scripts): accepted when they name the device the parameters are on, as torch's
+    DDP does for a module on one device; anything else is an error rather than ignored."""
+    def same(d: Any) -> bool:
+        try:
+            d = torch.device(d) if not isinstance(d, int) else torch.device(device.type, d)
+        except (TypeError, RuntimeError):
+            return False
+        return d.type == device.type and (d.index is None or d.index == device.index)
+
+    if device_ids is not None:
+        ids = list(device_ids) if isinstance(device_ids, (list, tuple)) else None
+        if device.type == "cpu" and ids != []:
+            raise DDPValueError(f"DDP: device_ids={device_ids!r} for a module on the CPU: "
+                                "leave it out (None)")
+        if device.type != "cpu" and not (ids is not None and len(ids) == 1 and same(ids[0])):
+            raise DDPValueError(f"DDP: device_ids={device_ids!r}, but the parameters are on "
+                                f"{device}: pass [{device.index}] or leave it out")
+    if output_device is not None and not same(output_device):
+        raise DDPValueError(f"DDP: output_device={output_device!r}, but the parameters are on "
+                            f"{device}: outputs stay on the module's device")
+
+
 class DDP(torch.nn.Module):
     """Data-parallel wrapper, a drop-in for ``torch.nn.parallel.DistributedDataParallel``.
 
@@ -86,6 +110,8 @@ class DDP(torch.nn.Module):
             NVLink NCCL costs backward less than peer copies; bench/ddp_throughput.py).
             ``reducer.transport`` says which one runs, and ``reducer.transport_note`` why
             ``"auto"`` chose the process group.
+        device_ids, output_device: as in torch's DDP, for scripts that pass them: the one device
+            the parameters are on (``[local_rank]``), or None; other values are an error.
         embedding_rows: average the gradient of ``nn.Embedding`` lookups by exchanging the
             looked-up rows (every rank's indices and the gradients of the looked-up vectors, one
             all-gather at the end of backward) instead of the whole ``[rows, dim]`` weight
@@ -116,6 +142,8 @@ class DDP(torch.nn.Module):
         gradient_as_bucket_view: bool = True,
         transport: str = "auto",
         embedding_rows: bool = True,
+        device_ids: Any = None,
+        output_device: Any = None,
     ) -> None:
         super().__init__()
         if not isinstance(module, torch.nn.Module):
@@ -137,6 +165,7 @@ class DDP(torch.nn.Module):
             raise DDPValueError(
                 f"DDP: all parameters must be on one device, found {sorted(map(str, devices))}"
             )
+        _check_device_args(next(iter(devices)), device_ids, output_device)
         self._buffers_list = [b for _, b in module.named_buffers()]
         self._reducer = _ddp.Reducer(
             [p for _, p in named],
