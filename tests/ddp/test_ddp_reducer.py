@@ -27,7 +27,7 @@ def _identical_across_ranks(t: torch.Tensor) -> bool:
 
 
 def _train_ddp(name: str, grad_accum: int, bucket_cap_mb: float, as_view: bool = True,
-               batch_size: int = BATCH) -> dict:
+               batch_size: int = BATCH, by_flag: bool = False) -> dict:
     rank, world = _init()
     # Ranks start from different weights: DDP must replace them with rank 0's.
     model = build(name, seed=rank)
@@ -41,7 +41,10 @@ def _train_ddp(name: str, grad_accum: int, bucket_cap_mb: float, as_view: bool =
         micro = [[t.chunk(grad_accum)[m] for t in shard] for m in range(grad_accum)]
         before = ddp.reducer.allreduce_count
         for m in range(grad_accum):
-            if m < grad_accum - 1:
+            if by_flag:  # nanoGPT's way: torch DDP's attribute instead of no_sync()
+                ddp.require_backward_grad_sync = m == grad_accum - 1
+                (loss_of(name, ddp, micro[m]) / grad_accum).backward()
+            elif m < grad_accum - 1:
                 with ddp.no_sync():
                     (loss_of(name, ddp, micro[m]) / grad_accum).backward()
             else:
@@ -129,10 +132,11 @@ def test_three_ranks_match_one_process(launch, name):
         assert torch.allclose(b.double(), rb.double(), rtol=1e-5, atol=1e-6), (b, rb)
 
 
-@pytest.mark.parametrize("as_view", [True, False], ids=["bucket_view", "grad_copy"])
-def test_grad_accum_reduces_once_per_step(launch, as_view):
+@pytest.mark.parametrize("as_view, by_flag", [(True, False), (False, False), (True, True)],
+                         ids=["bucket_view", "grad_copy", "require_backward_grad_sync"])
+def test_grad_accum_reduces_once_per_step(launch, as_view, by_flag):
     # The wide GPT: its embedding rows are exchanged on top of what no_sync accumulated.
-    results = launch(_train_ddp, args=("gpt_wide", 4, 0.02, as_view), nprocs=2)
+    results = launch(_train_ddp, args=("gpt_wide", 4, 0.02, as_view, BATCH, by_flag), nprocs=2)
     ref_params, _ = _train_reference("gpt_wide", 2)
     for res in results:
         assert res["embedding"] == EMBEDDINGS["gpt_wide"]

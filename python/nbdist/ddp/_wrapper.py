@@ -184,7 +184,9 @@ class DDP(torch.nn.Module):
             [p.data for _, p in frozen] + self._buffers_list,
             [n for n, _ in frozen] + [n for n, _ in module.named_buffers()],
         )
-        self._require_sync = True
+        # torch's DDP attribute name: nanoGPT-style loops set it per micro-step instead of
+        # entering no_sync(), and it must have the same effect here.
+        self.require_backward_grad_sync = True
         # Read by torch.compile (see forward): where it splits the graphs it compiles (not below
         # its own first piece, 1 MiB, which it refuses to exceed the others).
         self.bucket_bytes_cap = max(int(bucket_cap_mb * 2**20),
@@ -204,12 +206,12 @@ class DDP(torch.nn.Module):
     def no_sync(self) -> Iterator[None]:
         """Accumulate gradients locally: backward passes of forwards run inside skip the
         all-reduce; the first backward outside reduces everything accumulated."""
-        previous = self._require_sync
-        self._require_sync = False
+        previous = self.require_backward_grad_sync
+        self.require_backward_grad_sync = False
         try:
             yield
         finally:
-            self._require_sync = previous
+            self.require_backward_grad_sync = previous
 
     # Not traced by torch.compile itself (the calls it makes are): the reducer runs eagerly, and
     # the wrapped module, compiled inside or outside, is compiled while this DDP is the one that
@@ -232,5 +234,5 @@ class DDP(torch.nn.Module):
                 holder._active_ddp_module = running
         if torch.is_grad_enabled():
             tensors = _tensors_in(out) if self._reducer.wants_outputs else []
-            self._reducer.prepare_for_backward(self._require_sync, tensors)
+            self._reducer.prepare_for_backward(self.require_backward_grad_sync, tensors)
         return out
