@@ -496,7 +496,8 @@ def _device_args() -> list:
     model = torch.nn.Linear(4, 2)
     out = []
     for kw in (dict(device_ids=None, output_device=None), dict(device_ids=[]),
-               dict(output_device="cpu"), dict(device_ids=[0]), dict(output_device="cuda:0")):
+               dict(output_device="cpu"), dict(bucket_cap_mb=None), dict(device_ids=[0]),
+               dict(output_device="cuda:0"), dict(bucket_cap_mb="25")):
         try:
             DDP(model, **kw)
             out.append("ok")
@@ -506,13 +507,14 @@ def _device_args() -> list:
     return out
 
 
-# Training scripts written for torch's DDP pass device_ids=[local_rank]: accepted when it names
-# the parameters' device, an error otherwise (not silently ignored).
+# Training scripts written for torch's DDP pass device_ids=[local_rank] (accepted when it names
+# the parameters' device, an error otherwise, not silently ignored) and bucket_cap_mb=None.
 def test_torch_ddp_device_arguments(launch):
     for out in launch(_device_args, args=(), nprocs=2):
-        assert out[:3] == ["ok", "ok", "ok"]
-        assert "device_ids=[0] for a module on the CPU: leave it out" in out[3]
-        assert "output_device='cuda:0', but the parameters are on cpu" in out[4]
+        assert out[:4] == ["ok", "ok", "ok", "ok"]
+        assert "device_ids=[0] for a module on the CPU: leave it out" in out[4]
+        assert "output_device='cuda:0', but the parameters are on cpu" in out[5]
+        assert "bucket_cap_mb must be a number > 0 (MiB), got '25'" in out[6]
     from nbdist.ddp._wrapper import _check_device_args
 
     gpu1 = torch.device("cuda", 1)

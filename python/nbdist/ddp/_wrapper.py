@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 from collections.abc import Iterator
 from typing import Any
 
@@ -148,9 +149,11 @@ class DDP(torch.nn.Module):
         super().__init__()
         if not isinstance(module, torch.nn.Module):
             raise DDPValueError(f"DDP wraps a torch.nn.Module, got {type(module).__name__}")
+        if bucket_cap_mb is None:  # torch's DDP default spelling
+            bucket_cap_mb = 25
         for name, value in (("bucket_cap_mb", bucket_cap_mb), ("first_bucket_mb", first_bucket_mb)):
-            if not value > 0:
-                raise DDPValueError(f"DDP: {name} must be > 0 (MiB), got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+                raise DDPValueError(f"DDP: {name} must be a number > 0 (MiB), got {value!r}")
         if transport not in _TRANSPORTS:
             raise DDPValueError(f"DDP: transport must be one of {_TRANSPORTS}, got {transport!r}")
         group = _default_group(process_group)
