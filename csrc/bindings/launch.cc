@@ -3,6 +3,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <string>
+#include <string_view>
+
+#include "launch/lines.h"
 #include "launch/process.h"
 #include "launch/pyfork.h"
 #include "launch/supervisor.h"
@@ -36,6 +40,23 @@ void bind_launch(py::module_& m) {
       .def_readonly("stderr_w", &RankFds::stderr_w)
       .def_readonly("result_w", &RankFds::result_w)
       .def_readonly("status_w", &RankFds::status_w);
+
+  // The lines Job.stream() shows from the log files, split as the supervisor splits its pipes.
+  py::class_<LineSplitter>(m, "LineSplitter")
+      .def(py::init<>())
+      .def("feed",
+           [](LineSplitter& s, py::bytes data) {
+             std::string_view view = data;
+             py::list out;
+             s.feed(view.data(), view.size(),
+                    [&](std::string line) { out.append(py::bytes(line)); });
+             return out;
+           })
+      .def("flush", [](LineSplitter& s) {
+        py::list out;
+        s.flush([&](std::string line) { out.append(py::bytes(line)); });
+        return out;
+      });
 
   py::class_<Supervisor>(m, "Supervisor")
       .def(py::init([](std::string job_id, std::string log_dir, int nranks, size_t tail_bytes,

@@ -18,7 +18,6 @@ namespace {
 
 enum Kind : uint64_t { kStdout = 1, kStderr = 2, kResult = 3, kStatus = 4, kPidfd = 5 };
 constexpr uint64_t kWakeTag = ~uint64_t{0};
-constexpr size_t kMaxPartialLine = 64 * 1024;  // a line longer than this is cut into pieces
 constexpr size_t kMaxDump = 1 << 20;
 
 // A rank's outcome (python/nbdist/_worker.py): kind byte, f64 time, u64 payload length (little
@@ -296,9 +295,7 @@ void Supervisor::read_stream(Rank& r, int stream) {
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
     // EOF (or error): flush the unterminated last line.
-    if (!r.partial[stream].empty())
-      push_line(r.status.rank, stream, visible_line(std::move(r.partial[stream])));
-    r.partial[stream].clear();
+    flush_lines(r, stream);
     remove_fd(fd);
     return;
   }
@@ -310,40 +307,15 @@ void Supervisor::emit(Rank& r, int stream, const char* data, size_t n) {
   if (r.tail.size() > 2 * opt_.tail_bytes) r.tail.erase(0, r.tail.size() - opt_.tail_bytes);
   if (stream == 2 && dump_until_ > 0 && r.dump.size() < kMaxDump) r.dump.append(data, n);
   if (!opt_.stream) return;
-  std::string& part = r.partial[stream];
-  size_t start = 0;
-  for (size_t i = 0; i < n; ++i) {
-    if (data[i] == '\n') {
-      part.append(data + start, i - start);
-      push_line(r.status.rank, stream, visible_line(std::move(part)));
-      part.clear();
-      start = i + 1;
-    }
-  }
-  part.append(data + start, n - start);
-  // A line rewritten with '\r' (a progress bar) may not end for minutes: what it shows now is
-  // queued at once, marked by a trailing '\r' (see Line), and only that much is kept.
-  size_t cut = part.rfind('\r', part.size() >= 2 ? part.size() - 2 : 0);
-  bool has_cr = cut != std::string::npos || (!part.empty() && part.back() == '\r');
-  if (has_cr) {
-    if (cut != std::string::npos && (cut != part.size() - 1)) part.erase(0, cut + 1);
-    std::string shown = part;
-    if (shown.empty() || shown.back() != '\r') shown.push_back('\r');
-    push_line(r.status.rank, stream, std::move(shown));
-  }
-  if (part.size() > kMaxPartialLine) {
-    push_line(r.status.rank, stream, visible_line(std::move(part)));
-    part.clear();
-  }
+  r.lines[stream].feed(data, n, [&](std::string line) {
+    push_line(r.status.rank, stream, std::move(line));
+  });
 }
 
-std::string Supervisor::visible_line(std::string text) {
-  // What a terminal shows of a finished line: a CR LF ending is a plain newline, and what was
-  // written before the last '\r' has been overwritten.
-  if (!text.empty() && text.back() == '\r') text.pop_back();
-  size_t cr = text.rfind('\r');
-  if (cr != std::string::npos) text.erase(0, cr + 1);
-  return text;
+void Supervisor::flush_lines(Rank& r, int stream) {
+  r.lines[stream].flush([&](std::string line) {
+    push_line(r.status.rank, stream, std::move(line));
+  });
 }
 
 void Supervisor::push_line(int rank, int stream, std::string text) {
@@ -436,10 +408,7 @@ void Supervisor::on_exit(Rank& r, int wait_status, bool lost) {
     read_result(r);
     if (r.tail.size() + r.result.size() == before) break;
   }
-  for (int s = 1; s <= 2; ++s) {
-    if (!r.partial[s].empty()) push_line(r.status.rank, s, visible_line(std::move(r.partial[s])));
-    r.partial[s].clear();
-  }
+  for (int s = 1; s <= 2; ++s) flush_lines(r, s);
   remove_fd(r.out_r);
   remove_fd(r.err_r);
   remove_fd(r.res_r);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "launch/fd.h"
+#include "launch/lines.h"
 #include "launch/process.h"
 
 namespace nbdist::launch {
@@ -125,7 +126,7 @@ class Supervisor {
     bool status_before_attach = false;
     bool lost_before_attach = false;
     int wait_status_before_attach = 0;
-    std::string partial[3];
+    LineSplitter lines[3];  // stdout, stderr (index 0 unused)
     std::string tail, result, dump;
   };
 
@@ -137,7 +138,7 @@ class Supervisor {
   void on_child_ready(Rank& r);
   void on_exit(Rank& r, int wait_status, bool lost);
   void emit(Rank& r, int stream, const char* data, size_t n);
-  static std::string visible_line(std::string text);
+  void flush_lines(Rank& r, int stream);
   void push_line(int rank, int stream, std::string text);
   void begin_teardown(JobState state, double grace_s);
   void check_timers();

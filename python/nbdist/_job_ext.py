@@ -19,28 +19,16 @@ from ._errors import LaunchValueError, NbdistTimeoutError
 STREAM_BACKLOG_BYTES = 64 * 1024
 _STREAM_POLL_S = 0.1
 
+def _line_splitter():
+    """A rank log's bytes -> the lines a terminal shows, as the supervisor splits its pipes (a
+    progress line ending in '\r' is sent unfinished, marked by that '\r')."""
+    from ._core import launch
+
+    return launch.LineSplitter()
+
+
 _STATUS_COLORS = {"starting": "#6c757d", "running": "#0d6efd", "succeeded": "#198754",
                   "failed": "#dc3545", "killed": "#fd7e14", "timed_out": "#dc3545"}
-
-
-def _visible_line(text: bytes) -> bytes:
-    """What a terminal shows of a finished line: a CR LF ending is a plain newline, and what was
-    written before the last '\\r' has been overwritten (as Supervisor::visible_line)."""
-    if text.endswith(b"\r"):
-        text = text[:-1]
-    return text[text.rfind(b"\r") + 1:]
-
-
-def _unfinished_line(part: bytes) -> tuple[bytes, bytes | None]:
-    """A line rewritten with '\\r' (a progress bar) may not end for minutes, so what it shows now
-    is shown at once, marked by a trailing '\\r' (as Supervisor::emit). Returns the part of the
-    line to keep (what comes before its last '\\r' is overwritten) and the text to show (None:
-    no '\\r' yet, nothing to show before the newline)."""
-    cut = part.rfind(b"\r", 0, len(part) - 1)
-    if cut < 0 and not part.endswith(b"\r"):
-        return part, None
-    part = part[cut + 1:]
-    return part, part if part.endswith(b"\r") else part + b"\r"
 
 
 class JobExtensions:
@@ -55,18 +43,17 @@ class JobExtensions:
         lines: list[tuple] = []
         for r in range(self.nprocs):
             path = os.path.join(self.log_dir, f"rank_{r}.log")
-            offset, partial = self._stream_offsets.get(r, (0, b""))
+            offset, splitter = self._stream_offsets.get(r, (0, None))
             try:
                 size = os.path.getsize(path)
             except OSError:
                 continue
-            if size < offset:  # the file was replaced: start over
-                offset, partial = 0, b""
+            if splitter is None or size < offset:  # the file is new, or was replaced
+                offset, splitter = 0, _line_splitter()
             if first and offset == 0 and size > STREAM_BACKLOG_BYTES:
                 lines.append((r, 1, f"... ({size - STREAM_BACKLOG_BYTES} bytes earlier output "
                                     f"in {path})".encode()))
                 offset = size - STREAM_BACKLOG_BYTES
-                partial = b""
                 skip_to_newline = True
             else:
                 skip_to_newline = False
@@ -76,25 +63,16 @@ class JobExtensions:
                 f.seek(offset)
                 data = f.read(size - offset)
             offset += len(data)
-            data = partial + data
             if skip_to_newline:
                 cut = data.find(b"\n")
                 data = data[cut + 1:] if cut >= 0 else b""
-            *complete, partial = data.split(b"\n")
-            lines.extend((r, 1, _visible_line(ln)) for ln in complete)
-            partial, unfinished = _unfinished_line(partial)
-            if unfinished is not None:
-                lines.append((r, 1, unfinished))
-            self._stream_offsets[r] = (offset, partial)
+            lines.extend((r, 1, line) for line in splitter.feed(data))
+            self._stream_offsets[r] = (offset, splitter)
         return lines
 
     def _flush_partials(self) -> list[tuple]:
-        out = []
-        for r, (offset, partial) in list(self._stream_offsets.items()):
-            if partial:
-                out.append((r, 1, _visible_line(partial)))
-                self._stream_offsets[r] = (offset, b"")
-        return out
+        return [(r, 1, line) for r, (_, splitter) in self._stream_offsets.items()
+                for line in splitter.flush()]
 
     def stream(self, file=None) -> str:
         """Attaches to the job: prints its ranks' output (``[rank r] ...`` lines) live in the
