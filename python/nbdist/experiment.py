@@ -409,13 +409,21 @@ def _write_csv_atomic(path: str, rows: list[dict]) -> None:
 
 def run_experiments(config: dict, output_dir: str, out=None) -> list[dict]:
     """Runs a validated config (see :func:`validate`); returns one dict per run (what the JSON
-    files hold). Never raises for a failed run: it is recorded and the next run starts."""
+    files hold). Never raises for a failed run: it is recorded and the next run starts. A
+    directory it cannot create raises ExperimentConfigError before the first run."""
     from .load import write_json_atomic
 
     out = out if out is not None else sys.stdout
-    os.makedirs(output_dir, exist_ok=True)
     log_dir = os.path.join(output_dir, _LOG_DIR)
-    os.makedirs(log_dir, exist_ok=True)
+    # Every directory before the first run: a name the file system refuses (too long, not
+    # encodable) is a config error now, not a traceback that ends the experiment after a run.
+    for d in ([output_dir] + [os.path.join(output_dir, e["name"]) for e in config["experiments"]]
+              + [log_dir]):
+        try:
+            os.makedirs(d, exist_ok=True)
+        except (OSError, UnicodeError) as exc:
+            why = (exc.strerror or exc) if isinstance(exc, OSError) else exc
+            raise ExperimentConfigError(f"cannot create the directory {d}: {why}") from None
     csv_path = os.path.join(output_dir, _SUMMARY)
     rows: list[dict] = []
     results: list[dict] = []
@@ -440,9 +448,7 @@ def run_experiments(config: dict, output_dir: str, out=None) -> list[dict]:
             job, error = None, exc
         record = job.record if job is not None else None
         status = job.status if job is not None else "failed"
-        exp_dir = os.path.join(output_dir, exp["name"])
-        os.makedirs(exp_dir, exist_ok=True)
-        json_path = os.path.join(exp_dir, f"run_{k}.json")
+        json_path = os.path.join(output_dir, exp["name"], f"run_{k}.json")
         result = {
             "experiment": exp["name"], "index": i, "run": k, "mode": exp["mode"],
             "seed": config["seed"], "hparams": hp, "drawn": hp_drawn,
@@ -491,17 +497,11 @@ def main_cli(args) -> int:
         "nbdist-experiments", os.path.splitext(os.path.basename(args.config))[0])
     if not os.path.isabs(output_dir) and not args.output_dir:
         output_dir = os.path.join(base, output_dir)
-    # Every directory before the first run: a name the file system refuses (too long, not
-    # encodable) is a config error now, not a traceback that ends the experiment after a run.
-    for d in [output_dir] + [os.path.join(output_dir, e["name"]) for e in config["experiments"]]:
-        try:
-            os.makedirs(d, exist_ok=True)
-        except (OSError, UnicodeError) as exc:
-            why = (exc.strerror or exc) if isinstance(exc, OSError) else exc
-            print(f"nbdist experiment: cannot create the directory {d}: {why}", file=sys.stderr)
-            return 2
     try:
         results = run_experiments(config, output_dir)
+    except ExperimentConfigError as exc:  # a directory it cannot create
+        print(f"nbdist experiment: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("nbdist experiment: interrupted", file=sys.stderr)
         return 130
