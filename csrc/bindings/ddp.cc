@@ -83,8 +83,10 @@ PYBIND11_MODULE(_ddp, m) {
            py::arg("transport") = "auto", py::arg("embedding_rows") = true)
       .def("verify_and_broadcast", &Reducer::verify_and_broadcast,
            py::call_guard<py::gil_scoped_release>())
-      .def("broadcast_buffers", &Reducer::broadcast_buffers,
-           py::call_guard<py::gil_scoped_release>())
+      .def("broadcast_buffers", &Reducer::broadcast_buffers, py::arg("buffers"),
+           py::arg("root") = 0, py::call_guard<py::gil_scoped_release>())
+      .def("set_joining", &Reducer::set_joining, py::arg("on"), py::arg("average_over") = 0)
+      .def("shadow_backward", &Reducer::shadow_backward, py::call_guard<py::gil_scoped_release>())
       .def("prepare_forward", &Reducer::prepare_forward, py::call_guard<py::gil_scoped_release>())
       .def("prepare_for_backward", &Reducer::prepare_for_backward,
            py::call_guard<py::gil_scoped_release>())

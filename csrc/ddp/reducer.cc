@@ -35,9 +35,9 @@ std::string shape_str(const int64_t* row) {
   return s.str();
 }
 
-// One broadcast per dtype: flatten, broadcast from rank 0, copy back.
+// One broadcast per dtype: flatten, broadcast from `root`, copy back.
 void broadcast_coalesced(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
-                         const std::vector<at::Tensor>& tensors) {
+                         const std::vector<at::Tensor>& tensors, int root = 0) {
   at::NoGradGuard no_grad;
   std::vector<at::ScalarType> types;
   for (const auto& t : tensors)
@@ -52,7 +52,7 @@ void broadcast_coalesced(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
       }
     std::vector<at::Tensor> buf{at::cat(flat)};
     ::c10d::BroadcastOptions opts;
-    opts.rootRank = 0;
+    opts.rootRank = root;
     pg->broadcast(buf, opts)->wait();
     int64_t offset = 0;
     for (auto& t : group) {
@@ -203,8 +203,57 @@ void Reducer::verify_and_broadcast(const std::vector<at::Tensor>& buffers,
   }
 }
 
-void Reducer::broadcast_buffers(const std::vector<at::Tensor>& buffers) {
-  if (world_size_ > 1 && !buffers.empty()) broadcast_coalesced(pg_, buffers);
+void Reducer::broadcast_buffers(const std::vector<at::Tensor>& buffers, int root) {
+  if (root < 0 || root >= world_size_)
+    throw DDPError(ErrorKind::kInvalidInput, "broadcast root " + std::to_string(root) +
+                                                 " is not a rank of this group of " +
+                                                 std::to_string(world_size_));
+  if (world_size_ > 1 && !buffers.empty()) broadcast_coalesced(pg_, buffers, root);
+}
+
+void Reducer::set_joining(bool on, int64_t average_over) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  joining_ = on;
+  average_over_ = on ? average_over : 0;
+}
+
+void Reducer::shadow_backward() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  NBDIST_CHECK(finished_ && joining_, "a shadow backward runs in join(), after a complete one");
+  at::NoGradGuard no_grad;
+  // What an armed backward starts from (prepare_for_backward), with no embedding exchange (off
+  // in join()) and nothing used: this rank has joined and contributes zeros to every bucket,
+  // not what its last micro-steps left there.
+  armed_ = true;
+  reduced_ = false;
+  finished_ = false;
+  ++emb_serial_;
+  emb_.clear();
+  std::fill(emb_of_.begin(), emb_of_.end(), -1);
+  std::fill(ready_.begin(), ready_.end(), 0);
+  std::fill(unused_.begin(), unused_.end(), 0);
+  std::fill(used_.begin(), used_.end(), 0);
+  for (auto& t : saved_grad_) t.reset();
+  for (auto& b : buckets_) {
+    b.pending = static_cast<int64_t>(b.params.size());
+    b.work.reset();
+    b.buffer.zero_();
+  }
+  next_bucket_ = 0;
+  used_work_.reset();
+  for (size_t i = 0; i < params_.size(); ++i) mark_ready_locked(static_cast<int64_t>(i));
+  // The same collectives as finalize_backward: the buckets (and the used-bitmap) complete.
+  if (copy_engines_ && next_bucket_ > 0) copy_engines_->finish();
+  for (auto& b : buckets_)
+    if (b.work) b.work->wait();
+  if (used_work_) used_work_->wait();
+  used_work_.reset();
+  std::fill(used_.begin(), used_.end(), 0);
+  armed_ = false;
+  reduced_ = true;
+  ++sync_rounds_;
+  finished_ = true;
+  if (!rebuilt_) rebuild_pending_ = true;
 }
 
 std::vector<Reducer::Bucket> Reducer::plan_buckets(const std::vector<int64_t>& order) const {
@@ -537,6 +586,12 @@ void Reducer::finalize_backward() {
     for (auto& b : buckets_)
       if (b.work) b.work->wait();
   });
+  // join(divide_by_initial_world_size=False): the average over the ranks that have not joined
+  // (those that have add zeros).
+  if (average_over_ > 0 && average_over_ != world_size_) {
+    at::NoGradGuard no_grad;
+    for (auto& b : buckets_) b.buffer.mul_(static_cast<double>(world_size_) / average_over_);
+  }
   if (!missing.empty()) {
     std::string list;
     for (size_t i = 0; i < missing.size() && i < 10; ++i) list += (i ? ", " : "") + missing[i];

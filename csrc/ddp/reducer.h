@@ -82,8 +82,17 @@ class Reducer {
   // mismatching parameter and ranks), then copies rank 0's params and `buffers` everywhere.
   void verify_and_broadcast(const std::vector<at::Tensor>& buffers,
                             const std::vector<std::string>& buffer_names);
-  // Copies rank 0's buffers to all ranks in one coalesced broadcast per dtype.
-  void broadcast_buffers(const std::vector<at::Tensor>& buffers);
+  // Copies rank `root`'s buffers (or parameters) to all ranks in one coalesced broadcast per
+  // dtype.
+  void broadcast_buffers(const std::vector<at::Tensor>& buffers, int root = 0);
+
+  // Uneven inputs (DDP.join()): while on, embedding gradients take the dense path (a rank that
+  // has joined shadows the buckets' all-reduces, not the row exchanges), and, when
+  // average_over > 0, the next backward's average is over that many ranks instead of all.
+  void set_joining(bool on, int64_t average_over = 0);
+  // On a rank that has joined: the collectives of one synchronizing backward of the ranks that
+  // have not, with zeros for every gradient.
+  void shadow_backward();
 
   // Called before each forward: rebuilds buckets once from the observed order, and fails if the
   // previous backward ended without reducing every parameter.
@@ -173,7 +182,9 @@ class Reducer {
   void walk_graph(const std::vector<at::Tensor>& outputs, Producers* producers,
                   std::unordered_set<torch::autograd::Node*>* seen) const;
   // Whether this rank still looks for embedding lookups (the same answer on every rank).
-  bool embeddings_active() const { return options_.embedding_rows && world_size_ > 1 && !emb_off_; }
+  bool embeddings_active() const {
+    return options_.embedding_rows && world_size_ > 1 && !emb_off_ && !joining_;
+  }
   void plan_embedding_uses(const Producers& producers);
   // Hooks of this backward's graph (false: the graph is an older one, leave the gradient be).
   bool on_dense_part(uint64_t serial, size_t use, const at::Tensor& part);
@@ -221,6 +232,8 @@ class Reducer {
   bool callback_queued_ = false;
   bool finished_ = true;  // the last armed backward completed its reduction
   bool reduced_ = false;  // the last forward's backward has been averaged (until the next forward)
+  bool joining_ = false;       // in join(): see set_joining
+  int64_t average_over_ = 0;   // ranks the next average is over (0: all)
   std::vector<char> ready_;
   std::vector<char> unused_;  // found unused by the graph traversal for this backward
   // find_unused_parameters: params whose gradient hook fired since the last synchronized backward

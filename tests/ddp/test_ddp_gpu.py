@@ -274,3 +274,45 @@ def _unused_user_opt_rank():
 def test_unused_parameters_with_user_optimizer_on_gpu(launch):
     for identical, spare_untouched in launch(_unused_user_opt_rank, args=(), nprocs=NGPU):
         assert identical and spare_untouched
+
+
+def _uneven_nccl_rank(transport: str, counts: list[int]):
+    """TinyGPT(vocab=256, d=128) under DDP(transport).join() with counts[rank] steps of this
+    rank's own batches; the params and whether the ranks agree."""
+    rank, device = int(os.environ["RANK"]), _cuda_rank()
+    torch.manual_seed(0)
+    model = TinyGPT(vocab=256, d=128).to(device)
+    ddp = DDP(model, transport=transport)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with ddp.join():
+        for x, y in gpt_batches(counts[rank], 4, vocab=256, seed=50 + rank):
+            ddp(x.to(device), y.to(device))[1].backward()
+            opt.step()
+            opt.zero_grad()
+    identical = _identical_across_ranks(flat_params(model))
+    dist.destroy_process_group()
+    return flat_params(model).cpu(), identical
+
+
+@pytest.mark.parametrize("transport", ["nccl", "peer"])
+def test_uneven_inputs_under_join_match_one_process(launch, transport):
+    if transport != "nccl" and NGPU < 2:
+        pytest.skip("the copy-engine all-reduce needs 2 GPUs")
+    counts = [3 + 2 * r for r in range(NGPU)]
+    results = launch(_uneven_nccl_rank, args=(transport, counts), nprocs=NGPU)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.manual_seed(0)
+    ref = TinyGPT(vocab=256, d=128).cuda()
+    opt = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    data = [gpt_batches(counts[r], 4, vocab=256, seed=50 + r) for r in range(NGPU)]
+    for t in range(max(counts)):
+        for r in range(NGPU):
+            if t < counts[r]:
+                x, y = data[r][t]
+                (ref(x.cuda(), y.cuda())[1] / NGPU).backward()
+        opt.step()
+        opt.zero_grad()
+    want = flat_params(ref).cpu()
+    for params, identical in results:
+        assert identical
+        assert float((params - want).norm() / want.norm()) < 1e-4

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms.join import Join, Joinable, JoinHook, _JoinConfig
 
 from .. import _ddp
 from .._errors import DDPValueError
@@ -70,7 +71,55 @@ def _check_device_args(device: torch.device, device_ids: Any, output_device: Any
                             f"{device}: outputs stay on the module's device")
 
 
-class DDP(torch.nn.Module):
+class _JoinHook(JoinHook):
+    """What a rank that has run out of inputs does inside ``join()`` while others still train:
+    the collectives of each of their forwards (and of its backward), then the final sync."""
+
+    def __init__(self, ddp: DDP, divide_by_initial_world_size: bool) -> None:
+        self.ddp = ddp
+        ddp._divide_by_initial_world_size = divide_by_initial_world_size
+
+    def main_hook(self) -> None:
+        ddp = self.ddp
+        ddp._reducer.prepare_forward()  # a bucket rebuild is a collective: every rank reaches it
+        sync, root, _ = ddp._join_round(training=False)
+        if ddp.broadcast_buffers and ddp._buffers_list:
+            ddp._reducer.broadcast_buffers(ddp._buffers_list, root)
+        if sync:
+            ddp._reducer.set_joining(True)
+            ddp._reducer.shadow_backward()
+
+    def post_hook(self, is_last_joiner: bool) -> None:
+        # The last ranks to join trained on every step: their model is the one every rank keeps
+        # (the others missed the optimizer steps after they joined).
+        ddp = self.ddp
+        flag = torch.tensor([ddp._rank if is_last_joiner else -1], device=ddp.join_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=ddp._group)
+        state = [p.data for p in ddp.module.parameters()] + ddp._buffers_list
+        ddp._reducer.broadcast_buffers(state, int(flag.item()))
+        ddp._reducer.set_joining(False)
+
+
+class _JoinBlock(contextlib.AbstractContextManager):
+    """DDP.join(): torch's Join, after which this DDP's forwards go back to having no join
+    collectives (torch's leaves them on until the next Join)."""
+
+    def __init__(self, ddp: DDP, join: Join) -> None:
+        self._ddp, self._join = ddp, join
+
+    def __enter__(self) -> Join:
+        return self._join.__enter__()
+
+    def __exit__(self, *exc: Any) -> Any:
+        try:
+            return self._join.__exit__(*exc)
+        finally:
+            self._ddp._join_config = _JoinConfig.construct_disabled_join_config()
+            if self._ddp._reducer is not None:
+                self._ddp._reducer.set_joining(False)
+
+
+class DDP(torch.nn.Module, Joinable):
     """Data-parallel wrapper, a drop-in for ``torch.nn.parallel.DistributedDataParallel``.
 
     Construction checks that every rank holds the same parameter shapes (raising
@@ -81,7 +130,8 @@ class DDP(torch.nn.Module):
     One averaged backward per forward: a gradient that arrives after it (a second backward
     through the same forward with ``retain_graph=True``, or a backward through the module outside
     the wrapper) raises before it reaches ``.grad``, where torch's DDP would let it accumulate on
-    one rank. Accumulate locally with ``no_sync()``.
+    one rank. Accumulate locally with ``no_sync()``. Ranks with different numbers of batches
+    train inside ``join()`` (or torch's ``Join([ddp, ...])``) instead of hanging.
 
     ``torch.compile`` works on the module (``DDP(torch.compile(model))``) or on this wrapper:
     compiled while this DDP runs, the graph is split at bucket boundaries (dynamo's DDP graph
@@ -147,6 +197,7 @@ class DDP(torch.nn.Module):
         output_device: Any = None,
     ) -> None:
         super().__init__()
+        Joinable.__init__(self)
         if not isinstance(module, torch.nn.Module):
             raise DDPValueError(f"DDP wraps a torch.nn.Module, got {type(module).__name__}")
         if bucket_cap_mb is None:  # torch's DDP default spelling
@@ -157,6 +208,10 @@ class DDP(torch.nn.Module):
         if transport not in _TRANSPORTS:
             raise DDPValueError(f"DDP: transport must be one of {_TRANSPORTS}, got {transport!r}")
         group = _default_group(process_group)
+        self._group = group
+        self._rank = dist.get_rank(group)
+        self._world = dist.get_world_size(group)
+        self._divide_by_initial_world_size = True
         self.module = module
         self.broadcast_buffers = broadcast_buffers
         self.find_unused_parameters = find_unused_parameters
@@ -169,6 +224,7 @@ class DDP(torch.nn.Module):
                 f"DDP: all parameters must be on one device, found {sorted(map(str, devices))}"
             )
         _check_device_args(next(iter(devices)), device_ids, output_device)
+        self._device = next(iter(devices))
         self._buffers_list = [b for _, b in module.named_buffers()]
         self._reducer = _ddp.Reducer(
             [p for _, p in named],
@@ -216,6 +272,68 @@ class DDP(torch.nn.Module):
         finally:
             self.require_backward_grad_sync = previous
 
+    def join(self, divide_by_initial_world_size: bool = True, enable: bool = True,
+             throw_on_early_termination: bool = False) -> contextlib.AbstractContextManager:
+        """Train on uneven inputs: ranks may run out of batches at different steps.
+
+        ``with ddp.join(): for batch in my_batches: ...`` - a rank whose loop has ended waits in
+        the ``with`` exit and takes part in the collectives of every forward and backward the
+        others still run (its gradients count as zeros), and when the last rank finishes every
+        rank takes that rank's parameters and buffers, so all leave the block with the same
+        model. As in torch's DDP:
+
+        Args:
+            divide_by_initial_world_size: average over every rank (True, the default: a rank
+                that has joined contributes zeros), or over the ranks still training (False).
+            enable: False turns the block into a no-op (inputs known to be even).
+            throw_on_early_termination: raise ``RuntimeError`` on every rank as soon as one runs
+                out, instead of going on.
+
+        The optimizer is not DDP's: the state of a rank's optimizer (AdamW's moments) holds
+        only the steps that rank took, so to train on after the block with a stateful optimizer,
+        rebuild it or copy its state from the last rank to join.
+        Each forward inside costs a few small collectives (to learn whether anyone has joined),
+        and embedding gradients are averaged densely (``embedding_rows`` is off). Every
+        synchronizing forward with grad enabled must be followed by its backward. Other
+        :class:`torch.distributed.algorithms.Joinable` objects (``ZeroRedundancyOptimizer``)
+        join through ``torch.distributed.algorithms.Join([ddp, optimizer])``.
+        """
+        return _JoinBlock(self, Join([self], enable, throw_on_early_termination,
+                                     divide_by_initial_world_size=divide_by_initial_world_size))
+
+    # torch's Joinable interface (Join([ddp, ...]) calls these).
+    def join_hook(self, **kwargs: Any) -> JoinHook:
+        unknown = set(kwargs) - {"divide_by_initial_world_size"}
+        if unknown:
+            raise DDPValueError(f"DDP.join_hook: unknown argument(s) {sorted(unknown)}; it takes "
+                                "divide_by_initial_world_size")
+        return _JoinHook(self, bool(kwargs.get("divide_by_initial_world_size", True)))
+
+    @property
+    def join_device(self) -> torch.device:
+        return self._device
+
+    @property
+    def join_process_group(self) -> Any:
+        return self._group
+
+    def _join_round(self, training: bool, sync: bool = False) -> tuple[bool, int, int]:
+        """The flags all-reduce of each forward inside join(): how many ranks synchronize a
+        backward, then one flag per rank still training. Returns whether any rank synchronizes,
+        the highest rank still training (whose buffers everyone takes) and how many train. A
+        rank still training reads the flags (a host sync) only when it needs those numbers."""
+        flags = [0] * (self._world + 1)
+        if training:
+            flags[0], flags[1 + self._rank] = int(sync), 1
+        flags_t = torch.tensor(flags, dtype=torch.int32).to(self._device)
+        dist.all_reduce(flags_t, group=self._group)
+        if training and not ((self.broadcast_buffers and self._buffers_list)
+                             or (sync and not self._divide_by_initial_world_size)):
+            return sync, 0, 0
+        values = flags_t.tolist()
+        active = [r for r in range(self._world) if values[1 + r]]
+        return values[0] > 0, (active[-1] if active else 0), len(active)
+
     # Not traced by torch.compile itself (the calls it makes are): the reducer runs eagerly, and
     # the wrapped module, compiled inside or outside, is compiled while this DDP is the one that
     # torch's DDP class reports as running. Dynamo's DDPOptimizer then splits the compiled graph
@@ -223,9 +341,17 @@ class DDP(torch.nn.Module):
     # bucket by bucket instead of all at its very end, and communication overlaps it as in eager.
     @torch.compiler.disable(recursive=False)
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        joining = self._join_config.enable
+        if joining:
+            Join.notify_join_context(self)  # torch's count of the ranks still training
         self._reducer.prepare_forward()
+        root = 0
+        if joining:
+            sync = torch.is_grad_enabled() and self.require_backward_grad_sync
+            _, root, active = self._join_round(True, sync)
+            self._reducer.set_joining(True, 0 if self._divide_by_initial_world_size else active)
         if self.broadcast_buffers and self._buffers_list:
-            self._reducer.broadcast_buffers(self._buffers_list)
+            self._reducer.broadcast_buffers(self._buffers_list, root)
         holder = torch.nn.parallel.DistributedDataParallel
         running = getattr(holder, "_active_ddp_module", _NO_HOOK)
         if running is not _NO_HOOK:
