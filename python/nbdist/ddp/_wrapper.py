@@ -252,9 +252,10 @@ class DDP(torch.nn.Module, Joinable):
                                     getattr(dist, "_DEFAULT_FIRST_BUCKET_BYTES", 1 << 20))
 
     def _release_reducer(self) -> None:
-        """Drops the C++ reducer (its hooks and its hold on the process group) now; for
+        """Drops the C++ reducer (its hooks) and the hold on the process group now; for
         train(), which wraps the model itself. The wrapper cannot run forward after this."""
         self._reducer = None
+        self._group = None
 
     @property
     def reducer(self) -> Any:
