@@ -425,12 +425,13 @@ def _rank(args: dict) -> dict:
             elif variant == "nbdist_train":
                 tc = nd.TrainConfig(max_steps=sum(steps), grad_accum=accum, lr=1e-4,
                                     warmup_steps=0, precision="fp16" if fp16 else "bf16",
-                                    log_every=0,
-                                    grad_clip=1.0)
+                                    log_every=0, grad_clip=1.0,
+                                    shard_optimizer=opts.get("shard") == "1")
                 # Wrapped here rather than by train(), so that tearing the reducer down (its
                 # copy-engine buffers: ~1.5 GB to unpin and free with P2P off) happens after the
                 # clock stops, as it does for the hand-written loops.
-                wrapped = nd.DDP(net, bucket_cap_mb=25, transport=opts.get("t", "auto"),
+                transport = opts.get("t", "nccl" if tc.shard_optimizer else "auto")
+                wrapped = nd.DDP(net, bucket_cap_mb=25, transport=transport,
                                  embedding_rows=opts.get("emb", "1") == "1")
                 # Timed like the hand-written loops: from a synchronized device at the first
                 # timed step's first forward to a synchronized device after the last step (the
@@ -557,9 +558,10 @@ def main() -> int:
     if n > 1:
         # nbdist_ddp:t=nccl is nbdist's reducer on the process group's all-reduce; nbdist_ddp and
         # nbdist_train use the default transport (the copy engines when the ranks share a host
-        # without P2P); :emb=0 all-reduces the embedding's gradient densely.
+        # without P2P); :emb=0 all-reduces the embedding's gradient densely; nbdist_train:shard=1
+        # shards its AdamW (reduce-scatter, 1/world of the update, all-gather).
         variants = ["torch_ddp", "nbdist_ddp:t=nccl", "nbdist_ddp:t=peer", "nbdist_ddp:emb=0",
-                    "nbdist_ddp", "nbdist_train"]
+                    "nbdist_ddp", "nbdist_train", "nbdist_train:shard=1"]
         runs[str(n)] = _launch(dict(base, variants=variants), n, dict(env, NCCL_P2P_DISABLE="0"))
         if not a.no_p2p_off and a.device == "cuda":
             runs[f"{n}_p2p_off"] = _launch(dict(base, variants=variants), n,
@@ -595,7 +597,7 @@ def main() -> int:
                     and x["variant"] == "torch_ddp"), None)
         r["vs_torch_ddp"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
 
-    hdr = f"{'setting':<16}{'variant':<19}{'accum':>6}{'tokens/s':>12}{'scaling':>9}{'vs DDP':>8}" \
+    hdr = f"{'setting':<16}{'variant':<22}{'accum':>6}{'tokens/s':>12}{'scaling':>9}{'vs DDP':>8}" \
           f"{'exposed':>9}{'overhead':>9}{'MFU':>7}"
     print(hdr)
     print("-" * len(hdr))
@@ -603,7 +605,7 @@ def main() -> int:
         def fmt(v, f):
             missing = v is None or (isinstance(v, float) and math.isnan(v))
             return "-" if missing else f.format(v)
-        print(f"{r['setting']:<16}{r['variant']:<19}{r['accum']:>6}{r['tokens_per_s']:>12,.0f}"
+        print(f"{r['setting']:<16}{r['variant']:<22}{r['accum']:>6}{r['tokens_per_s']:>12,.0f}"
               f"{fmt(r['scaling'], '{:.1%}'):>9}{fmt(r['vs_torch_ddp'], '{:.3f}'):>8}"
               f"{fmt(r['exposed_comm_frac'], '{:.1%}'):>9}"
               f"{fmt(r.get('comm_overhead_frac'), '{:.1%}'):>9}{fmt(r['mfu'], '{:.1%}'):>7}")

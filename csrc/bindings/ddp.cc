@@ -91,6 +91,7 @@ PYBIND11_MODULE(_ddp, m) {
       .def("prepare_for_backward", &Reducer::prepare_for_backward,
            py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("rank", &Reducer::rank)
+      .def_property_readonly("sharded", &Reducer::sharded)
       .def_property_readonly("world_size", &Reducer::world_size)
       .def_property_readonly("allreduce_count", &Reducer::allreduce_count)
       .def_property_readonly("sync_rounds", &Reducer::sync_rounds)
@@ -117,7 +118,7 @@ PYBIND11_MODULE(_ddp, m) {
       NBDIST_FIELD(tokens_per_micro_batch) NBDIST_FIELD(throughput_unit)
       NBDIST_FIELD(flops_per_token) NBDIST_FIELD(peak_flops)
       NBDIST_FIELD(init_scale) NBDIST_FIELD(growth_factor) NBDIST_FIELD(backoff_factor)
-      NBDIST_FIELD(growth_interval);
+      NBDIST_FIELD(growth_interval) NBDIST_FIELD(shard_optimizer);
 #undef NBDIST_FIELD
 
   m.def(

@@ -23,4 +23,25 @@ inline std::vector<at::Tensor> all_gather(const c10::intrusive_ptr<::c10d::Proce
   return result;
 }
 
+// Flat all-gather (`in` is this rank's slice of `out`, or a tensor of that size) and flat
+// reduce-scatter (`out` this rank's slice of `in`, or a tensor of that size): torch 2.11 names
+// them _allgather_base / _reduce_scatter_base, later releases keep those names as deprecated
+// aliases. With `in`/`out` the rank's own slice they run in place (NCCL and Gloo).
+inline c10::intrusive_ptr<::c10d::Work> all_gather_flat(
+    const c10::intrusive_ptr<::c10d::ProcessGroup>& pg, at::Tensor& out, at::Tensor& in) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  return pg->_allgather_base(out, in);
+#pragma GCC diagnostic pop
+}
+
+inline c10::intrusive_ptr<::c10d::Work> reduce_scatter_flat(
+    const c10::intrusive_ptr<::c10d::ProcessGroup>& pg, at::Tensor& out, at::Tensor& in,
+    const ::c10d::ReduceScatterOptions& opts) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  return pg->_reduce_scatter_base(out, in, opts);
+#pragma GCC diagnostic pop
+}
+
 }  // namespace nbdist::ddp

@@ -33,6 +33,7 @@
 
 #include <algorithm>
 
+#include "ddp/collectives.h"
 #include "ddp/reducer.h"
 
 namespace nbdist::ddp {
@@ -43,16 +44,6 @@ using torch::autograd::Node;
 using torch::autograd::variable_list;
 
 constexpr const char* kLookupNode = "EmbeddingBackward0";
-
-// All-gather into one flat tensor: torch 2.11 calls it _allgather_base, later releases keep that
-// name as a deprecated alias of all_gather_single.
-c10::intrusive_ptr<::c10d::Work> all_gather_flat(const c10::intrusive_ptr<::c10d::ProcessGroup>& pg,
-                                                 at::Tensor& out, at::Tensor& in) {
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-  return pg->_allgather_base(out, in);
-#pragma GCC diagnostic pop
-}
 
 }  // namespace
 

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <optional>
 
+#include "ddp/adamw.h"
 #include "ddp/checkpoint.h"
 #include "ddp/collectives.h"
 #include "ddp/host_copy.h"
@@ -47,92 +48,6 @@ class AutocastGuard {
   at::ScalarType prev_dtype_ = at::kFloat;
 };
 
-// AdamW with decoupled weight decay on tensors of >= 2 dims (not biases or norms), through torch's
-// fused kernel; the foreach math below is the fallback where no fused kernel exists.
-class AdamW {
- public:
-  AdamW(const std::vector<at::Tensor>& params, const TrainConfig& cfg) : cfg_(cfg) {
-    for (const auto& p : params) {
-      auto& g = p.dim() >= 2 ? decay_ : no_decay_;
-      g.params.push_back(p);
-      g.exp_avg.push_back(at::zeros_like(p, at::MemoryFormat::Preserve));
-      g.exp_avg_sq.push_back(at::zeros_like(p, at::MemoryFormat::Preserve));
-      g.steps.push_back(at::zeros({}, p.options().dtype(at::kFloat)));
-      order_.push_back({&g, g.params.size() - 1});
-    }
-  }
-
-  // found_inf (inf/nan gradients, or a non-finite norm): a nonzero value skips the update on the
-  // device, moments and step counts included, without the host reading it (the fused kernel's
-  // own gate).
-  void step(double lr, const at::Tensor& found_inf) {
-    at::NoGradGuard no_grad;
-    step_group(decay_, lr, cfg_.weight_decay, found_inf);
-    step_group(no_decay_, lr, 0.0, found_inf);
-  }
-
-  // Optimizer state of parameter i (registration order), for checkpoints.
-  at::Tensor& exp_avg(size_t i) { return order_[i].first->exp_avg[order_[i].second]; }
-  at::Tensor& exp_avg_sq(size_t i) { return order_[i].first->exp_avg_sq[order_[i].second]; }
-  at::Tensor& state_step(size_t i) { return order_[i].first->steps[order_[i].second]; }
-
- private:
-  struct Group {
-    std::vector<at::Tensor> params, exp_avg, exp_avg_sq, steps;
-  };
-
-  void step_group(Group& all, double lr, double wd, const at::Tensor& found_inf) {
-    // A param without a gradient (unused on every rank) is skipped, decay and moments alike, as
-    // torch.optim does; the lists below alias the group's tensors, so updates land in place.
-    Group g;
-    std::vector<at::Tensor> grads;
-    for (size_t i = 0; i < all.params.size(); ++i) {
-      if (!all.params[i].grad().defined()) continue;
-      g.params.push_back(all.params[i]);
-      g.exp_avg.push_back(all.exp_avg[i]);
-      g.exp_avg_sq.push_back(all.exp_avg_sq[i]);
-      g.steps.push_back(all.steps[i]);
-      grads.push_back(all.params[i].grad());
-    }
-    if (g.params.empty()) return;
-    at::_foreach_add_(g.steps, 1);
-    if (fused_) {
-      try {
-        at::_fused_adamw_(
-            g.params, grads, g.exp_avg, g.exp_avg_sq, {}, g.steps, lr, cfg_.beta1, cfg_.beta2, wd,
-            cfg_.eps, false, false, std::nullopt,
-            found_inf.defined() ? std::optional<at::Tensor>(found_inf) : std::nullopt);
-        if (found_inf.defined())  // a skipped step does not count
-          at::_foreach_sub_(g.steps, std::vector<at::Tensor>(g.steps.size(), found_inf));
-        return;
-      } catch (const c10::NotImplementedError&) {
-        fused_ = false;  // no fused kernel for this device/dtype: the same math, unfused
-      }
-    }
-    // The fallback decides on the host (it reads the step counts there anyway).
-    if (found_inf.defined() && found_inf.item<double>() != 0) {
-      at::_foreach_add_(g.steps, -1);
-      return;
-    }
-    for (size_t i = 0; i < g.params.size(); ++i) {
-      const double t = g.steps[i].item<double>();
-      auto& p = g.params[i];
-      p.mul_(1 - lr * wd);
-      g.exp_avg[i].lerp_(grads[i], 1 - cfg_.beta1);
-      g.exp_avg_sq[i].mul_(cfg_.beta2).addcmul_(grads[i], grads[i], 1 - cfg_.beta2);
-      const double bc1 = 1 - std::pow(cfg_.beta1, t);
-      const double bc2 = 1 - std::pow(cfg_.beta2, t);
-      auto denom = (g.exp_avg_sq[i].sqrt() / std::sqrt(bc2)).add_(cfg_.eps);
-      p.addcdiv_(g.exp_avg[i], denom, -lr / bc1);
-    }
-  }
-
-  TrainConfig cfg_;
-  Group decay_, no_decay_;
-  std::vector<std::pair<Group*, size_t>> order_;
-  bool fused_ = true;
-};
-
 double lr_at(const TrainConfig& cfg, int64_t step) {
   if (step < cfg.warmup_steps) return cfg.lr * static_cast<double>(step + 1) / cfg.warmup_steps;
   if (cfg.schedule == "constant") return cfg.lr;
@@ -160,10 +75,34 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
   const auto f32 = at::TensorOptions().dtype(at::kFloat).device(device);
   const std::string ckpt_path = cfg.ckpt_dir.empty() ? "" : cfg.ckpt_dir + "/latest.pt";
 
-  // The built-in AdamW, unless the user brought an optimizer (then no moments are allocated here).
+  // The built-in AdamW, unless the user brought an optimizer (then no moments are allocated here);
+  // sharded when asked and possible (the reducer reduce-scatters until train() returns).
   const bool user_opt = static_cast<bool>(cb.optimizer_step);
-  std::optional<AdamW> opt;
-  if (!user_opt) opt.emplace(params, cfg);
+  struct Unshard {
+    explicit Unshard(Reducer& r) : reducer(r) {}
+    Unshard(const Unshard&) = delete;
+    Unshard& operator=(const Unshard&) = delete;
+    Reducer& reducer;
+    ~Unshard() {
+      try {
+        reducer.set_sharded(false);
+      } catch (...) {  // only a broken invariant; the error already on its way out matters more
+      }
+    }
+  };
+  std::optional<Unshard> unshard;  // declared before opt: unsharded after its gathers landed
+  std::unique_ptr<AdamWBase> opt;
+  if (!user_opt && cfg.shard_optimizer && world > 1) {
+    auto why = ShardedAdamW::why_not(reducer);
+    if (why.empty()) why = reducer.set_sharded(true);
+    if (why.empty()) {
+      unshard.emplace(reducer);
+      opt = std::make_unique<ShardedAdamW>(reducer, cfg);
+    } else if (rank == 0 && cb.log && cfg.log_every > 0) {
+      cb.log("shard_optimizer: not sharded, " + why);
+    }
+  }
+  if (!user_opt && !opt) opt = std::make_unique<AdamW>(params, cfg);
   const char* kUserOptKey = "optimizer.state_dict";
   double scale = fp16 ? cfg.init_scale : 1.0;
   int64_t good_steps = 0;  // consecutive finite steps since the scale last changed
@@ -193,13 +132,8 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       // Everything is checked before anything is copied: a checkpoint that does not fit leaves
       // the model (and optimizer) as they were, so that resume=False can still start afresh.
       std::vector<std::pair<at::Tensor, std::string>> copies;
-      for (size_t i = 0; i < params.size(); ++i) {
+      for (size_t i = 0; i < params.size(); ++i)
         copies.emplace_back(params[i], "param." + std::to_string(i));
-        if (!opt) continue;
-        copies.emplace_back(opt->exp_avg(i), "adamw.exp_avg." + std::to_string(i));
-        copies.emplace_back(opt->exp_avg_sq(i), "adamw.exp_avg_sq." + std::to_string(i));
-        copies.emplace_back(opt->state_step(i), "adamw.step." + std::to_string(i));
-      }
       for (size_t i = 0; i < buffers.size(); ++i)
         copies.emplace_back(buffers[i], "buffer." + std::to_string(i));
       for (const auto& [dst, key] : copies) {
@@ -210,6 +144,10 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
                                                        " but the model's is " +
                                                        c10::str(dst.sizes()));
       }
+      const CheckpointGet cget = [&](const std::string& key) -> const at::Tensor& {
+        return get(key);
+      };
+      if (opt) opt->check(cget, ckpt_path);
       // Parameters are stored by position: a model with fewer of them would take a prefix of
       // another model's (same shapes, different layers) without a word.
       int64_t saved_params = 0, saved_buffers = 0;
@@ -242,6 +180,7 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
       }
       if (user_opt) cb.optimizer_load(get(kUserOptKey));
       for (auto& [dst, key] : copies) dst.copy_(get(key));
+      if (opt) opt->load(cget);
       step = saved_step;
       scale = saved_scale;
       good_steps = saved_good;
@@ -277,15 +216,10 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     std::vector<at::Tensor> dev_rng;
     if (device.is_cuda())
       dev_rng = all_gather(pg, at::globalContext().defaultGenerator(device).get_state(), device);
-    if (rank != 0) return;
     TensorMap ck;
-    for (size_t i = 0; i < params.size(); ++i) {
-      ck["param." + std::to_string(i)] = params[i];
-      if (!opt) continue;
-      ck["adamw.exp_avg." + std::to_string(i)] = opt->exp_avg(i);
-      ck["adamw.exp_avg_sq." + std::to_string(i)] = opt->exp_avg_sq(i);
-      ck["adamw.step." + std::to_string(i)] = opt->state_step(i);
-    }
+    if (opt) opt->save(rank == 0 ? &ck : nullptr);  // sharded: gathers the moments (collective)
+    if (rank != 0) return;
+    for (size_t i = 0; i < params.size(); ++i) ck["param." + std::to_string(i)] = params[i];
     if (user_opt) ck[kUserOptKey] = cb.optimizer_state();
     for (size_t i = 0; i < buffers.size(); ++i) ck["buffer." + std::to_string(i)] = buffers[i];
     for (int r = 0; r < world; ++r) {
@@ -354,6 +288,7 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
 
   while (step < cfg.max_steps) {
     const auto t0 = Clock::now();
+    if (opt) opt->wait();  // sharded: the last update's slices are in every parameter
     StepRecord rec;
     rec.lr = lr_at(cfg, step);
 
@@ -391,9 +326,11 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     // 2. unscale (fp16) and take the global gradient norm: the reducer already averaged the
     //    gradients, so every rank holds the same ones and the local norm is the global norm.
     //    A param no rank used (find_unused_parameters) has no gradient and takes no part.
-    std::vector<at::Tensor> grads;
+    //    Sharded, each rank clips and updates its slices, and the norm is their all-reduced sum.
+    std::vector<at::Tensor> all_grads;
     for (const auto& p : params)
-      if (p.grad().defined()) grads.push_back(p.grad());
+      if (p.grad().defined()) all_grads.push_back(p.grad());
+    const auto grads = opt ? opt->grads() : all_grads;
     //    fp16: the reduced gradients are the same on every rank, so is their found-inf flag.
     at::Tensor found_inf;
     if (fp16) {
@@ -403,6 +340,7 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     }
     auto norm = grads.empty() ? at::zeros({}, f32)
                               : at::linalg_vector_norm(at::stack(at::_foreach_norm(grads)), 2);
+    if (opt) opt->reduce_norm(norm, found_inf);
     std::vector<at::Tensor> parts{loss_sum / cfg.grad_accum, norm.to(at::kFloat)};
     if (fp16) parts.insert(parts.end(), {scale_dev, found_inf});
     auto numbers = at::stack(parts);  // a copy: the scale this step used
@@ -431,8 +369,8 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     //    no gradient and the optimizer leaves it alone, as after zero_grad() in one process
     if (reducer.options().find_unused_parameters) {
       for (const auto& p : params) const_cast<at::Tensor&>(p).mutable_grad().reset();
-    } else if (!grads.empty()) {
-      at::_foreach_zero_(grads);
+    } else if (!all_grads.empty()) {
+      at::_foreach_zero_(all_grads);
     }
     ++step;
     rec.step = step;
@@ -448,6 +386,7 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     if (cb.eval_loss && cfg.eval_steps > 0 && cfg.eval_every > 0 &&
         (step % cfg.eval_every == 0 || last)) {
       at::NoGradGuard no_grad;
+      if (opt) opt->wait();
       cb.eval_reset();
       auto sum = at::zeros({2}, f32);
       for (int64_t i = 0; i < cfg.eval_steps; ++i) {
@@ -482,6 +421,7 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     if (ckpt_due) write_checkpoint();
   }
   resolve();
+  if (opt) opt->wait();
   return history;
 }
 

@@ -43,6 +43,9 @@ struct TrainConfig {
   double growth_factor = 2.0;   // scale *= growth_factor after growth_interval good steps
   double backoff_factor = 0.5;  // scale *= backoff_factor on a step with inf/nan gradients
   int64_t growth_interval = 2000;
+  // Built-in AdamW only, on more than one rank: each rank keeps the moments of, and updates,
+  // 1/world of the parameters (see adamw.h); the update is the same.
+  bool shard_optimizer = false;
 };
 
 struct TrainCallbacks {

@@ -294,9 +294,11 @@ void Reducer::install_buckets(std::vector<Bucket> buckets) {
     const auto& first = params_[b.params[0]];
     if (copy_engines_)
       b.buffer = copy_engines_->bucket(static_cast<int64_t>(bi)).zero_();
-    else
-      b.buffer = at::zeros({b.offsets.back() + params_[b.params.back()].numel()},
-                           first.options().requires_grad(false));
+    else {
+      int64_t n = b.offsets.back() + params_[b.params.back()].numel();
+      if (shard_) n = (n + world_size_ - 1) / world_size_ * world_size_;  // equal slices
+      b.buffer = at::zeros({n}, first.options().requires_grad(false));
+    }
     for (size_t s = 0; s < b.params.size(); ++s) {
       const auto index = b.params[s];
       bucket_of_[index] = static_cast<int64_t>(bi);
@@ -351,6 +353,30 @@ at::Tensor Reducer::grad_view(int64_t index) {
   auto& b = buckets_[bucket_of_[index]];
   const auto& p = params_[index];
   return b.buffer.narrow(0, b.offsets[slot_of_[index]], p.numel()).view(p.sizes());
+}
+
+std::string Reducer::set_sharded(bool on) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (on == shard_) return "";
+  if (on && copy_engines_)
+    return std::string("the buckets are averaged by the copy engines (transport='") +
+           copy_engines_->path() +
+           "'), which have no reduce-scatter";
+  if (on && joining_) return "join() is on";
+  if (on && world_size_ == 1) return "there is one rank";
+  if (on) NBDIST_CHECK(finished_ && !armed_, "set_sharded between steps");
+  shard_ = on;
+  // Padded buffers (or unpadded again); the layout is kept, so that the optimizer's slices hold.
+  rebuilt_ = true;
+  rebuild_pending_ = false;
+  install_buckets(replan_buckets());
+  return "";
+}
+
+std::vector<Reducer::BucketSpan> Reducer::bucket_spans() const {
+  std::vector<BucketSpan> out;
+  for (const auto& b : buckets_) out.push_back({b.buffer, b.params, b.offsets});
+  return out;
 }
 
 std::vector<std::vector<int64_t>> Reducer::bucket_indices() const {
@@ -544,15 +570,22 @@ void Reducer::launch_ready_buckets_locked() {
       copy_engines_->launch(next_bucket_ - 1, static_cast<uint32_t>(sync_rounds_ + 1));
       continue;
     }
-    ::c10d::AllreduceOptions opts;
-    if (use_avg_op_) {
-      opts.reduceOp = ::c10d::ReduceOp(::c10d::ReduceOp::AVG);
+    // Pre-dividing (where the backend has no AVG) keeps the averaged sum in range (fp16) and
+    // costs one pass over the bucket.
+    if (!use_avg_op_) b.buffer.div_(world_size_);
+    const auto op = ::c10d::ReduceOp(use_avg_op_ ? ::c10d::ReduceOp::AVG : ::c10d::ReduceOp::SUM);
+    if (shard_) {
+      ::c10d::ReduceScatterOptions opts;
+      opts.reduceOp = op;
+      const auto slice = b.buffer.numel() / world_size_;
+      auto mine = b.buffer.narrow(0, rank_ * slice, slice);
+      b.work = reduce_scatter_flat(pg_, mine, b.buffer, opts);
     } else {
-      // Pre-dividing keeps the averaged sum in range (fp16) and costs one pass over the bucket.
-      b.buffer.div_(world_size_);
+      ::c10d::AllreduceOptions opts;
+      opts.reduceOp = op;
+      std::vector<at::Tensor> v{b.buffer};
+      b.work = pg_->allreduce(v, opts);
     }
-    std::vector<at::Tensor> v{b.buffer};
-    b.work = pg_->allreduce(v, opts);
   }
   // Every param is ready once the last bucket is out, so used_ is final: one small collective,
   // issued after the buckets so that all ranks keep the same collective order.

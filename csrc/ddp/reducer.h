@@ -94,6 +94,20 @@ class Reducer {
   // have not, with zeros for every gradient.
   void shadow_backward();
 
+  // For train()'s sharded AdamW (TrainConfig.shard_optimizer): every bucket is padded to a
+  // multiple of the world size and reduce-scattered instead of all-reduced, so that rank r holds
+  // the average only in the r-th slice of each bucket (the rest of .grad keeps this rank's own
+  // gradient). The bucket layout stays as it is from then on (no rebuild). Not with the copy
+  // engines or join(): returns why it cannot, "" once it is on. Local: every rank calls it alike.
+  std::string set_sharded(bool on);
+  bool sharded() const { return shard_; }
+  struct BucketSpan {
+    at::Tensor buffer;             // the bucket (padded when sharded)
+    std::vector<int64_t> params;   // parameter indices
+    std::vector<int64_t> offsets;  // element offset of each in buffer
+  };
+  std::vector<BucketSpan> bucket_spans() const;
+
   // Called before each forward: rebuilds buckets once from the observed order, and fails if the
   // previous backward ended without reducing every parameter.
   void prepare_forward();
@@ -112,6 +126,7 @@ class Reducer {
   bool buckets_rebuilt() const { return rebuilt_; }
   const c10::intrusive_ptr<::c10d::ProcessGroup>& process_group() const { return pg_; }
   const std::vector<at::Tensor>& params() const { return params_; }
+  const std::vector<std::string>& names() const { return names_; }
   const ReducerOptions& options() const { return options_; }
   // What averages the buckets: "peer", "host" (copy engines) or the process group's backend name.
   std::string transport() const;
@@ -233,6 +248,7 @@ class Reducer {
   bool finished_ = true;  // the last armed backward completed its reduction
   bool reduced_ = false;  // the last forward's backward has been averaged (until the next forward)
   bool joining_ = false;       // in join(): see set_joining
+  bool shard_ = false;         // see set_sharded
   int64_t average_over_ = 0;   // ranks the next average is over (0: all)
   std::vector<char> ready_;
   std::vector<char> unused_;  // found unused by the graph traversal for this backward

@@ -60,6 +60,14 @@ class TrainConfig:
             the optimizer leaves it alone (no decay, no momentum), as in a single process.
         init_scale, growth_interval: fp16 loss scaler (halve on inf/nan, double after N good steps).
         peak_flops: per-device peak for MFU (default: looked up from the GPU name).
+        shard_optimizer: shard the built-in AdamW over the ranks (ZeRO stage 1): each rank keeps
+            the moments of 1/world of every gradient bucket and updates that slice only; the
+            buckets are reduce-scattered instead of all-reduced and the updated slices
+            all-gathered into the parameters, so as many bytes cross as before. Saves
+            (world-1)/world of the AdamW state on each GPU (2 x 4 bytes per parameter) and of the
+            update's work; the result is the same update (to float rounding in the norm), and
+            checkpoints are the same files, which resume sharded or not, on any number of ranks.
+            Not with a user ``optimizer``; on one rank it does nothing.
     """
 
     max_steps: int
@@ -88,6 +96,7 @@ class TrainConfig:
     init_scale: float = 65536.0
     growth_interval: int = 2000
     peak_flops: float | None = None
+    shard_optimizer: bool = False
 
     def validate(self) -> None:
         def bad(field: str, why: str) -> DDPValueError:
@@ -139,7 +148,7 @@ class TrainConfig:
                                     "to look it up from the GPU name")
         if not (finite(self.bucket_cap_mb) and self.bucket_cap_mb > 0):
             raise bad("bucket_cap_mb", "must be a finite number > 0 (MiB)")
-        for f in ("resume", "find_unused_parameters", "embedding_rows"):
+        for f in ("resume", "find_unused_parameters", "embedding_rows", "shard_optimizer"):
             if not isinstance(getattr(self, f), bool):
                 raise bad(f, "must be True or False")
         for f, allowed in (("schedule", _SCHEDULES), ("precision", _PRECISIONS),
@@ -152,6 +161,9 @@ class TrainConfig:
             raise bad("ckpt_dir", "must be a directory path (a str or os.PathLike), or None")
         if self.ckpt_every and not self.ckpt_dir:
             raise bad("ckpt_every", "needs ckpt_dir")
+        if self.shard_optimizer and self.transport in ("peer", "host"):
+            raise bad("transport", "the copy engines have no reduce-scatter, which "
+                                   "shard_optimizer needs: use 'auto' or 'nccl'")
 
 
 def _to_device(obj: Any, device: torch.device) -> Any:
@@ -616,6 +628,10 @@ def train(
     module = model.module if isinstance(model, DDP) else model
     if optimizer is not None:
         _check_optimizer(optimizer, module)
+        if cfg.shard_optimizer:
+            raise DDPValueError("TrainConfig.shard_optimizer shards train()'s built-in AdamW, not "
+                                "a user optimizer: leave optimizer=None, or shard your own with "
+                                "torch.distributed.optim.ZeroRedundancyOptimizer")
     first_param = next(module.parameters(), None)
     if first_param is None:
         raise DDPValueError(f"train(model=...): the model ({type(module).__name__}) has no "
@@ -643,9 +659,12 @@ def train(
     made: list[DDP] = []  # the DDP made here, if any
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
+        # shard_optimizer reduce-scatters through the process group: "auto" must not pick the
+        # copy engines.
+        transport = "nccl" if cfg.shard_optimizer and cfg.transport == "auto" else cfg.transport
         ddp = model if isinstance(model, DDP) else DDP(
             module, bucket_cap_mb=cfg.bucket_cap_mb,
-            find_unused_parameters=cfg.find_unused_parameters, transport=cfg.transport,
+            find_unused_parameters=cfg.find_unused_parameters, transport=transport,
             embedding_rows=cfg.embedding_rows)
         if ddp is not model:
             made.append(ddp)
@@ -707,6 +726,7 @@ def train(
         c.flops_per_token = float(fpt() if callable(fpt) else fpt or 0)
         c.peak_flops = float(cfg.peak_flops if cfg.peak_flops is not None else _peak_flops(device))
         c.init_scale, c.growth_interval = float(cfg.init_scale), int(cfg.growth_interval)
+        c.shard_optimizer = cfg.shard_optimizer
         if ckpt_dir:
             os.makedirs(ckpt_dir, exist_ok=True)
             if rank == 0:  # temporary files of writes that died halfway
