@@ -570,6 +570,10 @@ void Reducer::launch_ready_buckets_locked() {
       copy_engines_->launch(next_bucket_ - 1, static_cast<uint32_t>(sync_rounds_ + 1));
       continue;
     }
+    // One rank: the bucket is its own average. The process group's collectives would still
+    // cost the host their bookkeeping, which idled the GPU behind it (GPT-2 on one H200: 1.4 ms
+    // a step, bench/results/ddp_one_rank_h200.json).
+    if (world_size_ == 1) continue;
     // Pre-dividing (where the backend has no AVG) keeps the averaged sum in range (fp16) and
     // costs one pass over the bucket.
     if (!use_avg_op_) b.buffer.div_(world_size_);
