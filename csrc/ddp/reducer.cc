@@ -510,8 +510,9 @@ void Reducer::on_grad_ready(int64_t index) {
   }
   auto& grad = params_[index].mutable_grad();
   auto view = grad_view(index);
-  // After zero_grad(set_to_none=True) AccumulateGrad installs a fresh tensor: move it in.
-  if (!grad.is_alias_of(view)) {
+  // After zero_grad(set_to_none=True) AccumulateGrad installs a fresh tensor: move it in. One
+  // rank leaves .grad as AccumulateGrad made it (nothing to average), like a plain loop.
+  if (world_size_ > 1 && !grad.is_alias_of(view)) {
     view.copy_(grad);
     if (options_.gradient_as_bucket_view) grad = view;
   }
@@ -531,12 +532,14 @@ void Reducer::begin_backward_locked() {
     if (!unused_[i]) continue;
     auto view = grad_view(static_cast<int64_t>(i));
     const auto& grad = params_[i].grad();
-    if (!grad.defined())
-      view.zero_();
-    else if (!grad.is_alias_of(view))
-      view.copy_(grad);
-    else if (!used_[i])
-      saved_grad_[i] = grad.clone();
+    if (world_size_ > 1) {  // one rank: .grad stays as it is (see on_grad_ready)
+      if (!grad.defined())
+        view.zero_();
+      else if (!grad.is_alias_of(view))
+        view.copy_(grad);
+      else if (!used_[i])
+        saved_grad_[i] = grad.clone();
+    }
     mark_ready_locked(static_cast<int64_t>(i));
   }
   // Embedding weights used only by lookups have no dense part to wait for: their bucket holds
@@ -651,7 +654,8 @@ void Reducer::finalize_backward() {
   }
   // Without unused params every .grad already is its bucket view (set by the hooks): nothing to
   // rebind, and the common path pays no per-parameter work after backward.
-  const bool rebind = options_.find_unused_parameters || !options_.gradient_as_bucket_view;
+  const bool rebind =
+      world_size_ > 1 && (options_.find_unused_parameters || !options_.gradient_as_bucket_view);
   at::NoGradGuard no_grad;
   for (size_t i = 0; rebind && i < params_.size(); ++i) {
     auto& grad = params_[i].mutable_grad();
