@@ -194,6 +194,16 @@ ShardedAdamW::ShardedAdamW(Reducer& reducer, const TrainConfig& cfg)
     }
     slices_.push_back(std::move(s));
   }
+  // About equal bytes per group, in update order.
+  constexpr int64_t kGroups = 4;
+  int64_t total = 0, filled = 0;
+  for (const auto& s : slices_) total += s.length;
+  for (size_t k = slices_.size(); k-- > 0;) {
+    if (groups_.empty() || filled * kGroups >= total * static_cast<int64_t>(groups_.size()))
+      groups_.emplace_back();
+    groups_.back().push_back(k);
+    filled += slices_[k].length;
+  }
 }
 
 ShardedAdamW::~ShardedAdamW() {
@@ -229,29 +239,29 @@ void ShardedAdamW::step(double lr, const at::Tensor& found_inf) {
   at::NoGradGuard no_grad;
   const auto live = advance_steps(params_, steps_);
   const auto& pg = reducer_.process_group();
-  // Last bucket first (the first layers, which the next forward needs first): each slice is
-  // updated and its all-gather starts at once, running while the next slice updates.
-  for (auto it = slices_.rbegin(); it != slices_.rend(); ++it) {
-    auto& s = *it;
-    Groups groups;
-    for (const auto& seg : s.segments)
-      if (params_[seg.param].grad().defined())
-        groups.add(params_[seg.param].dim() >= 2, seg.value, seg.grad, seg.exp_avg,
-                   seg.exp_avg_sq, steps_[seg.param]);
-    groups.update(lr, cfg_, found_inf, fused_);
-    auto mine = s.flat.narrow(0, s.begin, s.length);
-    s.gather = all_gather_flat(pg, s.flat, mine);
+  // Last bucket first: the next forward needs the first layers first.
+  for (const auto& group : groups_) {
+    Groups ops;
+    std::vector<at::Tensor> whole, mine;
+    for (const auto k : group) {
+      auto& s = slices_[k];
+      for (const auto& seg : s.segments)
+        if (params_[seg.param].grad().defined())
+          ops.add(params_[seg.param].dim() >= 2, seg.value, seg.grad, seg.exp_avg, seg.exp_avg_sq,
+                  steps_[seg.param]);
+      whole.push_back(s.flat);
+      mine.push_back(s.flat.narrow(0, s.begin, s.length));
+    }
+    ops.update(lr, cfg_, found_inf, fused_);
+    gathers_.push_back(all_gather_flat_coalesced(pg, whole, mine));
   }
   undo_skipped(live, found_inf);
 }
 
 void ShardedAdamW::wait() {
-  for (auto& s : slices_)
-    if (s.gather) {
-      auto work = std::move(s.gather);
-      s.gather.reset();
-      work->wait();
-    }
+  auto works = std::move(gathers_);
+  gathers_.clear();
+  for (auto& work : works) work->wait();
 }
 
 void ShardedAdamW::save(TensorMap* ck) {

@@ -93,13 +93,17 @@ class ShardedAdamW : public AdamWBase {
     at::Tensor exp_avg, exp_avg_sq;  // this rank's slice only
     int64_t begin = 0, length = 0;   // the slice, in bucket elements
     std::vector<Segment> segments;
-    c10::intrusive_ptr<::c10d::Work> gather;
   };
 
   Reducer& reducer_;
   std::vector<at::Tensor> params_;
   std::vector<at::Tensor> steps_;  // every parameter's step count, on every rank
   std::vector<Slice> slices_;
+  // The update runs in a few groups of slices (last bucket first), each one fused AdamW call per
+  // decay setting and one coalesced all-gather, which runs while the next group updates: a
+  // collective per bucket would cost the host more than the update costs the GPU.
+  std::vector<std::vector<size_t>> groups_;
+  std::vector<c10::intrusive_ptr<::c10d::Work>> gathers_;  // in flight until wait()
   TrainConfig cfg_;
   bool fused_ = true;
 };

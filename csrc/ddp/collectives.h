@@ -35,6 +35,16 @@ inline c10::intrusive_ptr<::c10d::Work> all_gather_flat(
 #pragma GCC diagnostic pop
 }
 
+// Flat all-gathers of several tensors as one collective (NCCL: one group call).
+inline c10::intrusive_ptr<::c10d::Work> all_gather_flat_coalesced(
+    const c10::intrusive_ptr<::c10d::ProcessGroup>& pg, std::vector<at::Tensor>& out,
+    std::vector<at::Tensor>& in) {
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+  return pg->allgather_into_tensor_coalesced(out, in);
+#pragma GCC diagnostic pop
+}
+
 inline c10::intrusive_ptr<::c10d::Work> reduce_scatter_flat(
     const c10::intrusive_ptr<::c10d::ProcessGroup>& pg, at::Tensor& out, at::Tensor& in,
     const ::c10d::ReduceScatterOptions& opts) {
