@@ -497,7 +497,8 @@ def _device_args() -> list:
     out = []
     for kw in (dict(device_ids=None, output_device=None), dict(device_ids=[]),
                dict(output_device="cpu"), dict(bucket_cap_mb=None), dict(device_ids=[0]),
-               dict(output_device="cuda:0"), dict(bucket_cap_mb="25")):
+               dict(output_device="cuda:0"), dict(bucket_cap_mb="25"), dict(static_graph=True),
+               dict(static_graph="yes")):
         try:
             DDP(model, **kw)
             out.append("ok")
@@ -515,6 +516,8 @@ def test_torch_ddp_device_arguments(launch):
         assert "device_ids=[0] for a module on the CPU: leave it out" in out[4]
         assert "output_device='cuda:0', but the parameters are on cpu" in out[5]
         assert "bucket_cap_mb must be a number > 0 (MiB), got '25'" in out[6]
+        assert out[7] == "ok"
+        assert "static_graph must be True or False, got 'yes'" in out[8]
     from nbdist.ddp._wrapper import _check_device_args
 
     gpu1 = torch.device("cuda", 1)

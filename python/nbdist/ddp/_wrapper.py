@@ -163,6 +163,10 @@ class DDP(torch.nn.Module, Joinable):
             ``"auto"`` chose the process group.
         device_ids, output_device: as in torch's DDP, for scripts that pass them: the one device
             the parameters are on (``[local_rank]``), or None; other values are an error.
+        static_graph: taken for scripts written for torch's DDP. The reducer learns the bucket
+            order from the first backward whatever it says; a gradient that reaches a parameter
+            twice in one backward (reentrant activation checkpointing, which torch allows with
+            it) is still an error naming the parameter: use ``use_reentrant=False``.
         embedding_rows: average the gradient of ``nn.Embedding`` lookups by exchanging the
             looked-up rows (every rank's indices and the gradients of the looked-up vectors, one
             all-gather at the end of backward) instead of the whole ``[rows, dim]`` weight
@@ -195,6 +199,7 @@ class DDP(torch.nn.Module, Joinable):
         embedding_rows: bool = True,
         device_ids: Any = None,
         output_device: Any = None,
+        static_graph: bool = False,
     ) -> None:
         super().__init__()
         Joinable.__init__(self)
@@ -205,6 +210,8 @@ class DDP(torch.nn.Module, Joinable):
         for name, value in (("bucket_cap_mb", bucket_cap_mb), ("first_bucket_mb", first_bucket_mb)):
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
                 raise DDPValueError(f"DDP: {name} must be a number > 0 (MiB), got {value!r}")
+        if not isinstance(static_graph, bool):
+            raise DDPValueError(f"DDP: static_graph must be True or False, got {static_graph!r}")
         if transport not in _TRANSPORTS:
             raise DDPValueError(f"DDP: transport must be one of {_TRANSPORTS}, got {transport!r}")
         group = _default_group(process_group)
@@ -214,6 +221,7 @@ class DDP(torch.nn.Module, Joinable):
         self._divide_by_initial_world_size = True
         self.module = module
         self.broadcast_buffers = broadcast_buffers
+        self.static_graph = static_graph
         self.find_unused_parameters = find_unused_parameters
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         if not named:
