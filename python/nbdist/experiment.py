@@ -424,6 +424,12 @@ def run_experiments(config: dict, output_dir: str, out=None) -> list[dict]:
         except (OSError, UnicodeError) as exc:
             why = (exc.strerror or exc) if isinstance(exc, OSError) else exc
             raise ExperimentConfigError(f"cannot create the directory {d}: {why}") from None
+    # A background block is kept in mode "default" (switching the mode back and forth is one word)
+    # but not run: say so, rather than let a load that never ran look like one that did nothing.
+    for e in config["experiments"]:
+        if e["mode"] == "default" and e["background"] is not None:
+            print(f"nbdist experiment: {e['name']!r} has a background block but mode 'default': "
+                  "the background is not run (mode 'parallel' runs it)", file=out, flush=True)
     csv_path = os.path.join(output_dir, _SUMMARY)
     rows: list[dict] = []
     results: list[dict] = []

@@ -186,3 +186,14 @@ def test_cli_reports_a_non_utf8_config_and_directories_it_cannot_create(tmp_path
     assert f"cannot create the directory {tmp_path / 'out' / ('x' * 300)}: File name too long" \
         in proc.stderr
     assert not (tmp_path / "out" / "logs").exists()  # refused before the first run
+
+
+def test_a_background_block_in_mode_default_is_reported_as_not_run(tmp_path):
+    config = validate({"monitor": False, "experiments": [
+        {"name": "solo", "foreground": {"command": ["true"]},
+         "background": {"command": ["sleep", "60"]}}]})
+    out = io.StringIO()
+    [result] = run_experiments(config, str(tmp_path), out=out)
+    assert "'solo' has a background block but mode 'default': the background is not run" in (
+        out.getvalue())
+    assert result["status"] == "succeeded" and result["background_command"] is None
