@@ -364,7 +364,12 @@ std::string Reducer::set_sharded(bool on) {
            "'), which have no reduce-scatter";
   if (on && joining_) return "join() is on";
   if (on && world_size_ == 1) return "there is one rank";
-  if (on) NBDIST_CHECK(finished_ && !armed_, "set_sharded between steps");
+  // A failed backward: the next forward raises its error (prepare_forward).
+  if (on && !finished_) return "the previous backward pass did not reduce every gradient";
+  // A forward with grad enabled whose backward never came (a look at the loss before train())
+  // leaves the reducer armed; the buckets below are new, so that backward could no longer be
+  // averaged: one through that forward now raises (on_grad_arriving) rather than staying local.
+  if (armed_) armed_ = false, reduced_ = true;
   shard_ = on;
   // Padded buffers (or unpadded again); the layout is kept, so that the optimizer's slices hold.
   rebuilt_ = true;

@@ -1,0 +1,52 @@
+"""A DDP the user built, passed to train(shard_optimizer=True): what it was doing before, and
+that it is a plain averaging DDP again after."""
+
+from __future__ import annotations
+
+import datetime
+
+import torch
+import torch.distributed as dist
+from _ddp_models import build, flat_params, gpt_batches, loss_of
+
+from nbdist.ddp import DDP, TrainConfig, train
+
+
+def _forward_then_train(shard: bool) -> dict:
+    """A notebook's cell order: wrap, look at the initial loss (a forward with grad enabled and
+    no backward), then train, then a few plain DDP steps on each rank's own data."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    rank = dist.get_rank()
+    model = build("gpt", seed=0)
+    ddp = DDP(model, bucket_cap_mb=0.004, first_bucket_mb=0.002)
+    initial = loss_of("gpt", ddp, gpt_batches(1, 2, seed=9)[0]).item()
+    error = None
+    try:
+        train(ddp, gpt_batches(6, 4), TrainConfig(max_steps=3, grad_accum=2, lr=1e-2, log_every=0,
+                                                  precision="fp32", shard_optimizer=shard))
+    except Exception as e:  # noqa: BLE001 - the message is the result
+        error = f"{type(e).__name__}: {e}"
+    sharded_after = ddp.reducer.sharded
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for batch in gpt_batches(2, 2, seed=50 + rank):
+        loss_of("gpt", ddp, batch).backward()
+        opt.step()
+        opt.zero_grad()
+    params = flat_params(model)
+    out = [torch.empty_like(params) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, params)
+    dist.destroy_process_group()
+    return {"error": error, "initial": initial, "sharded_after": sharded_after, "params": params,
+            "identical": all(torch.equal(out[0], o) for o in out)}
+
+
+def test_a_forward_without_backward_before_sharded_train(launch):
+    sharded = launch(_forward_then_train, args=(True,), nprocs=2)
+    whole = launch(_forward_then_train, args=(False,), nprocs=2)
+    for s in sharded:
+        assert s["error"] is None
+        assert s["sharded_after"] is False and s["identical"]
+    assert whole[0]["error"] is None
+    assert float((sharded[0]["params"] - whole[0]["params"]).norm()
+                 / whole[0]["params"].norm()) < 1e-6
