@@ -55,9 +55,9 @@ class TrainConfig:
         batch_size: micro-batch size per rank when the data is a dataset (not an iterable).
         bucket_cap_mb, find_unused_parameters, transport, embedding_rows: passed to :class:`DDP`
             when train wraps the model.
-            With find_unused_parameters the gradients are dropped (set to None) after each step
-            rather than zeroed, so a parameter that no rank uses in a step keeps no gradient and
-            the optimizer leaves it alone (no decay, no momentum), as in a single process.
+            Gradients are dropped (set to None) after each step, as ``zero_grad()`` does, so
+            with find_unused_parameters a parameter that no rank uses in a step keeps no gradient
+            and the optimizer leaves it alone (no decay, no momentum), as in a single process.
         init_scale, growth_interval: fp16 loss scaler (halve on inf/nan, double after N good steps).
         peak_flops: per-device peak for MFU (default: looked up from the GPU name).
         shard_optimizer: shard the built-in AdamW over the ranks (ZeRO stage 1): each rank keeps
@@ -598,7 +598,7 @@ def train(
             "lr") and initial_lr is the group's lr when train() first saw it. So a group created
             with lr == cfg.lr follows the schedule exactly, and ``schedule="constant"`` with
             ``warmup_steps=0`` leaves the optimizer's learning rates as they are. Gradients are
-            zeroed in place after each step (set to None with find_unused_parameters).
+            dropped (set to None) after each step, so ``.grad`` is None when train() returns.
 
     Each history entry has step, loss (this rank), lr (the schedule's), grad_norm, scale, skipped,
     seconds, throughput (tokens/s over all ranks for integer inputs, else samples/s), mfu and
