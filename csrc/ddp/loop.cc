@@ -95,12 +95,13 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
   if (!user_opt && cfg.shard_optimizer && world > 1) {
     auto why = ShardedAdamW::why_not(reducer);
     if (why.empty()) why = reducer.set_sharded(true);
-    if (why.empty()) {
-      unshard.emplace(reducer);
-      opt = std::make_unique<ShardedAdamW>(reducer, cfg);
-    } else if (rank == 0 && cb.log && cfg.log_every > 0) {
-      cb.log("shard_optimizer: not sharded, " + why);
-    }
+    // Asked for and not possible: an error (the same on every rank), not a quiet fallback that
+    // holds the whole state on each GPU.
+    if (!why.empty())
+      throw DDPError(ErrorKind::kInvalidInput,
+                     "TrainConfig.shard_optimizer: the AdamW cannot be sharded here: " + why);
+    unshard.emplace(reducer);
+    opt = std::make_unique<ShardedAdamW>(reducer, cfg);
   }
   if (!user_opt && !opt) opt = std::make_unique<AdamW>(params, cfg);
   const char* kUserOptKey = "optimizer.state_dict";
@@ -233,6 +234,10 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     ck["scaler.good_steps"] = at::scalar_tensor(fp16 ? good_dev.item<int64_t>() : 0, at::kLong);
     save_checkpoint(ckpt_path, ck);
   };
+
+  // Gradients left from before train() (a backward outside it without zero_grad()) are not
+  // part of the first step.
+  for (const auto& p : params) const_cast<at::Tensor&>(p).mutable_grad().reset();
 
   std::vector<StepRecord> history;
   // A step's numbers (loss, gradient norm; fp16: the scale it used and whether it overflowed)

@@ -50,3 +50,54 @@ def test_a_forward_without_backward_before_sharded_train(launch):
     assert whole[0]["error"] is None
     assert float((sharded[0]["params"] - whole[0]["params"]).norm()
                  / whole[0]["params"].norm()) < 1e-6
+
+
+def _stale_gradients_then_train(stale: bool) -> torch.Tensor:
+    """A backward through the DDP outside train() without zero_grad(), then train()."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    model = build("gpt", seed=0)
+    ddp = DDP(model)
+    if stale:
+        (1e3 * loss_of("gpt", ddp, gpt_batches(1, 2, seed=9)[0])).backward()
+    train(ddp, gpt_batches(4, 4), TrainConfig(max_steps=2, lr=1e-2, log_every=0,
+                                              precision="fp32"))
+    dist.destroy_process_group()
+    return flat_params(model)
+
+
+def test_gradients_from_before_train_are_not_part_of_its_first_step(launch):
+    stale = launch(_stale_gradients_then_train, args=(True,), nprocs=2)
+    fresh = launch(_stale_gradients_then_train, args=(False,), nprocs=2)
+    assert torch.equal(stale[0], fresh[0])
+
+
+class _Transposed(torch.nn.Module):
+    """A parameter stored transposed (not contiguous): its slices would not line up with its
+    gradient's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(3, 4).t())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.w).square().mean()
+
+
+def _shard_transposed() -> str:
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    try:
+        train(_Transposed(), [torch.randn(2, 3) for _ in range(4)],
+              TrainConfig(max_steps=1, log_every=0, precision="fp32", shard_optimizer=True),
+              loss_fn=lambda m, x: m(x))
+    except Exception as e:  # noqa: BLE001 - the message is the result
+        return f"{type(e).__name__}: {e}"
+    finally:
+        dist.destroy_process_group()
+    return "no error"
+
+
+def test_sharding_that_cannot_be_done_is_an_error_saying_why(launch):
+    for message in launch(_shard_transposed, nprocs=2):
+        assert message.startswith("DDPValueError: TrainConfig.shard_optimizer: the AdamW cannot "
+                                  "be sharded here: parameter 'w' is not contiguous"), message
