@@ -358,6 +358,8 @@ def _rank(args: dict) -> dict:
                                        "exposed_comm_frac": exposed,
                                        "comm_overhead_frac": overhead, "flops_per_token": flops,
                                        "transport": transport}
+        if device.type == "cuda":  # the variant's peak (model, gradients, optimizer state, ...)
+            out[f"{name}/accum{accum}"]["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         if profile:
             out[f"{name}/accum{accum}"]["profile"] = profile
             if rank == 0:
@@ -369,6 +371,8 @@ def _rank(args: dict) -> dict:
     for accum in args["accum"]:
         for spec in args["variants"]:
             variant, opts = _parse_variant(spec)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
             model = fresh()
             flops = model.flops_per_token
             if "piece" in opts:  # copy-engine piece size, read when the reducer is built
@@ -598,7 +602,7 @@ def main() -> int:
         r["vs_torch_ddp"] = r["tokens_per_s"] / ref["tokens_per_s"] if ref else None
 
     hdr = f"{'setting':<16}{'variant':<22}{'accum':>6}{'tokens/s':>12}{'scaling':>9}{'vs DDP':>8}" \
-          f"{'exposed':>9}{'overhead':>9}{'MFU':>7}"
+          f"{'exposed':>9}{'overhead':>9}{'MFU':>7}{'peak GiB':>10}"
     print(hdr)
     print("-" * len(hdr))
     for r in rows:
@@ -608,7 +612,8 @@ def main() -> int:
         print(f"{r['setting']:<16}{r['variant']:<22}{r['accum']:>6}{r['tokens_per_s']:>12,.0f}"
               f"{fmt(r['scaling'], '{:.1%}'):>9}{fmt(r['vs_torch_ddp'], '{:.3f}'):>8}"
               f"{fmt(r['exposed_comm_frac'], '{:.1%}'):>9}"
-              f"{fmt(r.get('comm_overhead_frac'), '{:.1%}'):>9}{fmt(r['mfu'], '{:.1%}'):>7}")
+              f"{fmt(r.get('comm_overhead_frac'), '{:.1%}'):>9}{fmt(r['mfu'], '{:.1%}'):>7}"
+              f"{fmt(r.get('peak_mem_gib'), '{:.1f}'):>10}")
     result = dict(
         benchmark="ddp_throughput", model=model, micro_batch=a.micro_batch, warmup=a.warmup,
         steps=a.steps, device=a.device,
