@@ -187,19 +187,28 @@ def test_throw_on_early_termination_raises_on_every_rank(launch):
     assert "exhausted inputs" in messages[1]
 
 
-def _bad_join_hook_rank() -> str:
+def _bad_join_arguments_rank() -> list[str]:
+    from torch.distributed.algorithms.join import Join
+
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     ddp = DDP(_model("gpt", 0))
-    try:
-        from torch.distributed.algorithms.join import Join
-        Join([ddp], divide_by_initial_world_size=True, shadow=True)
-    except Exception as e:  # noqa: BLE001 - the message is the result
-        return f"{type(e).__name__}: {e}"
-    finally:
-        dist.destroy_process_group()
-    return "no error"
+    out = []
+    for make in (lambda: Join([ddp], divide_by_initial_world_size=True, shadow=True),
+                 lambda: Join([ddp], divide_by_initial_world_size="no"),
+                 lambda: ddp.join(divide_by_initial_world_size=0),
+                 lambda: ddp.join(throw_on_early_termination="yes")):
+        try:
+            make()
+            out.append("no error")
+        except Exception as e:  # noqa: BLE001 - the message is the result
+            out.append(f"{type(e).__name__}: {e}")
+    dist.destroy_process_group()
+    return out
 
 
-def test_unknown_join_argument_is_named(launch):
-    message = launch(_bad_join_hook_rank, nprocs=1)[0]
-    assert "DDPValueError" in message and "shadow" in message
+def test_bad_join_arguments_are_named(launch):
+    unknown, torch_spelling, divide, throw = launch(_bad_join_arguments_rank, nprocs=1)[0]
+    assert unknown.startswith("DDPValueError") and "shadow" in unknown
+    assert "divide_by_initial_world_size must be True or False, got 'no'" in torch_spelling
+    assert "divide_by_initial_world_size must be True or False, got 0" in divide
+    assert "throw_on_early_termination must be True or False, got 'yes'" in throw

@@ -307,6 +307,11 @@ class DDP(torch.nn.Module, Joinable):
         :class:`torch.distributed.algorithms.Joinable` objects (``ZeroRedundancyOptimizer``)
         join through ``torch.distributed.algorithms.Join([ddp, optimizer])``.
         """
+        for name, value in (("divide_by_initial_world_size", divide_by_initial_world_size),
+                            ("enable", enable),
+                            ("throw_on_early_termination", throw_on_early_termination)):
+            if not isinstance(value, bool):
+                raise DDPValueError(f"DDP.join: {name} must be True or False, got {value!r}")
         return _JoinBlock(self, Join([self], enable, throw_on_early_termination,
                                      divide_by_initial_world_size=divide_by_initial_world_size))
 
@@ -316,7 +321,11 @@ class DDP(torch.nn.Module, Joinable):
         if unknown:
             raise DDPValueError(f"DDP.join_hook: unknown argument(s) {sorted(unknown)}; it takes "
                                 "divide_by_initial_world_size")
-        return _JoinHook(self, bool(kwargs.get("divide_by_initial_world_size", True)))
+        divide = kwargs.get("divide_by_initial_world_size", True)
+        if not isinstance(divide, bool):
+            raise DDPValueError("DDP.join_hook: divide_by_initial_world_size must be True or "
+                                f"False, got {divide!r}")
+        return _JoinHook(self, divide)
 
     @property
     def join_device(self) -> torch.device:
