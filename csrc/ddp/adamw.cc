@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <optional>
 
 #include "ddp/collectives.h"
@@ -148,11 +149,20 @@ void AdamW::load(const CheckpointGet& get) {
 
 std::string ShardedAdamW::why_not(const Reducer& reducer) {
   const auto& params = reducer.params();
-  for (size_t i = 0; i < params.size(); ++i)
+  const auto& names = reducer.names();
+  std::map<const void*, size_t> storage_of;
+  for (size_t i = 0; i < params.size(); ++i) {
     if (!params[i].is_contiguous())
-      return "parameter '" + reducer.names()[i] +
+      return "parameter '" + names[i] +
              "' is not contiguous (channels_last?), so its slices would not line up with its "
              "gradient's";
+    // Each parameter moves into a buffer of its own: two that share memory would come apart.
+    const auto [it, fresh] = storage_of.emplace(params[i].storage().data(), i);
+    if (!fresh)
+      return "parameters '" + names[it->second] + "' and '" + names[i] +
+             "' share memory, which sharding would split; tie them as one Parameter "
+             "(b.weight = a.weight)";
+  }
   return "";
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 
+import pytest
 import torch
 import torch.distributed as dist
 from _ddp_models import build, flat_params, gpt_batches, loss_of
@@ -84,10 +85,23 @@ class _Transposed(torch.nn.Module):
         return (x @ self.w).square().mean()
 
 
-def _shard_transposed() -> str:
+class _SharedMemory(torch.nn.Module):
+    """Two Parameters over one tensor's memory (not one Parameter under two names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.randn(4, 3))
+        self.b = torch.nn.Parameter(self.a.data)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.a + x @ self.b).square().mean()
+
+
+def _shard_refused(model_name: str) -> str:
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    model = _Transposed() if model_name == "transposed" else _SharedMemory()
     try:
-        train(_Transposed(), [torch.randn(2, 3) for _ in range(4)],
+        train(model, [torch.randn(2, 4) for _ in range(4)],
               TrainConfig(max_steps=1, log_every=0, precision="fp32", shard_optimizer=True),
               loss_fn=lambda m, x: m(x))
     except Exception as e:  # noqa: BLE001 - the message is the result
@@ -97,7 +111,11 @@ def _shard_transposed() -> str:
     return "no error"
 
 
-def test_sharding_that_cannot_be_done_is_an_error_saying_why(launch):
-    for message in launch(_shard_transposed, nprocs=2):
+@pytest.mark.parametrize("model_name,expect", [
+    ("transposed", "parameter 'w' is not contiguous"),
+    ("shared", "parameters 'a' and 'b' share memory"),
+])
+def test_sharding_that_cannot_be_done_is_an_error_saying_why(launch, model_name, expect):
+    for message in launch(_shard_refused, args=(model_name,), nprocs=2):
         assert message.startswith("DDPValueError: TrainConfig.shard_optimizer: the AdamW cannot "
-                                  "be sharded here: parameter 'w' is not contiguous"), message
+                                  "be sharded here: " + expect), message
