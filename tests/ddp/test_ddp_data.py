@@ -65,19 +65,23 @@ class _Mean(torch.nn.Module):
         return (self.w * x).mean()
 
 
-def _eval_rank():
+def _eval_rank(n: int):
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
     rank = dist.get_rank()
-    evals = [torch.full((2,), 10.0 * (i + 1)) for i in range(4)]  # rank 0: 10, 30; rank 1: 20, 40
-    cfg = TrainConfig(max_steps=1, lr=1e-9, precision="fp32", eval_every=1, eval_steps=2,
+    # n = 4 on 2 ranks: rank 0 gets 10, 30, rank 1 20, 40; n = 5: rank 0 also 50
+    evals = [torch.full((2,), 10.0 * (i + 1)) for i in range(n)]
+    cfg = TrainConfig(max_steps=1, lr=1e-9, precision="fp32", eval_every=1, eval_steps=3,
                       log_every=0, weight_decay=0.0)
-    history = train(_Mean(), [torch.ones(2)] * 2, cfg, eval_batches=evals)
+    history = train(_Mean(), [torch.ones(2)] * 3, cfg, eval_batches=evals)
     return rank, history[-1]["eval_loss"]
 
 
-def test_eval_loss_is_the_mean_over_all_ranks(launch):
-    for _, value in launch(_eval_rank, args=(), nprocs=2):
-        assert value == pytest.approx(25.0, rel=1e-5)
+# The last group of eval batches may be shorter than the ranks: the ranks it reaches evaluate
+# their batch (before, the whole group was dropped, and 2 batches on 3 ranks gave no eval at all).
+@pytest.mark.parametrize("n,ranks,mean", [(4, 2, 25.0), (5, 2, 30.0), (2, 3, 15.0)])
+def test_eval_loss_is_the_mean_over_all_ranks(launch, n, ranks, mean):
+    for _, value in launch(_eval_rank, args=(n,), nprocs=ranks):
+        assert value == pytest.approx(mean, rel=1e-5)
 
 
 class _Counted(torch.utils.data.Dataset):

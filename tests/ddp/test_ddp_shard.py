@@ -41,7 +41,8 @@ def _shard_run(name: str, shard: bool, clip: float = 1.0, ckpt_dir: str | None =
     seen = {"during": None}
 
     def loss_fn(m, batch):
-        seen["during"] = m.reducer.sharded
+        if hasattr(m, "reducer"):  # the DDP in training; eval runs the bare module
+            seen["during"] = m.reducer.sharded
         return loss_of(name, m, batch)
 
     # A constant schedule: a run cut at 4 steps follows the same learning rates as one of 6.
@@ -49,14 +50,17 @@ def _shard_run(name: str, shard: bool, clip: float = 1.0, ckpt_dir: str | None =
                       warmup_steps=1, precision=precision,
                       grad_clip=clip, weight_decay=0.1, log_every=0, bucket_cap_mb=0.004,
                       shard_optimizer=shard, ckpt_dir=ckpt_dir, ckpt_every=2 if ckpt_dir else 0,
-                      find_unused_parameters=unused)
-    history = train(model, _data(name, unused), cfg, loss_fn=loss_fn)
+                      find_unused_parameters=unused, eval_every=2, eval_steps=1)
+    # eval between steps reads the parameters: every slice must have landed by then
+    history = train(model, _data(name, unused), cfg, loss_fn=loss_fn,
+                    eval_batches=_data(name, unused)[:2])
     params = flat_params(model)
     out = [torch.empty_like(params) for _ in range(dist.get_world_size())]
     dist.all_gather(out, params)
     dist.destroy_process_group()
     return {"params": params, "identical": all(torch.equal(out[0], o) for o in out),
             "norms": [h["grad_norm"] for h in history], "steps": [h["step"] for h in history],
+            "evals": [h["eval_loss"] for h in history if h["eval_loss"] is not None],
             "during": seen["during"], "buffers": [b.clone() for b in model.buffers()]}
 
 
@@ -90,6 +94,7 @@ def test_sharded_adamw_matches_the_whole_one(launch, name, nprocs):
     # The same update; only the clip factor's norm is summed in another order.
     assert float((s["params"] - w["params"]).norm() / w["params"].norm()) < 1e-6
     assert s["norms"] == pytest.approx(w["norms"], rel=1e-5)
+    assert len(s["evals"]) == 3 and s["evals"] == pytest.approx(w["evals"], rel=1e-5)
     # BatchNorm statistics of forwards through those weights
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6)
                for a, b in zip(s["buffers"], w["buffers"]))

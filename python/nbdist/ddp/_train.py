@@ -274,7 +274,9 @@ class _BatchStream:
         for k in range(step):
             item = self._next_item()
             if item is _END:
-                return None
+                # Only a stream that does not wrap (eval) ends: its last group may be short, and
+                # the ranks it reaches still take their batch (the others have run out).
+                return batch
             if k == keep:
                 batch = item
         return batch
