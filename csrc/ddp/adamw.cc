@@ -89,14 +89,25 @@ void undo_skipped(const std::vector<at::Tensor>& live, const at::Tensor& found_i
 
 }  // namespace
 
+AdamWBase::AdamWBase(std::vector<at::Tensor> params) : params_(std::move(params)) {
+  for (const auto& p : params_) steps_.push_back(at::zeros({}, p.options().dtype(at::kFloat)));
+}
+
+void AdamWBase::check(const CheckpointGet& get, const std::string& path) const {
+  for (size_t i = 0; i < params_.size(); ++i) {
+    check_shape(get, path, key("exp_avg", i), params_[i].sizes());
+    check_shape(get, path, key("exp_avg_sq", i), params_[i].sizes());
+    check_shape(get, path, key("step", i), steps_[i].sizes());
+  }
+}
+
 // ---- AdamW: whole on every rank ----
 
 AdamW::AdamW(const std::vector<at::Tensor>& params, const TrainConfig& cfg)
-    : params_(params), cfg_(cfg) {
+    : AdamWBase(params), cfg_(cfg) {
   for (const auto& p : params_) {
     exp_avg_.push_back(at::zeros_like(p, at::MemoryFormat::Preserve));
     exp_avg_sq_.push_back(at::zeros_like(p, at::MemoryFormat::Preserve));
-    steps_.push_back(at::zeros({}, p.options().dtype(at::kFloat)));
   }
 }
 
@@ -125,14 +136,6 @@ void AdamW::save(TensorMap* ck) {
     (*ck)[key("exp_avg", i)] = exp_avg_[i];
     (*ck)[key("exp_avg_sq", i)] = exp_avg_sq_[i];
     (*ck)[key("step", i)] = steps_[i];
-  }
-}
-
-void AdamW::check(const CheckpointGet& get, const std::string& path) const {
-  for (size_t i = 0; i < params_.size(); ++i) {
-    check_shape(get, path, key("exp_avg", i), exp_avg_[i].sizes());
-    check_shape(get, path, key("exp_avg_sq", i), exp_avg_sq_[i].sizes());
-    check_shape(get, path, key("step", i), steps_[i].sizes());
   }
 }
 
@@ -167,11 +170,10 @@ std::string ShardedAdamW::why_not(const Reducer& reducer) {
 }
 
 ShardedAdamW::ShardedAdamW(Reducer& reducer, const TrainConfig& cfg)
-    : reducer_(reducer), params_(reducer.params()), cfg_(cfg) {
+    : AdamWBase(reducer.params()), reducer_(reducer), cfg_(cfg) {
   NBDIST_CHECK(reducer.sharded(), "the reducer reduce-scatters before the AdamW is sharded");
   at::NoGradGuard no_grad;
   const int64_t world = reducer.world_size(), rank = reducer.rank();
-  for (const auto& p : params_) steps_.push_back(at::zeros({}, p.options().dtype(at::kFloat)));
   for (auto& span : reducer.bucket_spans()) {
     Slice s;
     s.span = span;
@@ -292,14 +294,6 @@ void ShardedAdamW::save(TensorMap* ck) {
   }
   if (!ck) return;
   for (size_t i = 0; i < params_.size(); ++i) (*ck)[key("step", i)] = steps_[i];
-}
-
-void ShardedAdamW::check(const CheckpointGet& get, const std::string& path) const {
-  for (size_t i = 0; i < params_.size(); ++i) {
-    check_shape(get, path, key("exp_avg", i), params_[i].sizes());
-    check_shape(get, path, key("exp_avg_sq", i), params_[i].sizes());
-    check_shape(get, path, key("step", i), steps_[i].sizes());
-  }
 }
 
 void ShardedAdamW::load(const CheckpointGet& get) {

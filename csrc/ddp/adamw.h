@@ -44,9 +44,15 @@ class AdamWBase {
   // Entries "adamw.exp_avg.<i>", "adamw.exp_avg_sq.<i>", "adamw.step.<i>" per parameter (in
   // registration order), whole. Collective when sharded; `ck` is null on ranks that do not write.
   virtual void save(TensorMap* ck) = 0;
-  // check() raises naming the first entry with the wrong shape; load() then copies them in.
-  virtual void check(const CheckpointGet& get, const std::string& path) const = 0;
+  // check() raises naming the first entry with the wrong shape (the same in both layouts: the
+  // entries are whole); load() then copies them in.
+  void check(const CheckpointGet& get, const std::string& path) const;
   virtual void load(const CheckpointGet& get) = 0;
+
+ protected:
+  explicit AdamWBase(std::vector<at::Tensor> params);
+  std::vector<at::Tensor> params_;
+  std::vector<at::Tensor> steps_;  // every parameter's step count (on every rank)
 };
 
 class AdamW : public AdamWBase {
@@ -55,11 +61,10 @@ class AdamW : public AdamWBase {
   std::vector<at::Tensor> grads() override;
   void step(double lr, const at::Tensor& found_inf) override;
   void save(TensorMap* ck) override;
-  void check(const CheckpointGet& get, const std::string& path) const override;
   void load(const CheckpointGet& get) override;
 
  private:
-  std::vector<at::Tensor> params_, exp_avg_, exp_avg_sq_, steps_;
+  std::vector<at::Tensor> exp_avg_, exp_avg_sq_;
   TrainConfig cfg_;
   bool fused_ = true;
 };
@@ -77,7 +82,6 @@ class ShardedAdamW : public AdamWBase {
   void step(double lr, const at::Tensor& found_inf) override;
   void wait() override;
   void save(TensorMap* ck) override;
-  void check(const CheckpointGet& get, const std::string& path) const override;
   void load(const CheckpointGet& get) override;
 
  private:
@@ -96,8 +100,6 @@ class ShardedAdamW : public AdamWBase {
   };
 
   Reducer& reducer_;
-  std::vector<at::Tensor> params_;
-  std::vector<at::Tensor> steps_;  // every parameter's step count, on every rank
   std::vector<Slice> slices_;
   // The update runs in a few groups of slices (last bucket first), each one fused AdamW call per
   // decay setting and one coalesced all-gather, which runs while the next group updates: a

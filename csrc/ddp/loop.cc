@@ -332,10 +332,12 @@ std::vector<StepRecord> train(Reducer& reducer, const std::vector<at::Tensor>& b
     //    gradients, so every rank holds the same ones and the local norm is the global norm.
     //    A param no rank used (find_unused_parameters) has no gradient and takes no part.
     //    Sharded, each rank clips and updates its slices, and the norm is their all-reduced sum.
-    std::vector<at::Tensor> all_grads;
-    for (const auto& p : params)
-      if (p.grad().defined()) all_grads.push_back(p.grad());
-    const auto grads = opt ? opt->grads() : all_grads;
+    std::vector<at::Tensor> grads;
+    if (opt)
+      grads = opt->grads();
+    else  // a user optimizer
+      for (const auto& p : params)
+        if (p.grad().defined()) grads.push_back(p.grad());
     //    fp16: the reduced gradients are the same on every rank, so is their found-inf flag.
     at::Tensor found_inf;
     if (fp16) {

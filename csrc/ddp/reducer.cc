@@ -221,36 +221,47 @@ void Reducer::shadow_backward() {
   std::lock_guard<std::mutex> lock(mutex_);
   NBDIST_CHECK(finished_ && joining_, "a shadow backward runs in join(), after a complete one");
   at::NoGradGuard no_grad;
-  // What an armed backward starts from (prepare_for_backward), with no embedding exchange (off
-  // in join()) and nothing used: this rank has joined and contributes zeros to every bucket,
-  // not what its last micro-steps left there.
-  armed_ = true;
-  reduced_ = false;
+  // What an armed backward starts from, with no embedding exchange (off in join()) and nothing
+  // used: this rank has joined and contributes zeros to every bucket, not what its last
+  // micro-steps left there.
+  begin_round_locked(true);
   finished_ = false;
-  ++emb_serial_;
-  emb_.clear();
-  std::fill(emb_of_.begin(), emb_of_.end(), -1);
-  std::fill(ready_.begin(), ready_.end(), 0);
-  std::fill(unused_.begin(), unused_.end(), 0);
   std::fill(used_.begin(), used_.end(), 0);
-  for (auto& t : saved_grad_) t.reset();
-  for (auto& b : buckets_) {
-    b.pending = static_cast<int64_t>(b.params.size());
-    b.work.reset();
-    b.buffer.zero_();
-  }
-  next_bucket_ = 0;
-  used_work_.reset();
+  for (auto& b : buckets_) b.buffer.zero_();
   for (size_t i = 0; i < params_.size(); ++i) mark_ready_locked(static_cast<int64_t>(i));
   // The same collectives as finalize_backward: the buckets (and the used-bitmap) complete.
-  if (copy_engines_ && next_bucket_ > 0) copy_engines_->finish();
-  for (auto& b : buckets_)
-    if (b.work) b.work->wait();
+  wait_buckets_locked();
   if (used_work_) used_work_->wait();
   used_work_.reset();
   std::fill(used_.begin(), used_.end(), 0);
   armed_ = false;
   reduced_ = true;
+  end_round_locked();
+}
+
+void Reducer::begin_round_locked(bool sync) {
+  armed_ = sync;
+  reduced_ = false;
+  callback_queued_ = false;
+  ++emb_serial_;  // hooks left on an earlier graph pass its gradients through untouched
+  emb_.clear();
+  std::fill(emb_of_.begin(), emb_of_.end(), -1);
+  if (!sync) return;
+  std::fill(ready_.begin(), ready_.end(), 0);
+  for (auto& b : buckets_) b.pending = static_cast<int64_t>(b.params.size()), b.work.reset();
+  next_bucket_ = 0;
+  used_work_.reset();
+  for (auto& t : saved_grad_) t.reset();
+  std::fill(unused_.begin(), unused_.end(), 0);
+}
+
+void Reducer::wait_buckets_locked() {
+  if (copy_engines_ && next_bucket_ > 0) copy_engines_->finish();
+  for (auto& b : buckets_)
+    if (b.work) b.work->wait();
+}
+
+void Reducer::end_round_locked() {
   ++sync_rounds_;
   finished_ = true;
   if (!rebuilt_) rebuild_pending_ = true;
@@ -430,19 +441,8 @@ void Reducer::prepare_forward() {
 
 void Reducer::prepare_for_backward(bool sync, const std::vector<at::Tensor>& outputs) {
   std::lock_guard<std::mutex> lock(mutex_);
-  armed_ = sync;
-  reduced_ = false;
-  callback_queued_ = false;
-  ++emb_serial_;  // hooks left on an earlier graph pass its gradients through untouched
-  emb_.clear();
-  std::fill(emb_of_.begin(), emb_of_.end(), -1);
+  begin_round_locked(sync);
   if (!sync) return;
-  std::fill(ready_.begin(), ready_.end(), 0);
-  for (auto& b : buckets_) b.pending = static_cast<int64_t>(b.params.size()), b.work.reset();
-  next_bucket_ = 0;
-  used_work_.reset();
-  for (auto& t : saved_grad_) t.reset();
-  std::fill(unused_.begin(), unused_.end(), 0);
   bool embeddings = embeddings_active();
   if (embeddings && sizes_.work) {
     // A forward whose backward has not come yet (two forwards, one backward): its hooks are
@@ -626,11 +626,7 @@ void Reducer::finalize_backward() {
       prime_view_locked(static_cast<int64_t>(i)), mark_ready_locked(static_cast<int64_t>(i));
   // The embedding rows go out before the wait on the buckets, so that they need not queue
   // behind them; they are added to the averaged buckets after it.
-  finish_embeddings_locked([this] {
-    if (copy_engines_ && next_bucket_ > 0) copy_engines_->finish();
-    for (auto& b : buckets_)
-      if (b.work) b.work->wait();
-  });
+  finish_embeddings_locked([this] { wait_buckets_locked(); });
   // join(divide_by_initial_world_size=False): the average over the ranks that have not joined
   // (those that have add zeros).
   if (average_over_ > 0 && average_over_ != world_size_) {
@@ -680,9 +676,7 @@ void Reducer::finalize_backward() {
     else
       grad.copy_(view);
   }
-  ++sync_rounds_;
-  finished_ = true;
-  if (!rebuilt_) rebuild_pending_ = true;
+  end_round_locked();
 }
 
 }  // namespace nbdist::ddp

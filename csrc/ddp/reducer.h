@@ -193,6 +193,13 @@ class Reducer {
   // (a collective, read on the host once); they keep the dense path from then on.
   void agree_on_outside_uses_locked();
   void begin_backward_locked();
+  // A new forward's round: hooks of older graphs pass their gradients through, and when it
+  // synchronizes, every bucket waits for all its parameters again.
+  void begin_round_locked(bool sync);
+  // The buckets' reductions launched so far have landed.
+  void wait_buckets_locked();
+  // A synchronized round is complete (the first one's arrival order rebuilds the buckets).
+  void end_round_locked();
   // Graph walk from the outputs: the set of nodes reached, and (when asked) the producers.
   void walk_graph(const std::vector<at::Tensor>& outputs, Producers* producers,
                   std::unordered_set<torch::autograd::Node*>* seen) const;
