@@ -144,3 +144,29 @@ def dropout_gpt_killing_at(kill_rank: int, kill_at_batch: int):
         return m(*batch)[1]
 
     return model, loss_fn
+
+
+def gpt_overflowing_at(overflow_rank: int, at_call: int, snapshots: list | None = None):
+    """A rank's set-up for the fp16 loss-scaler tests: gloo up, the tiny GPT from seed 0, and a
+    train() loss_fn whose ``at_call``-th loss on rank ``overflow_rank`` is inf (the reduced
+    gradient is then inf everywhere); ``snapshots`` gets the weights each call sees. Returns
+    (model, loss_fn)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    rank = dist.get_rank()
+    torch.manual_seed(0)
+    model = TinyGPT()
+    seen = [0]
+
+    def loss_fn(m, batch):
+        seen[0] += 1
+        if snapshots is not None:
+            snapshots.append(flat_params(m).clone())
+        loss = m(*batch)[1]
+        return loss * float("inf") if rank == overflow_rank and seen[0] == at_call else loss
+
+    return model, loss_fn

@@ -9,7 +9,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from _ddp_models import TinyGPT, build, cnn_batches, flat_params, gpt_batches, loss_of
+from _ddp_models import (
+    TinyGPT,
+    build,
+    cnn_batches,
+    flat_params,
+    gpt_batches,
+    gpt_overflowing_at,
+    loss_of,
+)
 
 import nbdist
 from nbdist.ddp import TrainConfig, load_checkpoint, train
@@ -134,17 +142,8 @@ def test_checkpoints_resume_sharded_or_not(launch, tmp_path):
 
 
 def _fp16_run(shard: bool):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    rank = dist.get_rank()
-    torch.manual_seed(0)
-    model = TinyGPT()
-    seen = [0]
-
-    def loss_fn(m, batch):
-        seen[0] += 1  # rank 1's step 3 overflows; the other rank's slices see it through the norm
-        loss = m(*batch)[1]
-        return loss * float("inf") if rank == 1 and seen[0] == 6 else loss
+    # rank 1's step 3 overflows; the other rank's slices see it through the norm
+    model, loss_fn = gpt_overflowing_at(1, 6)
 
     cfg = TrainConfig(max_steps=6, grad_accum=2, lr=1e-2, precision="fp16", log_every=0,
                       init_scale=1024.0, growth_interval=2, shard_optimizer=shard,

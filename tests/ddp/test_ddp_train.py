@@ -9,7 +9,13 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from _ddp_models import TinyGPT, dropout_gpt_killing_at, flat_params, gpt_batches
+from _ddp_models import (
+    TinyGPT,
+    dropout_gpt_killing_at,
+    flat_params,
+    gpt_batches,
+    gpt_overflowing_at,
+)
 
 import nbdist
 from nbdist.ddp import TrainConfig, load_checkpoint, train
@@ -85,21 +91,9 @@ def test_launcher_restart_resumes_training_bitwise(launch, tmp_path, uninterrupt
 
 
 def _scaler_run(user_opt: bool):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
-    rank = dist.get_rank()
-    torch.manual_seed(0)
-    model = TinyGPT()
-    seen = [0]
+    # Rank 1's step 3 (micro-batches 5, 6) overflows; the reduced gradient is inf everywhere.
     snapshots = []
-
-    def loss_fn(m, batch):
-        seen[0] += 1
-        snapshots.append(flat_params(m).clone())
-        loss = m(*batch)[1]
-        # Rank 1's step 3 (micro-batches 5, 6) overflows; the reduced gradient is inf everywhere.
-        return loss * float("inf") if rank == 1 and seen[0] == 6 else loss
-
+    model, loss_fn = gpt_overflowing_at(1, 6, snapshots)
     cfg = TrainConfig(max_steps=8, grad_accum=2, lr=1e-2, precision="fp16", log_every=0,
                       init_scale=1024.0, growth_interval=3, grad_clip=0.0)
     opt = torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9) if user_opt else None
